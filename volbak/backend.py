@@ -1,0 +1,165 @@
+"""The storage backend contract and the plugin registry.
+
+A backend is a flat store of named objects. Names are relative, '/'-separated keys
+("pgdata/20261129T070001Z.tar.zst"): never empty, no leading '/', no '.' or '..'
+component. Every backend MUST:
+
+- make an object visible only when its writer's ``commit()`` returns: a reader, ``stat``
+  or ``list`` never sees a partly written object, and ``commit()`` replaces an existing
+  object of the same name atomically;
+- leave nothing behind (no temp file, no multipart upload) after ``abort()``, after the
+  writer's context exits without ``commit()``, or after an exception while writing;
+- stream in both directions with memory bounded independently of the object's size;
+- ``list(prefix)`` every committed object whose name starts with ``prefix``, at any depth,
+  in any order; ``stat``/``open_reader``/``delete`` of a missing name raise ObjectNotFound;
+- raise only errors from ``volbak.errors`` (BackendError and its subclasses); never a
+  library's own exception type.
+
+Backends are found through the ``volbak.backends`` entry-point group, keyed by URL
+scheme, and imported only when a repository URL uses them. A plain path means ``file``.
+``volbak.testing`` holds the contract test suite every backend runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points
+from typing import BinaryIO, ClassVar
+
+from .errors import BackendMissing, UsageError
+
+ENTRY_POINT_GROUP = "volbak.backends"
+
+# Plugins we know the distribution name of, for the install hint.
+KNOWN_PLUGINS = {"s3": "volbak-s3"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+
+
+class ObjectWriter(abc.ABC):
+    """Streams one object into a backend. Use as a context manager: leaving the
+    block without ``commit()`` (or with an exception) aborts."""
+
+    _done = False
+
+    @abc.abstractmethod
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    @abc.abstractmethod
+    def _commit(self) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def _abort(self) -> None: ...
+
+    def commit(self) -> ObjectInfo:
+        if self._done:
+            raise RuntimeError("writer already finished")
+        try:
+            info = self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return info
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._abort()
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class Backend(abc.ABC):
+    """See the module docstring for the rules every method MUST follow."""
+
+    scheme: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_url(cls, url: str, options: Mapping[str, str]) -> Backend:
+        """Open the repository at ``url``; ``options`` come from ``-o key=value``."""
+
+    @property
+    @abc.abstractmethod
+    def url(self) -> str:
+        """Where this repository is, for messages (never includes secrets)."""
+
+    @abc.abstractmethod
+    def create_writer(self, name: str) -> ObjectWriter: ...
+
+    @abc.abstractmethod
+    def open_reader(self, name: str) -> BinaryIO:
+        """A readable stream (``read(n)``, ``close()``) of a committed object."""
+
+    @abc.abstractmethod
+    def stat(self, name: str) -> ObjectInfo: ...
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    def close(self) -> None:
+        """Release connections; the default has nothing to release."""
+
+    def put_bytes(self, name: str, data: bytes) -> ObjectInfo:
+        with self.create_writer(name) as w:
+            w.write(data)
+            return w.commit()
+
+    def get_bytes(self, name: str) -> bytes:
+        r = self.open_reader(name)
+        try:
+            return r.read()
+        finally:
+            r.close()
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_NAME_RE = re.compile(r"^[^/]+(/[^/]+)*$")
+
+
+def check_name(name: str) -> str:
+    """Reject names a backend must never be asked for."""
+    if not _NAME_RE.match(name) or any(p in (".", "..") for p in name.split("/")):
+        raise ValueError(f"invalid object name {name!r}")
+    return name
+
+
+def scheme_of(url: str) -> str:
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    return m.group(1).lower() if m else "file"
+
+
+def open_backend(url: str, options: Mapping[str, str] | None = None) -> Backend:
+    """Open a repository URL with the plugin registered for its scheme."""
+    if not url:
+        raise UsageError("empty repository URL", hint="pass --repo PATH|URL or set VOLBAK_REPO")
+    scheme = scheme_of(url)
+    eps = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
+    if not eps:
+        dist = KNOWN_PLUGINS.get(scheme, f"volbak-{scheme}")
+        raise BackendMissing(
+            f"no storage backend is installed for '{scheme}://' (repository {url})",
+            hint=f"install the plugin: pip install {dist}",
+        )
+    cls = next(iter(eps)).load()
+    return cls.from_url(url, options or {})

@@ -1,0 +1,157 @@
+"""The local-directory backend: plain files a person can read.
+
+Objects are files under the repository directory; a name's '/' separators are
+subdirectories. A write goes to a hidden temp file beside its target, is fsynced,
+renamed into place, and the directory is fsynced, so a crash leaves either the old
+state or the complete object, and listing skips the temp files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from .backend import Backend, ObjectInfo, ObjectWriter, check_name
+from .errors import (
+    BackendError,
+    BackendFullError,
+    BackendPermissionError,
+    ObjectNotFound,
+    UsageError,
+)
+
+TMP_PREFIX = ".volbak-tmp-"
+
+
+def _translate(exc: OSError, what: str) -> BackendError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BackendFullError(
+            f"no space left writing {what}",
+            hint="free space on the repository's disk or point --repo elsewhere",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return BackendPermissionError(
+            f"repository is not writable: {what} ({exc.strerror})",
+            hint="check the directory's permissions or pass another --repo",
+        )
+    if exc.errno == errno.ENOENT:
+        return ObjectNotFound(f"no such object: {what}")
+    return BackendError(f"repository I/O error on {what}: {exc.strerror or exc}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter(ObjectWriter):
+    def __init__(self, final: Path, display: str) -> None:
+        self._final = final
+        self._display = display
+        self._tmp = final.parent / f"{TMP_PREFIX}{final.name}.{secrets.token_hex(6)}"
+        self._size = 0
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        except OSError as e:
+            raise _translate(e, display) from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._f.write(data)
+        except OSError as e:
+            self.abort()
+            raise _translate(e, self._display) from None
+        self._size += len(data)
+
+    def _commit(self) -> ObjectInfo:
+        try:
+            os.fsync(self._f.fileno())
+            self._f.close()
+            os.rename(self._tmp, self._final)
+            _fsync_dir(self._final.parent)
+        except OSError as e:
+            raise _translate(e, self._display) from None
+        return ObjectInfo(self._display, self._size)
+
+    def _abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._f.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+class LocalBackend(Backend):
+    scheme = "file"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, str]) -> LocalBackend:
+        if options:
+            raise UsageError(
+                f"the local repository takes no options (got {', '.join(options)})",
+                hint="remove the -o/--repo-option flags",
+            )
+        path = url[len("file://") :] if url.startswith("file://") else url
+        return cls(Path(path).expanduser().absolute())
+
+    @property
+    def url(self) -> str:
+        return str(self.root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def create_writer(self, name: str) -> ObjectWriter:
+        return _LocalWriter(self._path(name), name)
+
+    def open_reader(self, name: str) -> BinaryIO:
+        try:
+            return open(self._path(name), "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as e:
+            raise _translate(e, name) from None
+
+    def stat(self, name: str) -> ObjectInfo:
+        try:
+            st = self._path(name).stat()
+        except OSError as e:
+            raise _translate(e, name) from None
+        return ObjectInfo(name, st.st_size)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        if not self.root.exists():
+            return
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, self.root)
+                for fn in sorted(filenames):
+                    if fn.startswith(TMP_PREFIX):
+                        continue
+                    name = fn if rel == "." else f"{rel}/{fn}"
+                    if name.startswith(prefix):
+                        with contextlib.suppress(FileNotFoundError):
+                            yield ObjectInfo(name, os.lstat(os.path.join(dirpath, fn)).st_size)
+        except OSError as e:
+            raise _translate(e, prefix or str(self.root)) from None
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            path.unlink()
+        except OSError as e:
+            raise _translate(e, name) from None
+        # Drop the volume's directory once its last backup is gone.
+        with contextlib.suppress(OSError):
+            if path.parent != self.root:
+                path.parent.rmdir()
