@@ -167,5 +167,6 @@ class Repository:
         names = {o.name for o in self.backend.list()}
         listed = {n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)}
         for n in sorted(names):
-            if not n.endswith(MANIFEST_SUFFIX) and n.split(".", 1)[0] not in listed:
+            vol, _, file = n.rpartition("/")
+            if not n.endswith(MANIFEST_SUFFIX) and f"{vol}/{file.split('.', 1)[0]}" not in listed:
                 yield n
