@@ -1,0 +1,119 @@
+"""The contract suite over LocalBackend, plus local-only cases (temp files, a read-only
+repository, a full disk), the last two on small tmpfs mounts made by the test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from volbak.backend import open_backend
+from volbak.errors import BackendFullError, BackendPermissionError, UsageError
+from volbak.local import TMP_PREFIX, LocalBackend
+from volbak.testing import BackendContract, payload
+
+
+class TestLocalBackend(BackendContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> Iterator[LocalBackend]:
+        yield LocalBackend(tmp_path / "repo")
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+    )
+
+
+def test_temp_files_never_listed(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    b.put_bytes("vol/done", b"done")
+    with b.create_writer("vol/pending") as w:
+        w.write(b"half")
+        on_disk = _files(tmp_path)
+        assert len(on_disk) == 2
+        assert any(os.path.basename(f).startswith(TMP_PREFIX) for f in on_disk)
+        assert [o.name for o in b.list()] == ["vol/done"]
+        w.commit()
+    assert _files(tmp_path) == ["vol/done", "vol/pending"]
+    # A temp file a crash left behind is not listed either.
+    (tmp_path / "vol" / f"{TMP_PREFIX}crashed.123").write_bytes(b"junk")
+    assert sorted(o.name for o in b.list()) == ["vol/done", "vol/pending"]
+
+
+def test_from_url_forms_and_options(tmp_path: Path) -> None:
+    assert open_backend(str(tmp_path)).url == str(tmp_path)
+    assert open_backend(f"file://{tmp_path}").url == str(tmp_path)
+    with pytest.raises(UsageError):
+        open_backend(str(tmp_path), {"x": "y"})
+
+
+def test_missing_root_lists_nothing(tmp_path: Path) -> None:
+    assert list(LocalBackend(tmp_path / "not-yet").list()) == []
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Mount small tmpfs file systems under tmp_path; unmounted in teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted: list[Path] = []
+
+    def mount(name: str, options: str) -> Path:
+        mnt = tmp_path / name
+        mnt.mkdir()
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_read_only_repository(tmpfs) -> None:
+    ro = tmpfs("ro", "size=1m,ro")
+    b = LocalBackend(ro)
+    with pytest.raises(BackendPermissionError) as ei:
+        b.put_bytes("vol/x", b"data")
+    assert ei.value.hint
+    with pytest.raises(BackendPermissionError):
+        b.create_writer("top-level")
+    assert _files(ro) == []
+
+
+def test_read_only_existing_subdir(tmpfs) -> None:
+    """The volume's directory exists already, so the failure is creating the temp file."""
+    mnt = tmpfs("rw", "size=1m")
+    (mnt / "vol").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+    with pytest.raises(BackendPermissionError):
+        LocalBackend(mnt).put_bytes("vol/x", b"data")
+
+
+def test_full_disk_leaves_nothing(tmpfs) -> None:
+    full = tmpfs("full", "size=1m")
+    b = LocalBackend(full)
+    b.put_bytes("vol/small", b"fits")
+    data = payload(3 * 1024 * 1024, seed=9)
+    with pytest.raises(BackendFullError) as ei, b.create_writer("vol/big") as w:
+        for i in range(0, len(data), 256 * 1024):
+            w.write(data[i : i + 256 * 1024])
+        w.commit()
+    assert ei.value.hint
+    # No temp file, no partial object; the earlier object is untouched.
+    assert _files(full) == ["vol/small"]
+    assert [o.name for o in b.list()] == ["vol/small"]
+    assert b.get_bytes("vol/small") == b"fits"
+    # And the space is free again.
+    b.put_bytes("vol/after", payload(512 * 1024, seed=10))
+    assert sorted(o.name for o in b.list()) == ["vol/after", "vol/small"]

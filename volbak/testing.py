@@ -1,0 +1,277 @@
+"""The backend contract test suite, shipped with the core so plugins can run it.
+
+Every backend's test module runs the whole suite in three lines::
+
+    from volbak.testing import BackendContract
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        def backend(self): yield make_a_fresh_empty_backend()
+
+The ``backend`` fixture MUST yield a fresh, empty backend and clean up after it. Each
+test checks one MUST of the contract in ``volbak.backend``'s docstring. Needs pytest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from .backend import Backend, ObjectInfo
+from .errors import ObjectNotFound
+
+MiB = 1024 * 1024
+
+# Uneven write sizes: tiny, odd, around 64 KiB and 1 MiB boundaries, bigger than a MiB.
+_CHUNK_SIZES = (1, 7, 65_535, 65_537, 4096, 1 * MiB + 3, 333_333, 2 * MiB - 1, 17)
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic incompressible bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def uneven_chunks(data: bytes) -> Iterator[memoryview]:
+    view = memoryview(data)
+    pos = i = 0
+    while pos < len(data):
+        n = _CHUNK_SIZES[i % len(_CHUNK_SIZES)]
+        yield view[pos : pos + n]
+        pos += n
+        i += 1
+
+
+def read_in_chunks(backend: Backend, name: str, n: int) -> bytes:
+    """Read an object back with ``read(n)`` calls, checking none returns more than n."""
+    out = bytearray()
+    r = backend.open_reader(name)
+    try:
+        while True:
+            block = r.read(n)
+            assert len(block) <= n, f"read({n}) returned {len(block)} bytes"
+            if not block:
+                break
+            out += block
+        assert r.read(n) == b"", "read after EOF must return b''"
+    finally:
+        r.close()
+    return bytes(out)
+
+
+def names(backend: Backend, prefix: str = "") -> list[str]:
+    return sorted(o.name for o in backend.list(prefix))
+
+
+INVALID_NAMES = ["", "/abs", "a//b", "a/", ".", "..", "a/../b", "./a", "a/.", "../a"]
+
+
+class BackendContract:
+    """Subclass in a test module and provide a ``backend`` fixture (see module doc)."""
+
+    # Size of the streamed round-trip object; a backend can lower it if it is slow.
+    large_size: int = 20 * MiB
+
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:  # pragma: no cover - overridden
+        raise NotImplementedError("a BackendContract subclass must define a backend fixture")
+
+    # -- round trips ------------------------------------------------------------------
+
+    def test_empty_backend_lists_nothing(self, backend: Backend) -> None:
+        assert list(backend.list()) == []
+        assert list(backend.list("x")) == []
+
+    def test_roundtrip_zero_bytes(self, backend: Backend) -> None:
+        with backend.create_writer("vol/empty") as w:
+            info = w.commit()
+        assert info == ObjectInfo("vol/empty", 0)
+        assert backend.get_bytes("vol/empty") == b""
+        assert backend.stat("vol/empty").size == 0
+        assert [(o.name, o.size) for o in backend.list()] == [("vol/empty", 0)]
+
+    def test_roundtrip_small(self, backend: Backend) -> None:
+        data = b"hello, volbak\n"
+        with backend.create_writer("vol/small") as w:
+            w.write(data[:5])
+            w.write(memoryview(data)[5:])
+            info = w.commit()
+        assert info == ObjectInfo("vol/small", len(data))
+        assert backend.get_bytes("vol/small") == data
+
+    def test_roundtrip_large_streamed(self, backend: Backend) -> None:
+        data = payload(self.large_size, seed=1)
+        with backend.create_writer("vol/large.bin") as w:
+            for chunk in uneven_chunks(data):
+                w.write(chunk)
+            info = w.commit()
+        assert info.size == len(data)
+        assert backend.stat("vol/large.bin").size == len(data)
+        got = read_in_chunks(backend, "vol/large.bin", 1 * MiB + 11)
+        assert len(got) == len(data)
+        assert got == data
+
+    def test_reader_read_n_and_read_all(self, backend: Backend) -> None:
+        data = payload(300_000, seed=2)
+        backend.put_bytes("r/obj", data)
+        assert read_in_chunks(backend, "r/obj", 4096) == data
+        r = backend.open_reader("r/obj")
+        try:
+            head = r.read(10)
+            assert head == data[:10]
+            assert r.read() == data[10:]
+        finally:
+            r.close()
+
+    def test_put_get_bytes(self, backend: Backend) -> None:
+        info = backend.put_bytes("a/b.json", b'{"x": 1}')
+        assert info == ObjectInfo("a/b.json", 8)
+        assert backend.get_bytes("a/b.json") == b'{"x": 1}'
+
+    # -- visibility and atomicity -----------------------------------------------------
+
+    def test_invisible_before_commit(self, backend: Backend) -> None:
+        with backend.create_writer("vol/pending") as w:
+            w.write(payload(100_000, seed=3))
+            assert list(backend.list()) == []
+            with pytest.raises(ObjectNotFound):
+                backend.stat("vol/pending")
+            with pytest.raises(ObjectNotFound):
+                backend.open_reader("vol/pending")
+            w.commit()
+        assert names(backend) == ["vol/pending"]
+
+    def test_commit_replaces_existing(self, backend: Backend) -> None:
+        backend.put_bytes("vol/obj", b"old contents, longer than the new")
+        with backend.create_writer("vol/obj") as w:
+            w.write(b"new")
+            # Until commit the old object stays whole and readable.
+            assert backend.get_bytes("vol/obj") == b"old contents, longer than the new"
+            w.commit()
+        assert backend.get_bytes("vol/obj") == b"new"
+        assert backend.stat("vol/obj").size == 3
+        assert names(backend) == ["vol/obj"]
+
+    def test_abort_leaves_nothing(self, backend: Backend) -> None:
+        w = backend.create_writer("vol/aborted")
+        w.write(payload(200_000, seed=4))
+        w.abort()
+        w.abort()  # idempotent
+        assert list(backend.list()) == []
+        with pytest.raises(ObjectNotFound):
+            backend.stat("vol/aborted")
+
+    def test_exception_inside_with_leaves_nothing(self, backend: Backend) -> None:
+        class Boom(Exception):
+            pass
+
+        with pytest.raises(Boom), backend.create_writer("vol/boom") as w:
+            w.write(payload(200_000, seed=5))
+            raise Boom
+        assert list(backend.list()) == []
+        with pytest.raises(ObjectNotFound):
+            backend.open_reader("vol/boom")
+
+    def test_leaving_with_without_commit_leaves_nothing(self, backend: Backend) -> None:
+        with backend.create_writer("vol/forgotten") as w:
+            w.write(b"data nobody committed")
+        assert list(backend.list()) == []
+
+    def test_abort_of_replacement_keeps_old(self, backend: Backend) -> None:
+        backend.put_bytes("vol/keep", b"original")
+        with backend.create_writer("vol/keep") as w:
+            w.write(b"replacement that is abandoned")
+            w.abort()
+        assert backend.get_bytes("vol/keep") == b"original"
+        assert names(backend) == ["vol/keep"]
+
+    def test_commit_twice_is_an_error(self, backend: Backend) -> None:
+        with backend.create_writer("vol/once") as w:
+            w.write(b"x")
+            w.commit()
+            with pytest.raises(RuntimeError):
+                w.commit()
+        assert backend.get_bytes("vol/once") == b"x"
+
+    # -- listing ----------------------------------------------------------------------
+
+    def test_list_by_prefix_any_depth(self, backend: Backend) -> None:
+        objs = {
+            "top": b"1",
+            "pg/20261129T070001Z.tar.zst": b"22",
+            "pg/20261129T070001Z.manifest.json": b"333",
+            "pg/deeper/nested/obj": b"4444",
+            "pgadmin/x": b"55555",
+            "redis/y": b"666666",
+        }
+        for name, data in objs.items():
+            backend.put_bytes(name, data)
+        assert {(o.name, o.size) for o in backend.list()} == {(n, len(d)) for n, d in objs.items()}
+        assert names(backend, "pg/") == [
+            "pg/20261129T070001Z.manifest.json",
+            "pg/20261129T070001Z.tar.zst",
+            "pg/deeper/nested/obj",
+        ]
+        assert names(backend, "pg") == [*names(backend, "pg/"), "pgadmin/x"]
+        assert names(backend, "pg/deeper/") == ["pg/deeper/nested/obj"]
+        assert names(backend, "pg/2026") == [
+            "pg/20261129T070001Z.manifest.json",
+            "pg/20261129T070001Z.tar.zst",
+        ]
+        assert names(backend, "nope/") == []
+        assert names(backend, "to") == ["top"]
+
+    def test_names_with_spaces_and_unicode(self, backend: Backend) -> None:
+        odd = ["my volume/back up 1.tar", "données/été ☃.bin", "日本/データ", "a b/c+d=e&f%20"]
+        for i, name in enumerate(odd):
+            backend.put_bytes(name, name.encode() * (i + 1))
+        assert names(backend) == sorted(odd)
+        for i, name in enumerate(odd):
+            assert backend.get_bytes(name) == name.encode() * (i + 1)
+            assert backend.stat(name).size == len(name.encode()) * (i + 1)
+        assert names(backend, "données/") == ["données/été ☃.bin"]
+        assert names(backend, "my volume/") == ["my volume/back up 1.tar"]
+
+    # -- stat / delete / missing -----------------------------------------------------
+
+    def test_stat_size(self, backend: Backend) -> None:
+        backend.put_bytes("s/one", payload(12_345, seed=6))
+        assert backend.stat("s/one") == ObjectInfo("s/one", 12_345)
+
+    def test_delete(self, backend: Backend) -> None:
+        backend.put_bytes("d/a", b"a")
+        backend.put_bytes("d/b", b"b")
+        backend.delete("d/a")
+        assert names(backend) == ["d/b"]
+        with pytest.raises(ObjectNotFound):
+            backend.stat("d/a")
+        with pytest.raises(ObjectNotFound):
+            backend.open_reader("d/a")
+        backend.delete("d/b")
+        assert list(backend.list()) == []
+
+    def test_delete_missing(self, backend: Backend) -> None:
+        with pytest.raises(ObjectNotFound):
+            backend.delete("no/such")
+
+    def test_open_reader_and_stat_missing(self, backend: Backend) -> None:
+        backend.put_bytes("there", b"x")
+        with pytest.raises(ObjectNotFound):
+            backend.open_reader("no/such")
+        with pytest.raises(ObjectNotFound):
+            backend.stat("no/such")
+        with pytest.raises(ObjectNotFound):
+            backend.get_bytes("the")  # a prefix of a real name is not an object
+
+    @pytest.mark.parametrize("bad", INVALID_NAMES)
+    def test_invalid_names_rejected(self, backend: Backend, bad: str) -> None:
+        with pytest.raises(ValueError):
+            backend.create_writer(bad)
+        with pytest.raises(ValueError):
+            backend.open_reader(bad)
+        with pytest.raises(ValueError):
+            backend.stat(bad)
+        with pytest.raises(ValueError):
+            backend.delete(bad)
+        assert list(backend.list()) == []
