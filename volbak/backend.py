@@ -112,7 +112,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self, name: str) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
 
     def put_bytes(self, name: str, data: bytes) -> ObjectInfo:

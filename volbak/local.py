@@ -117,7 +117,7 @@ class LocalBackend(Backend):
 
     def open_reader(self, name: str) -> BinaryIO:
         try:
-            return open(self._path(name), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._path(name), "rb")
         except OSError as e:
             raise _translate(e, name) from None
 

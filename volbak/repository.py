@@ -12,6 +12,7 @@ backup whose archive is gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -122,8 +123,10 @@ class Repository:
             try:
                 volume, stamp = split_id(ref)
             except ValueError:
-                raise NotFoundError(f"malformed backup ID '{ref}'",
-                                    hint="IDs look like VOLUME@20261129T070001Z; see volbak list") from None
+                raise NotFoundError(
+                    f"malformed backup ID '{ref}'",
+                    hint="IDs look like VOLUME@20261129T070001Z; see volbak list",
+                ) from None
             name = f"{volume}/{stamp}{MANIFEST_SUFFIX}"
             try:
                 return self._load(name)
@@ -152,10 +155,8 @@ class Repository:
         # before the archive is gone leaves only an unlisted orphan, never a listed
         # backup without data.
         self.backend.delete(info.manifest_name)
-        try:
+        with contextlib.suppress(NotFoundError):
             self.backend.delete(info.data_name)
-        except NotFoundError:
-            pass
 
     def write_manifest(self, volume: str, stamp: str, manifest: dict[str, Any]) -> BackupInfo:
         data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
