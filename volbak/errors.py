@@ -46,7 +46,7 @@ class BackendError(VolbakError):
     exit_code = 5
 
 
-class ObjectNotFound(BackendError):
+class ObjectNotFound(BackendError, NotFoundError):
     exit_code = 3
 
 
