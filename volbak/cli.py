@@ -1,0 +1,402 @@
+"""The volbak command line: thin commands over the library API.
+
+One top-level handler turns every VolbakError into one line on stderr, an optional
+``hint:`` line, and the error's exit code; Ctrl-C exits 130, SIGTERM 143, after the
+cleanup in ``finally`` blocks (helpers removed, containers restarted) has run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import Interrupted, UsageError, VolbakError
+
+EXIT_CODES = """\b
+Exit codes:
+  0   success
+  1   unexpected error
+  2   bad usage: unknown flag, bad value, missing argument
+  3   not found: volume, container, backup ID
+  4   Docker engine unreachable or refused a request
+  5   repository error: unreachable, not writable, disk full, plugin missing
+  6   integrity: corrupt or truncated archive, missing manifest
+  7   encryption: wrong key or passphrase, bad key file, tampered data
+  8   restore/migrate target already exists
+  9   another volbak run holds the lock
+  10  a pre/post-backup hook failed
+  130 interrupted (Ctrl-C); 143 terminated (SIGTERM)
+"""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every finally block runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def default_repo() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return str(Path(base) / "volbak" / "repo")
+
+
+class Ctx:
+    """What every command gets from the common options."""
+
+    def __init__(self, host: str | None, repo: str | None, repo_options: tuple[str, ...],
+                 as_json: bool, quiet: bool) -> None:
+        self.host = host
+        self.repo_url = repo or os.environ.get("VOLBAK_REPO") or default_repo()
+        self.repo_options = _parse_options(repo_options)
+        self.json = as_json
+        self.quiet = quiet or as_json
+        self._engine: Any = None
+        self._repo: Any = None
+
+    @property
+    def progress(self) -> bool:
+        from .progress import on_terminal
+
+        return not self.quiet and on_terminal()
+
+    def engine(self) -> Any:
+        if self._engine is None:
+            from .engine import connect
+
+            self._engine = connect(self.host)
+        return self._engine
+
+    def repo(self) -> Any:
+        if self._repo is None:
+            from .backend import open_backend
+            from .repository import Repository
+
+            self._repo = Repository(open_backend(self.repo_url, self.repo_options))
+        return self._repo
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            click.echo(text)
+
+    def emit(self, obj: Any) -> None:
+        if self.json:
+            click.echo(json.dumps(obj, sort_keys=True, default=str))
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.close()
+        if self._repo is not None:
+            self._repo.backend.close()
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        key, sep, value = p.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad -o/--repo-option '{p}'", hint="use -o KEY=VALUE")
+        out[key.strip()] = value
+    return out
+
+
+def common(f: Callable[..., Any]) -> Callable[..., Any]:
+    """-H, --repo, -o, --json, -q on every command, placed after the command name."""
+
+    @click.option("-H", "--host", metavar="URL|CONTEXT",
+                  help="Docker engine: unix://, tcp://, ssh://user@host or a docker context "
+                  "name. Default: DOCKER_HOST, then the current docker context.")
+    @click.option("--repo", metavar="PATH|URL",
+                  help=f"Repository (env VOLBAK_REPO). Default: {default_repo()}")
+    @click.option("-o", "--repo-option", "repo_options", multiple=True, metavar="KEY=VALUE",
+                  help="Backend option, e.g. -o endpoint_url=http://127.0.0.1:9000 for s3://.")
+    @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+    @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+    @functools.wraps(f)
+    def wrapper(host: str | None, repo: str | None, repo_options: tuple[str, ...],
+                as_json: bool, quiet: bool, **kw: Any) -> Any:
+        ctx = Ctx(host, repo, repo_options, as_json, quiet)
+        try:
+            return f(ctx, **kw)
+        finally:
+            ctx.close()
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+             epilog=EXIT_CODES)
+@click.version_option(__version__, prog_name="volbak")
+def cli() -> None:
+    """Back up, restore and migrate Docker volumes.
+
+    \b
+    Examples:
+      volbak backup pgdata                     # one volume -> default local repository
+      volbak backup --container web            # every volume of container 'web'
+      volbak list
+      volbak restore pgdata --to-volume pgdata2
+      volbak restore web@20261129T070001Z --to-container web2
+    """
+
+
+def _fmt_size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(n)
+
+
+# -- backup ---------------------------------------------------------------------------------
+
+def encryption_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--passphrase", "ask_passphrase", is_flag=True,
+                     help="Encrypt with a passphrase asked on the terminal.")(f)
+    f = click.option("--passphrase-file", metavar="FILE",
+                     help="Encrypt with the passphrase in FILE (env VOLBAK_PASSPHRASE_FILE).")(f)
+    f = click.option("--recipients-file", "-R", multiple=True, metavar="FILE",
+                     help="Encrypt to the age recipients listed in FILE.")(f)
+    f = click.option("--recipient", "-r", multiple=True, metavar="age1...",
+                     help="Encrypt to this age public key (repeatable). No secret needed.")(f)
+    return f
+
+
+@cli.command()
+@click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
+@click.option("--container", "-c", "containers", multiple=True, metavar="NAME",
+              help="Back up every volume of this container (repeatable).")
+@click.option("--compress", "compression", default="zstd", show_default=True,
+              type=click.Choice(["zstd", "gzip", "none"]), help="Compression of the archive.")
+@click.option("--helper-image", metavar="IMAGE",
+              help="Image for the helper container (default: an empty image volbak imports).")
+@encryption_options
+@common
+def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], compression: str,
+           helper_image: str | None, recipient: tuple[str, ...],
+           recipients_file: tuple[str, ...], passphrase_file: str | None,
+           ask_passphrase: bool) -> None:
+    """Back up volumes into the repository.
+
+    \b
+    Examples:
+      volbak backup pgdata
+      volbak backup pgdata redis --repo /srv/backups
+      volbak backup --container web
+      volbak backup pgdata -r age1... --json     # encrypted, one JSON line per backup
+    """
+    from .backup import BackupOptions, backup_container, backup_volume
+    from .keys import recipients
+
+    if not volumes and not containers:
+        raise UsageError("nothing to back up", hint="name a VOLUME or pass --container NAME")
+    opts = BackupOptions(compression, recipients(recipient, recipients_file, passphrase_file,
+                                                 ask_passphrase), helper_image, ctx.progress)
+    engine, repo = ctx.engine(), ctx.repo()
+    infos = []
+    for v in volumes:
+        infos.append(backup_volume(engine, repo, v, opts))
+        _report_backup(ctx, infos[-1])
+    for c in containers:
+        for info in backup_container(engine, repo, c, opts):
+            infos.append(info)
+            _report_backup(ctx, info)
+
+
+def _report_backup(ctx: Ctx, info: Any) -> None:
+    m = info.manifest
+    secs = m["duration_seconds"] or 1e-9
+    summary = {**info.summary(), "tar_size": m["tar"]["size"], "seconds": secs,
+               "sha256": m["object"]["sha256"], "repo": ctx.repo().url}
+    ctx.emit(summary)
+    ctx.say(f"{info.id}  {_fmt_size(m['tar']['size'])} read, {_fmt_size(info.size)} stored "
+            f"({m['compression']}{', encrypted' if m.get('encryption') else ''}), "
+            f"{m['tar']['entries']} entries, {secs:.1f} s, "
+            f"{m['tar']['size'] / secs / 1e6:.0f} MB/s")
+
+
+# -- list / show ----------------------------------------------------------------------------
+
+@cli.command("list")
+@click.argument("volume", required=False)
+@common
+def list_(ctx: Ctx, volume: str | None) -> None:
+    """List complete backups, newest first.
+
+    \b
+    Examples:
+      volbak list
+      volbak list pgdata --json
+    """
+    infos = ctx.repo().list(volume)
+    if ctx.json:
+        click.echo(json.dumps([i.summary() for i in infos], indent=2))
+        return
+    if not infos:
+        ctx.say(f"no backups in {ctx.repo().url}")
+        return
+    rows = [("ID", "CREATED", "SIZE", "COMPRESSION", "CONTAINER")]
+    for i in infos:
+        s = i.summary()
+        rows.append((i.id, s["created"], _fmt_size(s["size"]),
+                     s["compression"] + (" +age" if s["encrypted"] else ""),
+                     s["container"] or ""))
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    for r in rows:
+        ctx.say("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+@cli.command()
+@click.argument("backup_id", metavar="ID")
+@common
+def show(ctx: Ctx, backup_id: str) -> None:
+    """Show one backup's manifest (ID, or a volume name for its newest backup).
+
+    \b
+    Examples:
+      volbak show pgdata
+      volbak show pgdata@20261129T070001Z --json
+    """
+    info = ctx.repo().get(backup_id)
+    if ctx.json:
+        click.echo(json.dumps({"id": info.id, **info.manifest}, indent=2, sort_keys=True))
+        return
+    m = info.manifest
+    ctx.say(f"id:          {info.id}")
+    ctx.say(f"volume:      {m['volume']['name']} (driver {m['volume']['driver']})")
+    ctx.say(f"created:     {m['created']}")
+    ctx.say(f"stored:      {m['object']['name']}, {_fmt_size(m['object']['size'])}, "
+            f"sha256 {m['object']['sha256']}")
+    ctx.say(f"tar:         {_fmt_size(m['tar']['size'])}, {m['tar']['entries']} entries")
+    ctx.say(f"compression: {m['compression']}")
+    enc = m.get("encryption")
+    if enc:
+        who = ", ".join(enc["recipients"]) + (" + passphrase" if enc["passphrase"] else "")
+        ctx.say(f"encryption:  age, to {who.strip(', ')}")
+    ctx.say(f"mount path:  {m.get('mount_path')}")
+    for c in m.get("containers") or []:
+        ctx.say(f"used by:     {c['name']} (image {c['image']}, network {c['network_mode']})")
+
+
+# -- restore --------------------------------------------------------------------------------
+
+def decryption_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--passphrase-file", metavar="FILE",
+                     help="Passphrase in FILE (env VOLBAK_PASSPHRASE_FILE); without it, "
+                     "a passphrase backup asks on the terminal.")(f)
+    f = click.option("--identity", "-i", multiple=True, metavar="FILE",
+                     help="age identity file (from 'volbak keygen' or age-keygen).")(f)
+    return f
+
+
+@cli.command()
+@click.argument("backup_id", metavar="ID")
+@click.option("--to-volume", metavar="NAME", help="Restore into this (new) volume.")
+@click.option("--to-container", metavar="NAME",
+              help="Create this data-volume container with the backup's mount paths.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing volume's contents, only after the whole backup "
+              "was read and verified.")
+@click.option("--helper-image", metavar="IMAGE", help="Image for helper containers.")
+@decryption_options
+@common
+def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str | None,
+            force: bool, helper_image: str | None, identity: tuple[str, ...],
+            passphrase_file: str | None) -> None:
+    """Restore a backup into a new volume or a new data-volume container.
+
+    ID is a backup ID from 'volbak list', or a volume name for its newest backup.
+
+    \b
+    Examples:
+      volbak restore pgdata --to-volume pgdata2
+      volbak restore pgdata@20261129T070001Z --to-volume pgdata --force
+      volbak restore web@20261129T070001Z --to-container web2
+      volbak restore pgdata --to-volume x -i backup.key
+    """
+    from .keys import identities
+    from .restore import RestoreOptions, restore_to_container, restore_to_volume
+
+    if bool(to_volume) == bool(to_container):
+        raise UsageError("say where to restore",
+                         hint="pass exactly one of --to-volume NAME or --to-container NAME")
+    info = ctx.repo().get(backup_id)
+    opts = RestoreOptions(identities(identity, passphrase_file, info.manifest), force,
+                          helper_image, ctx.progress)
+    engine = ctx.engine()
+    if to_volume:
+        results = [restore_to_volume(engine, ctx.repo(), info, to_volume, opts)]
+    else:
+        results = restore_to_container(engine, ctx.repo(), info, to_container or "", opts)
+    for r in results:
+        ctx.emit(r.summary())
+        ctx.say(f"restored {r.backup} -> volume {r.volume}"
+                f"{' (replaced)' if r.replaced else ''}: {_fmt_size(r.tar_bytes)}, "
+                f"{r.entries} entries, {r.seconds:.1f} s")
+    if to_container:
+        ctx.say(f"created data-volume container {to_container}")
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("-o", "--output", metavar="FILE", required=True,
+              help="Identity file to create (mode 0600; never overwritten).")
+def keygen(output: str) -> None:
+    """Create an age identity file and print its public key (the recipient).
+
+    \b
+    Examples:
+      volbak keygen -o backup.key
+      volbak backup pgdata --recipient "$(grep -o 'age1.*' backup.key)"
+    """
+    from . import age
+
+    ident = age.X25519Identity.generate()
+    age.write_identity_file(output, ident)
+    click.echo(str(ident.recipient()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=argv, prog_name="volbak", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("volbak: interrupted", err=True)
+        return Interrupted.exit_code
+    except VolbakError as e:
+        click.echo(f"volbak: error: {e.message}", err=True)
+        if e.hint:
+            click.echo(f"hint: {e.hint}", err=True)
+        return e.exit_code
+    except Terminated:
+        click.echo("volbak: terminated; cleanup done", err=True)
+        return 143
+    except KeyboardInterrupt:
+        click.echo("volbak: interrupted; cleanup done", err=True)
+        return Interrupted.exit_code
+    except BrokenPipeError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
