@@ -1,0 +1,537 @@
+"""Shared fixtures: Docker engines, tracked test resources, the busybox test image,
+an S3 endpoint (moto) and a real sshd in front of engine 2.
+
+`scripts/test` prepares everything (packages, two engines, the image, moto) and sets
+VOLBAK_TEST_DOCKER_HOST, VOLBAK_TEST_DOCKER_HOST2, VOLBAK_TEST_S3_ENDPOINT and
+VOLBAK_TEST_REQUIRE=1. Plain `pytest` works too: the fixtures find an engine on
+DOCKER_HOST, /var/run/docker.sock or a running `scripts/engine start test` / `test2`,
+build the image and start moto themselves, and skip what they cannot have (or fail,
+with VOLBAK_TEST_REQUIRE=1).
+
+Everything a test creates carries the label `volbak-test=1` and is removed in teardown,
+even when the test failed; at the end of the session a sweep removes containers labelled
+`volbak-test` or `volbak` and volumes labelled `volbak-test` left on either engine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import docker.errors
+import pytest
+
+TEST_LABEL = "volbak-test"
+PRODUCT_LABEL = "volbak"
+LABELS = {TEST_LABEL: "1"}
+BUSYBOX_IMAGE = "volbak-test-busybox:latest"
+PRIVATE_ENGINE = "unix:///run/volbak-{}/docker.sock"
+
+
+# ---------------------------------------------------------------- engines
+
+
+def _required() -> bool:
+    return os.environ.get("VOLBAK_TEST_REQUIRE") == "1"
+
+
+def missing(reason: str) -> None:
+    """Skip the test for want of `reason`, or fail it under VOLBAK_TEST_REQUIRE=1."""
+    if _required():
+        pytest.fail(f"{reason} (VOLBAK_TEST_REQUIRE=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _answers(url: str) -> bool:
+    try:
+        client = docker.DockerClient(base_url=url, version="auto", timeout=10)
+    except Exception:
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
+
+
+def _pick_engine(env: str, fallbacks: list[str | None]) -> str:
+    explicit = os.environ.get(env)
+    candidates = [explicit] if explicit else [u for u in fallbacks if u]
+    for url in candidates:
+        if _answers(url):
+            return url
+    missing(f"no Docker engine answers ({env}; tried {', '.join(candidates) or 'nothing'})")
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> str:
+    """URL of engine 1: VOLBAK_TEST_DOCKER_HOST, else DOCKER_HOST, the default socket
+    or a running private engine "test"."""
+    return _pick_engine(
+        "VOLBAK_TEST_DOCKER_HOST",
+        [
+            os.environ.get("DOCKER_HOST"),
+            "unix:///var/run/docker.sock",
+            PRIVATE_ENGINE.format("test"),
+        ],
+    )
+
+
+@pytest.fixture(scope="session")
+def docker_host2(docker_host: str) -> str:
+    """URL of engine 2 (a different daemon, for migrations): VOLBAK_TEST_DOCKER_HOST2,
+    else a running private engine "test2"."""
+    url = _pick_engine("VOLBAK_TEST_DOCKER_HOST2", [PRIVATE_ENGINE.format("test2")])
+    if url == docker_host:
+        missing("engine 2 is the same URL as engine 1")
+    return url
+
+
+def sweep(client: docker.DockerClient) -> None:
+    """Remove containers labelled volbak-test or volbak, then volumes labelled
+    volbak-test. Volumes labelled only `volbak` may be a user's restored data on a
+    shared engine, so the sweep leaves them; tests track what they restore."""
+    for label in (TEST_LABEL, PRODUCT_LABEL):
+        for c in client.containers.list(all=True, filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True, v=False)
+    for v in client.volumes.list(filters={"label": TEST_LABEL}):
+        with contextlib.suppress(docker.errors.NotFound):
+            v.remove(force=True)
+
+
+@contextlib.contextmanager
+def _client(url: str) -> Iterator[docker.DockerClient]:
+    client = docker.DockerClient(base_url=url, version="auto")
+    try:
+        yield client
+    finally:
+        try:
+            sweep(client)
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_host: str) -> Iterator[docker.DockerClient]:
+    with _client(docker_host) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def docker_client2(docker_host2: str) -> Iterator[docker.DockerClient]:
+    with _client(docker_host2) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- resources
+
+
+class Resources:
+    """Creates labelled containers, volumes and images on one engine and removes them
+    all in teardown: containers first (force, keeping their volumes), then images,
+    then volumes. `on(client)` gives the tracker of another engine, torn down with
+    this one."""
+
+    image_label = LABELS  # labels for images a test builds (import `changes=["LABEL ..."]`)
+    labels = LABELS
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self.client = client
+        self._containers: list[str] = []
+        self._volumes: list[str] = []
+        self._images: list[str] = []
+        self._others: dict[int, Resources] = {}
+
+    def on(self, client: docker.DockerClient) -> Resources:
+        if client is self.client:
+            return self
+        return self._others.setdefault(id(client), Resources(client))
+
+    @staticmethod
+    def name(prefix: str = "volbak-test") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+    def volume(self, name: str | None = None, **kw):
+        kw["labels"] = {**LABELS, **(kw.get("labels") or {})}
+        vol = self.client.volumes.create(name=name or self.name(), **kw)
+        self.track_volume(vol.name)
+        return vol
+
+    def container(self, image: str, command=None, *, start: bool = False, **kw):
+        """Create (and with start=True start) a container; network "none" unless given."""
+        kw["labels"] = {**LABELS, **(kw.get("labels") or {})}
+        kw.setdefault("network_mode", "none")
+        ctr = self.client.containers.create(image, command, **kw)
+        self.track_container(ctr.id)
+        if start:
+            ctr.start()
+        return ctr
+
+    def track_volume(self, name: str) -> str:
+        self._volumes.append(name)
+        return name
+
+    def track_container(self, id_or_name: str) -> str:
+        self._containers.append(id_or_name)
+        return id_or_name
+
+    def track_image(self, ref: str) -> str:
+        self._images.append(ref)
+        return ref
+
+    def cleanup(self) -> None:
+        errors: list[str] = []
+
+        def attempt(what: str, fn) -> None:
+            try:
+                fn()
+            except docker.errors.NotFound:
+                pass
+            except Exception as exc:
+                errors.append(f"{what}: {exc}")
+
+        for other in self._others.values():
+            try:
+                other.cleanup()
+            except Exception as exc:
+                errors.append(str(exc))
+        api = self.client.api
+        for cid in reversed(self._containers):
+            attempt(f"container {cid}", lambda c=cid: api.remove_container(c, force=True, v=False))
+        for ref in reversed(self._images):
+            attempt(f"image {ref}", lambda r=ref: api.remove_image(r, force=True))
+        for name in reversed(self._volumes):
+            attempt(f"volume {name}", lambda n=name: api.remove_volume(n, force=True))
+        self._containers.clear()
+        self._images.clear()
+        self._volumes.clear()
+        if errors:
+            raise RuntimeError("test resources left behind:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def resources(docker_client: docker.DockerClient) -> Iterator[Resources]:
+    res = Resources(docker_client)
+    yield res
+    res.cleanup()
+
+
+@pytest.fixture
+def resources2(docker_client2: docker.DockerClient) -> Iterator[Resources]:
+    res = Resources(docker_client2)
+    yield res
+    res.cleanup()
+
+
+# ---------------------------------------------------------------- test image
+
+
+def busybox_rootfs_tar(busybox: str | None = None) -> bytes:
+    """A tar of a rootfs with a static /bin/busybox and a symlink per applet."""
+    path = busybox or shutil.which("busybox") or "/bin/busybox"
+    if not os.path.exists(path):
+        raise FileNotFoundError("busybox not found: apt-get install busybox-static")
+    data = Path(path).read_bytes()
+    if b"ld-linux" in data[:8192]:
+        raise RuntimeError(f"{path} is dynamically linked: apt-get install busybox-static")
+    applets = subprocess.run(
+        [path, "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d in ("bin", "tmp"):
+            info = tarfile.TarInfo(d)
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o1777 if d == "tmp" else 0o755
+            tar.addfile(info)
+        info = tarfile.TarInfo("bin/busybox")
+        info.size = len(data)
+        info.mode = 0o755
+        tar.addfile(info, io.BytesIO(data))
+        for applet in applets:
+            if applet == "busybox":
+                continue
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type = tarfile.SYMTYPE
+            link.linkname = "busybox"
+            tar.addfile(link)
+    return buf.getvalue()
+
+
+def ensure_busybox_image(client: docker.DockerClient, ref: str = BUSYBOX_IMAGE) -> bool:
+    """Import the busybox test image unless present; True if it was imported now."""
+    try:
+        client.images.get(ref)
+        return False
+    except docker.errors.ImageNotFound:
+        pass
+    repo, _, tag = ref.rpartition(":")
+    client.api.import_image_from_data(
+        busybox_rootfs_tar(),
+        repository=repo,
+        tag=tag,
+        changes=[f"LABEL {TEST_LABEL}=1", 'CMD ["sh"]'],
+    )
+    client.images.get(ref)
+    return True
+
+
+def _image_fixture(client: docker.DockerClient) -> Iterator[str]:
+    try:
+        built = ensure_busybox_image(client)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        missing(f"cannot build {BUSYBOX_IMAGE}: {exc}")
+        raise
+    yield BUSYBOX_IMAGE
+    if built:  # built here, not by scripts/test: leave the engine as it was
+        with contextlib.suppress(docker.errors.APIError):
+            client.images.remove(BUSYBOX_IMAGE)
+
+
+@pytest.fixture(scope="session")
+def busybox_image(docker_client: docker.DockerClient) -> Iterator[str]:
+    yield from _image_fixture(docker_client)
+
+
+@pytest.fixture(scope="session")
+def busybox_image2(docker_client2: docker.DockerClient) -> Iterator[str]:
+    yield from _image_fixture(docker_client2)
+
+
+# ---------------------------------------------------------------- S3
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """URL of an S3 endpoint: VOLBAK_TEST_S3_ENDPOINT, else a moto server started here.
+    Any access key and secret work against moto."""
+    url = os.environ.get("VOLBAK_TEST_S3_ENDPOINT")
+    if url:
+        yield url
+        return
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        missing(f"moto[server] is not installed: {exc}")
+        raise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- sshd
+
+
+class Sshd:
+    """A running sshd on 127.0.0.1 whose only key logs in as root with
+    DOCKER_HOST set to engine 2, so that `docker system dial-stdio` reaches engine 2."""
+
+    def __init__(self, url: str, key_path: Path, home: Path, bindir: Path, log: Path):
+        self.url = url
+        self.key_path = key_path
+        self.home = home
+        self.log = log
+        # HOME: paramiko (docker-py's default ssh transport) reads $HOME/.ssh/config and
+        # $HOME/.ssh/known_hosts. PATH: the ssh CLI ignores $HOME (it takes the passwd
+        # home), so a wrapper `ssh` first on PATH adds `-F <our config>`.
+        self.env = {"HOME": str(home), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+        self._saved: dict[str, str | None] | None = None
+
+    @contextlib.contextmanager
+    def environ(self) -> Iterator[None]:
+        """os.environ with self.env applied, restored on exit."""
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def client(self, use_ssh_client: bool = False, **kw) -> docker.DockerClient:
+        """A DockerClient for engine 2 through ssh.
+
+        use_ssh_client=False (paramiko): the connection is made while HOME points to
+        our home, and reused after, so nothing stays patched.
+        use_ssh_client=True (the ssh CLI): every new connection runs `ssh`, so
+        self.env stays applied to os.environ until the sshd fixture ends.
+        """
+        if use_ssh_client:
+            if self._saved is None:
+                self._saved = {k: os.environ.get(k) for k in self.env}
+                os.environ.update(self.env)
+            return docker.DockerClient(base_url=self.url, use_ssh_client=True, version="auto", **kw)
+        with self.environ():
+            return docker.DockerClient(
+                base_url=self.url, use_ssh_client=False, version="auto", **kw
+            )
+
+    def restore_environ(self) -> None:
+        if self._saved is not None:
+            for k, v in self._saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            self._saved = None
+
+
+def _keygen(path: Path, comment: str) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def sshd(docker_host2: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """A real `/usr/sbin/sshd -D` on 127.0.0.1:<free port> that logs root in by key only
+    and sets DOCKER_HOST=<engine 2> for the session (authorized_keys `environment=`,
+    `PermitUserEnvironment yes`), so `ssh://root@127.0.0.1:PORT` reaches engine 2
+    through `docker system dial-stdio` (the remote runs the docker CLI from its PATH).
+
+    Everything lives in a tmp dir: host key, client key, authorized_keys (sshd's
+    `AuthorizedKeysFile` points there, `StrictModes no`), a client home with
+    `.ssh/config` (IdentityFile, IdentitiesOnly, UserKnownHostsFile, BatchMode) and
+    `.ssh/known_hosts` holding the real host key, and `bin/ssh`, a wrapper running
+    `ssh -F <that config>`. /root/.ssh is never touched.
+
+    How clients connect (both proven in tests/test_infra.py):
+    - docker-py, paramiko (`use_ssh_client=False`, needs `paramiko`): it reads
+      `~/.ssh/config` (IdentityFile) and `~/.ssh/known_hosts` through $HOME and rejects
+      unknown hosts, so HOME=<client home> while the client is created is enough:
+      `sshd.client()`.
+    - docker-py shelling out (`use_ssh_client=True`) and the docker CLI
+      (`docker -H ssh://...`): they run `ssh`, which reads the passwd home's config,
+      not $HOME; with `sshd.env` (PATH with the wrapper first, HOME) it works:
+      `sshd.client(use_ssh_client=True)`, or `subprocess.run(..., env={**os.environ,
+      **sshd.env})` for a volbak or docker process.
+    """
+    for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            missing(f"{tool} not found: apt-get install openssh-server openssh-client")
+    d = tmp_path_factory.mktemp("sshd")
+    host_key = d / "ssh_host_ed25519_key"
+    key = d / "id_ed25519"
+    _keygen(host_key, "volbak-test-host")
+    _keygen(key, "volbak-test-client")
+    pub = key.with_suffix(".pub").read_text().strip()
+    authorized = d / "authorized_keys"
+    authorized.write_text(f'environment="DOCKER_HOST={docker_host2}" {pub}\n')
+    port = free_port()
+    config = d / "sshd_config"
+    config.write_text(
+        f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {authorized}
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitUserEnvironment yes
+StrictModes no
+UsePAM no
+X11Forwarding no
+AllowTcpForwarding no
+PrintMotd no
+LogLevel VERBOSE
+"""
+    )
+    home = d / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    known_hosts = home / ".ssh" / "known_hosts"
+    host_pub = host_key.with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    client_config = home / ".ssh" / "config"
+    client_config.write_text(
+        f"""\
+Host 127.0.0.1
+  User root
+  IdentityFile {key}
+  IdentitiesOnly yes
+  UserKnownHostsFile {known_hosts}
+  StrictHostKeyChecking yes
+  BatchMode yes
+  LogLevel ERROR
+"""
+    )
+    bindir = d / "bin"
+    bindir.mkdir()
+    wrapper = bindir / "ssh"
+    real_ssh = shutil.which("ssh")
+    wrapper.write_text(f'#!/bin/sh\nexec {real_ssh} -F "{client_config}" "$@"\n')
+    wrapper.chmod(0o755)
+
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+    log = d / "sshd.log"
+    subprocess.run(["/usr/sbin/sshd", "-t", "-f", str(config)], check=True)
+    with log.open("wb") as logf:
+        proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+        )
+    server = Sshd(f"ssh://root@127.0.0.1:{port}", key, home, bindir, log)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"sshd exited ({proc.returncode}):\n{log.read_text()}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", port), timeout=1),
+            ):
+                break
+            if time.monotonic() > deadline:
+                pytest.fail(f"sshd does not listen on {port}:\n{log.read_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.restore_environ()
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+if __name__ == "__main__":
+    # scripts/test: `python tests/conftest.py import-busybox URL...`
+    if len(sys.argv) < 3 or sys.argv[1] != "import-busybox":
+        sys.exit("usage: conftest.py import-busybox DOCKER_HOST...")
+    for url in sys.argv[2:]:
+        with contextlib.closing(docker.DockerClient(base_url=url, version="auto")) as c:
+            made = ensure_busybox_image(c)
+            print(f"{BUSYBOX_IMAGE} on {url}: {'imported' if made else 'present'}")
