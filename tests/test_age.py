@@ -394,3 +394,35 @@ def test_canonical_base64():
     for bad in ["AA==", "AB", "A", "A\n", "A B", "AAA=", "AAB"]:
         with pytest.raises(ValueError):
             age.b64decode(bad)
+
+
+def test_readinto(key):
+    data = os.urandom(3 * 65536 + 123)
+    blob = _encrypt(data, [key.recipient()])
+    r = age.DecryptReader(io.BytesIO(blob), [key])
+    buf = bytearray(100_000)
+    got = bytearray()
+    while n := r.readinto(buf):
+        got += buf[:n]
+    assert got == data
+
+
+class _PartialWriter:
+    """A raw sink that accepts at most 1000 bytes per write()."""
+
+    def __init__(self):
+        self.data = bytearray()
+
+    def write(self, b):
+        b = bytes(b[:1000])
+        self.data += b
+        return len(b)
+
+
+def test_partial_writes_to_destination(key):
+    data = os.urandom(150_000)
+    sink = _PartialWriter()
+    w = age.EncryptWriter(sink, [key.recipient()])
+    w.write(data)
+    w.close()
+    assert _decrypt(bytes(sink.data), [key]) == data

@@ -870,11 +870,18 @@ class EncryptWriter:
         self._buf = bytearray()
         self._counter = 0
         self._closed = False
-        dst.write(header + b" " + b64encode(mac).encode("ascii") + b"\n" + nonce)
+        self._write_all(header + b" " + b64encode(mac).encode("ascii") + b"\n" + nonce)
 
     def _seal(self, chunk, last: bool) -> None:
-        self._dst.write(self._aead.encrypt(_nonce(self._counter, last), chunk, None))
+        self._write_all(self._aead.encrypt(_nonce(self._counter, last), chunk, None))
         self._counter += 1
+
+    def _write_all(self, data: bytes) -> None:
+        n = self._dst.write(data)
+        if n is not None and n < len(data):  # a raw stream may write partially
+            view = memoryview(data)[n:]
+            while view:
+                view = view[self._dst.write(view) :]
 
     def write(self, data) -> None:
         if self._closed:
@@ -1045,9 +1052,21 @@ class DecryptReader:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def readinto(self, b) -> int:
-        data = self.read(len(memoryview(b).cast("B")))
-        memoryview(b).cast("B")[: len(data)] = data
-        return len(data)
+        """Fill ``b`` (exactly, unless at the end) without an intermediate copy."""
+        view = memoryview(b).cast("B")
+        want = len(view)
+        pos = 0
+        while pos < want:
+            avail = len(self._chunk) - self._off
+            if not avail:
+                if not self._next_chunk():
+                    break
+                continue
+            take = min(avail, want - pos)
+            view[pos : pos + take] = memoryview(self._chunk)[self._off : self._off + take]
+            self._off += take
+            pos += take
+        return pos
 
     def readable(self) -> bool:
         return True
