@@ -42,7 +42,12 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so every finally block runs."""
 
 
+_terminated = False
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
+    global _terminated
+    _terminated = True
     raise Terminated()
 
 
@@ -379,8 +384,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
-    except click.Abort:
-        click.echo("volbak: interrupted", err=True)
+    except click.Abort:  # click turns KeyboardInterrupt (and so our SIGTERM) into Abort
+        if _terminated:
+            click.echo("volbak: terminated; cleanup done", err=True)
+            return 143
+        click.echo("volbak: interrupted; cleanup done", err=True)
         return Interrupted.exit_code
     except VolbakError as e:
         click.echo(f"volbak: error: {e.message}", err=True)

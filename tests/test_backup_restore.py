@@ -1,0 +1,305 @@
+"""Backup and restore on a real engine: fidelity round trips, bad input, failures.
+
+Every test runs the real CLI entry point in-process (or as a subprocess for signals)
+against the test engine, with a repository in a temp dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fidelity import diff_listings, listing, populate, volume_path
+
+from volbak.cli import main
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return tmp_path / "repo"
+
+
+@pytest.fixture
+def run(docker_host, repo, capsys):
+    def run(*args: str, expect: int = 0, repo_path: Path | None = None) -> tuple[str, str]:
+        rc = main([*args, "-H", docker_host, "--repo", str(repo_path or repo)])
+        out, err = capsys.readouterr()
+        assert rc == expect, f"exit {rc} (wanted {expect}); stderr:\n{err}"
+        if expect:
+            assert "Traceback" not in err
+            assert err.startswith("volbak: error: ") and "\nhint: " in err, err
+        return out, err
+
+    return run
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind(docker_client):
+    """No helper container, staging volume or anonymous volume may outlive a command."""
+    before = {v.name for v in docker_client.volumes.list()}
+    yield
+    helpers = docker_client.containers.list(all=True, filters={"label": "volbak=helper"})
+    assert not helpers, f"helper containers left: {[c.name for c in helpers]}"
+    staging = docker_client.volumes.list(filters={"label": "volbak.managed"})
+    assert not staging, f"staging volumes left: {[v.name for v in staging]}"
+    anon = [v.name for v in docker_client.volumes.list()
+            if v.name not in before and len(v.name) == 64]
+    assert not anon, f"anonymous volumes left: {anon}"
+
+
+def _new_target(resources) -> str:
+    return resources.track_volume(resources.name("volbak-restored"))
+
+
+def _same(client, a: str, b: str) -> None:
+    la, lb = listing(volume_path(client, a)), listing(volume_path(client, b))
+    assert la == lb, diff_listings(la, lb)
+
+
+# -- fidelity ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
+def test_round_trip_keeps_every_byte_and_bit(compression, resources, docker_client, run, repo):
+    src = resources.volume().name
+    populate(volume_path(docker_client, src), big=(64 if compression == "zstd" else 4) * 2**20)
+    out, _ = run("backup", src, "--compress", compression, "--json")
+    summary = json.loads(out)
+    assert summary["volume"] == src and summary["compression"] == compression
+    target = _new_target(resources)
+    run("restore", summary["id"], "--to-volume", target)
+    _same(docker_client, src, target)
+    root = volume_path(docker_client, target)
+    st = root.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o700, 999, 999)
+
+
+@pytest.mark.slow
+def test_round_trip_file_over_8_gib(resources, docker_client, run):
+    """Over 8 GiB a tar header needs a PAX size record: the stream scanner must follow."""
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    with open(root / "huge.img", "wb") as f:
+        f.write(os.urandom(1 << 20))
+        f.seek(8 * 2**30 + 12345)
+        f.write(os.urandom(1 << 20))
+    (root / "after").write_bytes(b"entry after the huge file")
+    out, _ = run("backup", src, "--json")
+    summary = json.loads(out)
+    assert summary["entries"] == 3
+    target = _new_target(resources)
+    run("restore", src, "--to-volume", target)
+    _same(docker_client, src, target)
+
+
+def test_container_backup_restores_as_data_volume_container(
+        resources, docker_client, busybox_image, run):
+    a, b = resources.volume().name, resources.volume().name
+    populate(volume_path(docker_client, a), big=2**20)
+    (volume_path(docker_client, b) / "cache.txt").write_text("cached")
+    web = resources.container(busybox_image, ["true"], volumes={
+        a: {"bind": "/var/lib/app", "mode": "rw"}, b: {"bind": "/cache", "mode": "rw"}})
+    out, _ = run("backup", "--container", web.name, "--json")
+    backups = [json.loads(line) for line in out.splitlines()]
+    assert {x["volume"] for x in backups} == {a, b}
+    assert len({x["set"] for x in backups}) == 1
+    assert all(x["container"] == web.name for x in backups)
+
+    web2 = resources.name("volbak-web2")
+    resources.track_container(web2)
+    for path in ("var_lib_app", "cache"):
+        resources.track_volume(f"{web2}_{path}")
+    run("restore", backups[0]["id"], "--to-container", web2)
+    mounts = {m["Destination"]: m["Name"]
+              for m in docker_client.api.inspect_container(web2)["Mounts"]}
+    assert set(mounts) == {"/var/lib/app", "/cache"}
+    _same(docker_client, a, mounts["/var/lib/app"])
+    _same(docker_client, b, mounts["/cache"])
+    # The same container name again is refused and changes nothing.
+    run("restore", backups[0]["id"], "--to-container", web2, expect=8)
+
+
+def test_list_and_show(resources, docker_client, run, busybox_image):
+    src = resources.volume(labels={"app": "db"}).name
+    (volume_path(docker_client, src) / "f").write_text("x")
+    resources.container(busybox_image, ["true"], name=resources.name("volbak-user"),
+                        volumes={src: {"bind": "/var/lib/db", "mode": "rw"}},
+                        ports={"5432/tcp": None})
+    first = json.loads(run("backup", src, "--json")[0])
+    time.sleep(1.1)  # distinct second-resolution IDs
+    second = json.loads(run("backup", src, "--json")[0])
+    listed = json.loads(run("list", "--json")[0])
+    assert [x["id"] for x in listed] == [second["id"], first["id"]]
+    for x in listed:
+        assert {"id", "volume", "created", "size", "compression"} <= set(x)
+        assert x["created"].endswith("Z") and x["size"] > 0
+    shown = json.loads(run("show", src, "--json")[0])
+    assert shown["id"] == second["id"]
+    assert shown["volume"]["labels"] == {"app": "db", "volbak-test": "1"}
+    assert shown["mount_path"] == "/var/lib/db"
+    (user,) = shown["containers"]
+    assert user["image"] == busybox_image and user["network_mode"] == "none"
+    assert "5432/tcp" in user["ports"]
+    text = run("list")[0]
+    assert second["id"] in text and "ID" in text
+
+
+# -- refusing to overwrite, --force -----------------------------------------------------------
+
+def test_existing_target_is_refused_then_replaced_with_force(resources, docker_client, run):
+    src = resources.volume().name
+    populate(volume_path(docker_client, src), big=2**20)
+    run("backup", src)
+    target = resources.volume().name
+    (volume_path(docker_client, target) / "precious").write_text("keep me")
+    before = listing(volume_path(docker_client, target))
+    _, err = run("restore", src, "--to-volume", target, expect=8)
+    assert target in err and "--force" in err
+    assert listing(volume_path(docker_client, target)) == before
+    run("restore", src, "--to-volume", target, "--force")
+    _same(docker_client, src, target)
+
+
+def test_existing_empty_target_is_filled(resources, docker_client, run):
+    src = resources.volume().name
+    populate(volume_path(docker_client, src), big=2**20)
+    run("backup", src)
+    target = resources.volume().name
+    run("restore", src, "--to-volume", target)
+    _same(docker_client, src, target)
+
+
+# -- damaged repositories -------------------------------------------------------------------
+
+def _stored_object(repo: Path, volume: str) -> Path:
+    (obj,) = [p for p in (repo / volume).iterdir() if ".tar" in p.name]
+    return obj
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate"])
+def test_damaged_archive_fails_and_leaves_nothing(damage, resources, docker_client, run, repo):
+    src = resources.volume().name
+    populate(volume_path(docker_client, src), big=8 * 2**20)
+    run("backup", src)
+    obj = _stored_object(repo, src)
+    data = bytearray(obj.read_bytes())
+    if damage == "bitflip":
+        data[len(data) // 2] ^= 0x10
+    else:
+        del data[len(data) * 2 // 3:]
+    obj.write_bytes(bytes(data))
+
+    target = _new_target(resources)
+    _, err = run("restore", src, "--to-volume", target, expect=6)
+    assert "corrupt" in err or "truncated" in err or "ends early" in err
+    assert target not in {v.name for v in docker_client.volumes.list()}
+
+    existing = resources.volume().name
+    (volume_path(docker_client, existing) / "precious").write_text("keep me")
+    before = listing(volume_path(docker_client, existing))
+    run("restore", src, "--to-volume", existing, "--force", expect=6)
+    assert listing(volume_path(docker_client, existing)) == before
+
+
+def test_backup_without_manifest_is_not_listed(resources, docker_client, run, repo):
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("x")
+    backup_id = json.loads(run("backup", src, "--json")[0])["id"]
+    (manifest,) = (repo / src).glob("*.manifest.json")
+    manifest.unlink()
+    assert json.loads(run("list", "--json")[0]) == []
+    _, err = run("restore", backup_id, "--to-volume", _new_target(resources), expect=3)
+    assert backup_id in err
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+def test_unknown_volume_container_and_backup(run):
+    _, err = run("backup", "no-such-volume-xyz", expect=3)
+    assert "no-such-volume-xyz" in err
+    _, err = run("backup", "--container", "no-such-ctr-xyz", expect=3)
+    assert "no-such-ctr-xyz" in err and "--container" in err
+    _, err = run("restore", "no-such-volume-xyz", "--to-volume", "x", expect=3)
+    assert "no-such-volume-xyz" in err
+    _, err = run("restore", "vol@20000101T000000Z", "--to-volume", "x", expect=3)
+    assert "volbak list" in err
+
+
+def test_unreachable_engine_names_host_and_docker_host(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    rc = main(["backup", "v", "--repo", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 4
+    assert "unix:///nonexistent/docker.sock" in err and "DOCKER_HOST" in err and "hint:" in err
+
+
+def test_bad_repository_url_names_the_plugin(run):
+    _, err = run("list", repo_path="nosuch://bucket/x", expect=5)
+    assert "pip install" in err
+
+
+# -- the repository's disk --------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+
+
+@needs_root
+def test_repository_not_writable(resources, docker_client, run, tmp_path):
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("x")
+    with _tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        _, err = run("backup", src, repo_path=ro, expect=5)
+    assert "not writable" in err
+
+
+@needs_root
+def test_full_disk_leaves_no_backup(resources, docker_client, run, tmp_path):
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "random").write_bytes(os.urandom(24 * 2**20))
+    with _tmpfs(tmp_path / "small", "size=4m") as small:
+        _, err = run("backup", src, repo_path=small, expect=5)
+        assert "no space" in err
+        leftovers = [f for _, _, files in os.walk(small) for f in files]
+        assert leftovers == []
+        assert json.loads(run("list", "--json", repo_path=small)[0]) == []
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_backup_cleans_up(sig, code, resources, docker_client, docker_host, repo):
+    src = resources.volume().name
+    with open(volume_path(docker_client, src) / "random", "wb") as f:
+        for _ in range(48):
+            f.write(os.urandom(8 * 2**20))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volbak.cli", "backup", src, "-H", docker_host,
+         "--repo", str(repo), "--compress", "gzip"],  # gzip: slow enough to interrupt
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not list(repo.rglob("*.tar*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert docker_client.containers.list(all=True, filters={"label": "volbak=helper"})
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert [f for _, _, files in os.walk(repo) for f in files] == []
