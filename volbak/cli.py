@@ -375,6 +375,13 @@ def keygen(output: str) -> None:
     click.echo(str(ident.recipient()))
 
 
+def _register_commands() -> None:
+    """Commands that live in their own modules."""
+    from .cli_migrate import migrate
+
+    cli.add_command(migrate)
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -405,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
+
+_register_commands()
 
 if __name__ == "__main__":
     sys.exit(main())
