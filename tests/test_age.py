@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -251,20 +252,33 @@ def test_short_reads_from_source(key):
     assert r.read() == data
 
 
-def test_armored_input(key):
-    data = os.urandom(1000)
-    blob = _encrypt(data, [key.recipient()])
-    b64 = __import__("base64").b64encode(blob).decode()
+def _armor(blob: bytes, eol: str = "\n") -> bytes:
+    b64 = base64.b64encode(blob).decode()
     lines = [b64[i : i + 64] for i in range(0, len(b64), 64)]
-    armored = (
-        "-----BEGIN AGE ENCRYPTED FILE-----\n"
-        + "\n".join(lines)
-        + "\n-----END AGE ENCRYPTED FILE-----\n"
-    ).encode()
+    text = ["-----BEGIN AGE ENCRYPTED FILE-----", *lines, "-----END AGE ENCRYPTED FILE-----"]
+    return (eol.join(text) + eol).encode()
+
+
+@pytest.mark.parametrize("size", [1000, 48 * 1024, 300_001])
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_armored_input(key, size, eol):
+    data = os.urandom(size)
+    blob = _encrypt(data, [key.recipient()])
+    armored = _armor(blob, eol)
     assert _decrypt(armored, [key]) == data
+    assert _decrypt(b" \n\t\n" + armored + b"\n \n", [key], 4096) == data
+    # A corrupted line deep inside the armor is an armor error, not garbage plaintext.
+    pos = len(armored) * 3 // 4
+    pos = armored.index(b"\n", pos) - 3
+    bad = armored[:pos] + b"*" + armored[pos + 1 :]
     with pytest.raises(age.AgeArmorError):
+        _decrypt(bad, [key])
+
+
+def test_not_an_age_file(key):
+    with pytest.raises(age.AgeArmorError, match="not an age file"):
         _decrypt(b"garbage that is not age\n", [key])
-    with pytest.raises(age.AgeHeaderError):
+    with pytest.raises(age.AgeHeaderError, match="empty"):
         _decrypt(b"", [key])
 
 

@@ -112,6 +112,7 @@ _X25519_LABEL = b"age-encryption.org/v1/X25519"
 _ARMOR_BEGIN = b"-----BEGIN AGE ENCRYPTED FILE-----"
 _ARMOR_END = b"-----END AGE ENCRYPTED FILE-----"
 _ARMOR_MAX_WHITESPACE = 1024
+_ARMOR_FAST_LINES = 1024
 _WHITESPACE = b" \t\r\n\v\f"
 
 # --------------------------------------------------------------------------- encodings
@@ -595,6 +596,10 @@ class _BufReader:
                 return line
         raise exc("line too long", hint=_HINT_CORRUPT)
 
+    def skip(self, n: int) -> None:
+        """Drop n bytes that peek() returned."""
+        self._buf = self._buf[n:]
+
     def read(self, n: int) -> bytes:
         if self._buf:
             out, self._buf = self._buf[:n], self._buf[n:]
@@ -630,6 +635,7 @@ class _ArmorReader:
         self._started = False
         self._done = False
         self._unread = b""
+        self._slow = 0
 
     def _line(self) -> bytes:
         line = self._src.readline(_ARMOR_MAX_WHITESPACE + 2, AgeArmorError)
@@ -694,13 +700,36 @@ class _ArmorReader:
             self._finish()
         return data
 
+    def _decode_block(self) -> bytes:
+        """Many full LF-terminated 64-column lines at once, else one line."""
+        if not self._started:
+            self._start()
+        if self._slow > 0:
+            self._slow -= 1
+            return self._decode_line()
+        blk = self._src.peek(_ARMOR_FAST_LINES * (_COLUMNS + 1))
+        m = len(blk) // (_COLUMNS + 1)
+        if m > 1:
+            blk = blk[: m * (_COLUMNS + 1)]
+            if blk[_COLUMNS :: _COLUMNS + 1] == b"\n" * m and blk.count(b"\n") == m:
+                try:
+                    data = binascii.a2b_base64(blk.replace(b"\n", b""), strict_mode=True)
+                except binascii.Error:
+                    data = b""
+                # Full 64-column lines without padding are always canonical.
+                if len(data) == m * _BYTES_PER_LINE:
+                    self._src.skip(len(blk))
+                    return data
+        self._slow = 64  # near the end, or CRLF lines: go line by line for a while
+        return self._decode_line()
+
     def read(self, n: int) -> bytes:
         parts = []
         while n > 0:
             if not self._unread:
                 if self._done:
                     break
-                self._unread = self._decode_line()
+                self._unread = self._decode_block()
                 continue
             part, self._unread = self._unread[:n], self._unread[n:]
             parts.append(part)
