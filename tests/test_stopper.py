@@ -17,6 +17,7 @@ import pytest
 
 from volbak.errors import EngineError
 from volbak.stopper import (
+    containers_to_stop,
     containers_using,
     default_journal_dir,
     engine_url_of,
@@ -193,6 +194,9 @@ def test_containers_using(docker_client, resources, busybox_image, service):
     assert {c.id for c in containers_using(docker_client, vol.name, running_only=False)} == {
         a.id, b.id, idle.id}
     assert containers_using(docker_client, resources.name("nosuchvol")) == []
+    opted = service(other, labels={"volbak.stop": "true"})
+    assert [c.id for c in containers_to_stop(docker_client, [vol.name, other.name])] == [opted.id]
+    assert len(containers_to_stop(docker_client, [vol.name, other.name], force=True)) == 4
 
 
 @pytest.mark.docker

@@ -4,6 +4,7 @@ Usage::
 
     users = containers_using(client, "pgdata")              # running users of the volume
     victims = select_to_stop(users, force=args.stop)        # --stop, or label volbak.stop=true
+    # (or both at once, for several volumes: containers_to_stop(client, vols, force=...))
     with stopped(client, victims, engine_url=url) as were_stopped:
         run_backup()                                        # any exception, Ctrl-C, SIGTERM...
     # ...and here every container in were_stopped is running again
@@ -136,6 +137,15 @@ def select_to_stop(containers: Iterable[Any], force: bool = False) -> list[Any]:
         if force or _is_true((c.labels or {}).get(STOP_LABEL)):
             out.append(c)
     return out
+
+
+def containers_to_stop(client: docker.DockerClient, volumes: Iterable[str],
+                       force: bool = False) -> list[Any]:
+    """The running containers using any of ``volumes`` that ``select_to_stop`` picks."""
+    users: list[Any] = []
+    for v in volumes:
+        users.extend(containers_using(client, v))
+    return select_to_stop(users, force)
 
 
 # ---------------------------------------------------------------- journal
