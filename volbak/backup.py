@@ -105,13 +105,15 @@ def backup_volume(
     with helper(engine, [VolumeMount(volume, "/" + ARCHIVE_ROOT)], opts.helper_image) as cid, \
             repo.backend.create_writer(data_name) as writer, \
             Progress(f"backup {volume}", total, opts.progress) as bar:
+        # Three threads: the pump reads Docker, this one scans and compresses, the
+        # drain encrypts, hashes and writes.
         sink = HashSink(writer.write)
-        drain = Drain(sink.write)
-        out: Any = drain
+        encrypt = None
         if opts.recipients:
             from .age import EncryptWriter
 
-            out = EncryptWriter(drain, list(opts.recipients))
+            encrypt = EncryptWriter(sink, list(opts.recipients))
+        drain = Drain(encrypt.write if encrypt else sink.write)
         src = ArchiveStream(engine, cid, "/" + ARCHIVE_ROOT)
         pump = Pump(src.read)
         tar_size = 0
@@ -119,13 +121,13 @@ def backup_volume(
             for chunk in pump:
                 scanner.feed(chunk)
                 tar_size += len(chunk)
-                out.write(comp.write(chunk))
+                drain.write(comp.write(chunk))
                 bar.update(len(chunk))
             scanner.check_complete()
-            out.write(comp.finish())
-            if out is not drain:
-                out.close()
+            drain.write(comp.finish())
             drain.close()
+            if encrypt:
+                encrypt.close()
         except BaseException:
             drain.abandon()
             raise
