@@ -59,13 +59,14 @@ def _context_host(name: str) -> tuple[str, Any]:
     return ctx.Host or "unix:///var/run/docker.sock", tls
 
 
-def resolve_host(host: str | None) -> tuple[str, Any, str]:
-    """Return (url, tls, where-it-came-from) the way the docker CLI decides."""
+def resolve_host(host: str | None, flag: str = "-H/--host") -> tuple[str, Any, str]:
+    """Return (url, tls, where-it-came-from) the way the docker CLI decides; ``flag``
+    names the option ``host`` came from in messages."""
     if host and "://" not in host:
         url, tls = _context_host(host)
-        return url, tls, f"context '{host}'"
+        return url, tls, f"context '{host}'" + ("" if flag == "-H/--host" else f" ({flag})")
     if host:
-        return host, _tls_from_env(), "-H/--host"
+        return host, _tls_from_env(), flag
     if os.environ.get("DOCKER_HOST"):
         return os.environ["DOCKER_HOST"], _tls_from_env(), "DOCKER_HOST"
     name = os.environ.get("DOCKER_CONTEXT") or _current_context()
@@ -90,9 +91,10 @@ def _tls_from_env() -> Any:
         raise UsageError(f"bad TLS settings in DOCKER_CERT_PATH/DOCKER_TLS_VERIFY: {e}") from None
 
 
-def connect(host: str | None = None) -> Engine:
-    """Connect and check the engine answers; ``host`` is a URL or a context name."""
-    url, tls, origin = resolve_host(host)
+def connect(host: str | None = None, flag: str = "-H/--host") -> Engine:
+    """Connect and check the engine answers; ``host`` is a URL or a context name, given
+    by option ``flag`` (named in error messages)."""
+    url, tls, origin = resolve_host(host, flag)
     kwargs: dict[str, Any] = {"base_url": url, "version": "auto", "timeout": 600}
     if tls:
         kwargs["tls"] = tls
@@ -107,8 +109,8 @@ def connect(host: str | None = None) -> Engine:
         raise EngineError(
             f"cannot reach the Docker engine at {url} (from {origin}; "
             f"DOCKER_HOST={env or 'unset'}): {_short(e)}",
-            hint="is dockerd running there? pass the engine with -H/--host URL|CONTEXT "
-            "or set DOCKER_HOST",
+            hint=f"is dockerd running there? pass the engine with {flag} URL|CONTEXT"
+            + (" or set DOCKER_HOST" if flag == "-H/--host" else ""),
         ) from None
     return Engine(client, url)
 

@@ -19,7 +19,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import docker.errors
@@ -247,27 +247,48 @@ def restore_to_volume(
 
 def _replace_via_staging(engine: Engine, source: BackupSource, target: str, empty: bool,
                          opts: RestoreOptions) -> None:
-    staging = f"volbak-staging-{secrets.token_hex(6)}"
-    _create_volume(engine, staging, {MANAGED_LABEL: "staging", RESTORED_LABEL: source.info.id})
+    staging = fill_staging(engine, lambda vol: _fill(engine, source, vol, opts),
+                           {RESTORED_LABEL: source.info.id})
+    # From here the backup is fully read and verified; only now is the target touched.
+    replace_from_staging(engine, staging, target, empty, opts.helper_image)
+
+
+def staging_name() -> str:
+    return f"volbak-staging-{secrets.token_hex(6)}"
+
+
+def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, str]) -> str:
+    """Create a staging volume and ``fill(name)`` it; on any failure it is removed again.
+    Returns the staging volume's name (labelled volbak.managed=staging)."""
+    staging = staging_name()
+    _create_volume(engine, staging, {MANAGED_LABEL: "staging", **labels})
     try:
-        _fill(engine, source, staging, opts)
+        fill(staging)
     except BaseException:
         remove_volume(engine, staging)
         raise
-    # From here the backup is fully read and verified; only now is the target touched.
+    return staging
+
+
+def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
+                         helper_image: str | None = None, flag: str = "--to-volume",
+                         what: str = "restored", rerun: str = "rerun the restore") -> None:
+    """Replace ``target``'s contents with the (complete, verified) staging volume's, then
+    remove the staging volume. A non-empty target is removed and recreated with its
+    labels, driver and options. On failure the staging volume is kept and named."""
     try:
         if not empty:
-            old = inspect_volume(engine, target, "--to-volume")
+            old = inspect_volume(engine, target, flag)
             with api_errors(engine, f"removing volume '{target}' to replace it (--force)"):
                 engine.api.remove_volume(target)
             _create_volume(engine, target, old.get("Labels") or {}, old.get("Driver") or "local",
                            old.get("Options") or {})
-        copy_volume(engine, staging, target, opts.helper_image)
+        copy_volume(engine, staging, target, helper_image)
     except BaseException as e:
         raise EngineError(
             f"replacing the contents of volume '{target}' failed ({e}); the verified "
-            f"restored data is kept in volume '{staging}'",
-            hint=f"copy it from '{staging}' by hand or rerun the restore",
+            f"{what} data is kept in volume '{staging}'",
+            hint=f"copy it from '{staging}' by hand or {rerun}",
         ) from None
     remove_volume(engine, staging)
 
