@@ -68,6 +68,7 @@ class Ctx:
         self.quiet = quiet or as_json
         self._engine: Any = None
         self._repo: Any = None
+        self.recovered: list[str] = []
 
     @property
     def progress(self) -> bool:
@@ -89,6 +90,24 @@ class Ctx:
 
             self._repo = Repository(open_backend(self.repo_url, self.repo_options))
         return self._repo
+
+    def event(self, text: str) -> None:
+        """Progress notes (stops, restarts, hooks, waiting) on stderr."""
+        if not self.quiet:
+            click.echo(f"volbak: {text}", err=True)
+
+    def recover(self) -> None:
+        """Start containers a dead volbak process left stopped (see stopper)."""
+        from .stopper import recover
+
+        def client_for(url: str) -> Any:
+            from .engine import connect
+
+            return connect(url).client
+
+        self.recovered = recover(
+            client_for, on_event=self.event,
+            on_error=lambda msg: click.echo(f"volbak: warning: {msg}", err=True))
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -132,6 +151,7 @@ def common(f: Callable[..., Any]) -> Callable[..., Any]:
                 as_json: bool, quiet: bool, **kw: Any) -> Any:
         ctx = Ctx(host, repo, repo_options, as_json, quiet)
         try:
+            ctx.recover()
             return f(ctx, **kw)
         finally:
             ctx.close()
@@ -186,11 +206,23 @@ def encryption_options(f: Callable[..., Any]) -> Callable[..., Any]:
               help="Back up every volume of this container (repeatable).")
 @click.option("--compress", "compression", default="zstd", show_default=True,
               type=click.Choice(["zstd", "gzip", "none"]), help="Compression of the archive.")
+@click.option("--stop", is_flag=True,
+              help="Stop the running containers that use the volumes, start them again "
+              "afterwards (containers labelled volbak.stop=true are stopped anyway).")
+@click.option("--pre-backup", metavar="CMD",
+              help="Run 'sh -c CMD' in each running container using the volumes before "
+              "the backup (default: their volbak.pre-backup label).")
+@click.option("--post-backup", metavar="CMD",
+              help="Run after the backup, also when it failed (default: volbak.post-backup).")
+@click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
+              help="Wait this long for another volbak run holding the same volume or "
+              "repository (default: fail at once, exit 9).")
 @click.option("--helper-image", metavar="IMAGE",
               help="Image for the helper container (default: an empty image volbak imports).")
 @encryption_options
 @common
 def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], compression: str,
+           stop: bool, pre_backup: str | None, post_backup: str | None, lock_wait: float,
            helper_image: str | None, recipient: tuple[str, ...],
            recipients_file: tuple[str, ...], passphrase_file: str | None,
            ask_passphrase: bool) -> None:
@@ -200,25 +232,22 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], comp
     Examples:
       volbak backup pgdata
       volbak backup pgdata redis --repo /srv/backups
-      volbak backup --container web
+      volbak backup --container web --stop
+      volbak backup pgdata --pre-backup 'pg_dumpall -U postgres > /var/lib/postgresql/data/dump.sql'
       volbak backup pgdata -r age1... --json     # encrypted, one JSON line per backup
     """
-    from .backup import BackupOptions, backup_container, backup_volume
+    from .backup import BackupOptions
     from .keys import recipients
+    from .orchestrate import Consistency, guarded_backup
 
     if not volumes and not containers:
         raise UsageError("nothing to back up", hint="name a VOLUME or pass --container NAME")
     opts = BackupOptions(compression, recipients(recipient, recipients_file, passphrase_file,
                                                  ask_passphrase), helper_image, ctx.progress)
-    engine, repo = ctx.engine(), ctx.repo()
-    infos = []
-    for v in volumes:
-        infos.append(backup_volume(engine, repo, v, opts))
-        _report_backup(ctx, infos[-1])
-    for c in containers:
-        for info in backup_container(engine, repo, c, opts):
-            infos.append(info)
-            _report_backup(ctx, info)
+    how = Consistency(stop, pre_backup, post_backup, lock_wait)
+    for info in guarded_backup(ctx.engine(), ctx.repo(), volumes, containers, opts, how,
+                               ctx.event):
+        _report_backup(ctx, info)
 
 
 def _report_backup(ctx: Ctx, info: Any) -> None:
@@ -405,6 +434,145 @@ class _VerifyFailed(VolbakError):
         super().__init__(f"verification failed for {res.id} (and possibly others above)",
                          hint="restore from a backup that verifies; see 'volbak list'")
         self.exit_code = res.exit_code
+
+
+# -- unattended: prune, run, recover ----------------------------------------------------------
+
+@cli.command()
+@click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest.")
+@click.option("--keep-hourly", type=int, default=0, metavar="N", help="Newest of N hours.")
+@click.option("--keep-daily", type=int, default=0, metavar="N", help="Newest of N days.")
+@click.option("--keep-weekly", type=int, default=0, metavar="N", help="Newest of N ISO weeks.")
+@click.option("--keep-monthly", type=int, default=0, metavar="N", help="Newest of N months.")
+@click.option("--keep-yearly", type=int, default=0, metavar="N", help="Newest of N years.")
+@click.option("--volume", metavar="NAME", help="Only this volume's backups.")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
+              help="Wait for another run holding the repository.")
+@common
+def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
+          keep_monthly: int, keep_yearly: int, volume: str | None, dry_run: bool,
+          lock_wait: float) -> None:
+    """Delete old backups, per volume, with restic's 'forget' rules.
+
+    Buckets are UTC hours, days, ISO weeks, months and years; in each, the newest
+    backup is kept. The newest backup of a volume is never deleted, and a prune
+    that is interrupted never leaves a listed backup without its archive.
+
+    \b
+    Examples:
+      volbak prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12
+      volbak prune --keep-last 3 --volume pgdata --dry-run
+    """
+    from . import lock
+    from .retention import Policy
+    from .retention import prune as do_prune
+
+    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    repo = ctx.repo()
+    with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(
+            f"waiting for the lock on {k}")):
+        decisions = do_prune(repo, policy, volume, dry_run)
+    for d in decisions:
+        ctx.emit({**d.summary(), "dry_run": dry_run})
+        verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
+        ctx.say(f"{verb}  {d.info.id}  {', '.join(d.reasons)}".rstrip())
+
+
+@cli.command()
+@click.option("--config", "config_path", required=True, metavar="FILE",
+              help="Job file (TOML); see the README for its keys.")
+@click.argument("jobs", nargs=-1, metavar="[JOB]...")
+@click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
+              help="Wait for another run holding the same volume or repository.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON summary per job on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("-H", "--host", metavar="URL|CONTEXT", help="Docker engine (as for backup).")
+def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool, quiet: bool,
+        host: str | None) -> None:
+    """Run the named jobs of a config file (all of them by default), as cron would.
+
+    Each job backs up its volumes (with its encryption, compression, --stop and hooks),
+    then applies its retention. A failing job runs its on_failure command and webhook,
+    and the run goes on with the next job; the exit code is that of the first failure.
+
+    \b
+    Examples:
+      volbak run --config /etc/volbak.toml
+      volbak run --config volbak.toml nightly --json --wait 600
+    """
+    from .jobs import load
+    from .orchestrate import run_job
+    from .repository import Repository
+
+    ctx = Ctx(host, None, (), as_json, quiet)
+    try:
+        ctx.recover()
+        config = load(config_path)
+
+        def open_repo(job: Any) -> Repository:
+            from .backend import open_backend
+
+            return Repository(open_backend(job.repo, job.repo_options))
+
+        def make_recipients(job: Any) -> list[Any]:
+            from .keys import recipients
+
+            return recipients(job.recipients,
+                              [str(job.recipients_file)] if job.recipients_file else [],
+                              str(job.passphrase_file) if job.passphrase_file else None)
+
+        first_failure = None
+        for job in config.select(jobs):
+            report = run_job(job, ctx.engine, open_repo, make_recipients, lock_wait,
+                             ctx.progress, ctx.event)
+            ctx.emit(report.summary())
+            if report.status == "ok":
+                ctx.say(f"job {job.name}: {len(report.backups)} backup(s), "
+                        f"{len(report.pruned)} pruned, {report.seconds:.1f} s")
+            else:
+                click.echo(f"volbak: job {job.name} failed: {report.error}", err=True)
+                if report.hint:
+                    click.echo(f"hint: {report.hint}", err=True)
+                for note in report.notify:
+                    click.echo(f"volbak: job {job.name}: {note}", err=True)
+                first_failure = first_failure or report
+        if first_failure:
+            raise _JobFailed(first_failure)
+    finally:
+        ctx.close()
+
+
+class _JobFailed(VolbakError):
+    def __init__(self, report: Any) -> None:
+        super().__init__(f"job {report.job} failed (see above)")
+        self.exit_code = report.exit_code or 1
+
+
+@cli.command()
+@common
+def recover(ctx: Ctx) -> None:
+    """Start the containers that a volbak process which died (kill -9, reboot) had
+    stopped for a backup. Every volbak command does this first; this command only
+    does that.
+
+    \b
+    Examples:
+      volbak recover
+    """
+    from .stopper import pending
+
+    ctx.emit({"started": ctx.recovered, "live_runs": sum(1 for p in pending() if p["live"])})
+    for name in ctx.recovered:
+        ctx.say(f"started {name}")
+    left = [p for p in pending() if not p["live"]]
+    if left:
+        raise VolbakError(f"{len(left)} journal entr{'y' if len(left) == 1 else 'ies'} could "
+                          "not be recovered (see the warnings above)",
+                          hint="check that their engines are reachable, then run "
+                          "'volbak recover' again")
+    if not ctx.recovered:
+        ctx.say("nothing to recover")
 
 
 # -- keys -----------------------------------------------------------------------------------
