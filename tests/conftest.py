@@ -9,8 +9,10 @@ build the image and start moto themselves, and skip what they cannot have (or fa
 with VOLBAK_TEST_REQUIRE=1).
 
 Everything a test creates carries the label `volbak-test=1` and is removed in teardown,
-even when the test failed; at the end of the session a sweep removes containers labelled
-`volbak-test` or `volbak` and volumes labelled `volbak-test` left on either engine.
+and `volbak-test.session=<this pytest>`, and is removed in teardown, even when the test
+failed; at the end of the session a sweep removes, on either engine, containers labelled
+`volbak`, and containers and volumes labelled `volbak-test` by this session or by one
+that is no longer running (a concurrent pytest on the same engine keeps its own).
 """
 
 from __future__ import annotations
@@ -34,7 +36,20 @@ import pytest
 
 TEST_LABEL = "volbak-test"
 PRODUCT_LABEL = "volbak"
-LABELS = {TEST_LABEL: "1"}
+# Which test session made a resource: "<pid>-<boot-relative start time>", so that the
+# end-of-session sweep of one pytest leaves alone what a concurrent one is still using.
+SESSION_LABEL = "volbak-test.session"
+
+
+def _session_of(pid: int) -> str | None:
+    try:
+        return f"{pid}-{Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[19]}"
+    except (OSError, IndexError):
+        return None
+
+
+SESSION = _session_of(os.getpid()) or f"{os.getpid()}-0"
+LABELS = {TEST_LABEL: "1", SESSION_LABEL: SESSION}
 BUSYBOX_IMAGE = "volbak-test-busybox:latest"
 PRIVATE_ENGINE = "unix:///run/volbak-{}/docker.sock"
 
@@ -100,17 +115,31 @@ def docker_host2(docker_host: str) -> str:
     return url
 
 
+def _ours_or_orphaned(labels: dict | None) -> bool:
+    session = (labels or {}).get(SESSION_LABEL)
+    if not session or session == SESSION:
+        return True
+    pid = session.split("-", 1)[0]
+    return not pid.isdigit() or _session_of(int(pid)) != session
+
+
 def sweep(client: docker.DockerClient) -> None:
-    """Remove containers labelled volbak-test or volbak, then volumes labelled
-    volbak-test. Volumes labelled only `volbak` may be a user's restored data on a
-    shared engine, so the sweep leaves them; tests track what they restore."""
-    for label in (TEST_LABEL, PRODUCT_LABEL):
-        for c in client.containers.list(all=True, filters={"label": label}):
+    """Remove containers labelled volbak, and containers and volumes labelled
+    volbak-test made by this session or by one that is no longer running.
+
+    Volumes labelled only `volbak` may be a user's restored data on a shared engine,
+    so the sweep leaves them; tests track what they restore."""
+    for c in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        if _ours_or_orphaned(c.labels):
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True, v=False)
-    for v in client.volumes.list(filters={"label": TEST_LABEL}):
+    for c in client.containers.list(all=True, filters={"label": PRODUCT_LABEL}):
         with contextlib.suppress(docker.errors.NotFound):
-            v.remove(force=True)
+            c.remove(force=True, v=False)
+    for v in client.volumes.list(filters={"label": TEST_LABEL}):
+        if _ours_or_orphaned(v.attrs.get("Labels")):
+            with contextlib.suppress(docker.errors.NotFound):
+                v.remove(force=True)
 
 
 @contextlib.contextmanager

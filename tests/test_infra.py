@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -112,7 +113,8 @@ def test_resources_cleanup_even_on_other_engine(docker_client, docker_client2, b
     v1 = res.volume()
     c1 = res.container(BUSYBOX_IMAGE, ["true"], volumes={v1.name: {"bind": "/d"}})
     v2 = other.volume(labels={"extra": "x"})
-    assert v2.attrs["Labels"] == {TEST_LABEL: "1", "extra": "x"}
+    assert v2.attrs["Labels"] == {**Resources.labels, "extra": "x"}
+    assert v2.attrs["Labels"][TEST_LABEL] == "1"
     res.cleanup()
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(c1.id)
@@ -185,3 +187,22 @@ def test_ssh_reaches_engine2_with_ssh_cli(sshd, docker_client2):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == docker_client2.info()["ID"]
+
+
+def test_sweep_spares_a_live_concurrent_session(docker_client):
+    import conftest
+
+    live = conftest._session_of(1)  # pid 1 outlives this test: a "concurrent" session
+    names = {}
+    for who, session in (("live", live), ("dead", "999999999-1"), ("ours", conftest.SESSION)):
+        labels = {TEST_LABEL: "1", conftest.SESSION_LABEL: session}
+        names[who] = docker_client.volumes.create(labels=labels).name
+    try:
+        conftest.sweep(docker_client)
+        left = {v.name for v in docker_client.volumes.list(filters={"label": TEST_LABEL})}
+        assert names["live"] in left
+        assert names["dead"] not in left and names["ours"] not in left
+    finally:
+        for name in names.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                docker_client.volumes.get(name).remove(force=True)
