@@ -3,13 +3,14 @@ an S3 endpoint (moto) and a real sshd in front of engine 2.
 
 `scripts/test` prepares everything (packages, two engines, the image, moto) and sets
 VOLBAK_TEST_DOCKER_HOST, VOLBAK_TEST_DOCKER_HOST2, VOLBAK_TEST_S3_ENDPOINT and
-VOLBAK_TEST_REQUIRE=1. Plain `pytest` works too: the fixtures find an engine on
-DOCKER_HOST, /var/run/docker.sock or a running `scripts/engine start test` / `test2`,
-build the image and start moto themselves, and skip what they cannot have (or fail,
-with VOLBAK_TEST_REQUIRE=1).
+VOLBAK_TEST_REQUIRE=1. Plain `pytest` works too: engine 1 is then DOCKER_HOST or
+/var/run/docker.sock, engine 2 only what VOLBAK_TEST_DOCKER_HOST2 names (e.g. after
+`scripts/engine start test2`); the fixtures build the image and start moto themselves,
+and skip what they cannot have (or fail, with VOLBAK_TEST_REQUIRE=1). They never pick
+up the private engines of a running scripts/test on their own.
 
-Everything a test creates carries the label `volbak-test=1` and is removed in teardown,
-and `volbak-test.session=<this pytest>`, and is removed in teardown, even when the test
+Everything a test creates carries the labels `volbak-test=1` and
+`volbak-test.session=<this pytest>`, and is removed in teardown, even when the test
 failed; at the end of the session a sweep removes, on either engine, containers labelled
 `volbak`, and containers and volumes labelled `volbak-test` by this session or by one
 that is no longer running (a concurrent pytest on the same engine keeps its own).
@@ -51,7 +52,6 @@ def _session_of(pid: int) -> str | None:
 SESSION = _session_of(os.getpid()) or f"{os.getpid()}-0"
 LABELS = {TEST_LABEL: "1", SESSION_LABEL: SESSION}
 BUSYBOX_IMAGE = "volbak-test-busybox:latest"
-PRIVATE_ENGINE = "unix:///run/volbak-{}/docker.sock"
 
 
 # ---------------------------------------------------------------- engines
@@ -93,23 +93,19 @@ def _pick_engine(env: str, fallbacks: list[str | None]) -> str:
 
 @pytest.fixture(scope="session")
 def docker_host() -> str:
-    """URL of engine 1: VOLBAK_TEST_DOCKER_HOST, else DOCKER_HOST, the default socket
-    or a running private engine "test"."""
+    """URL of engine 1: VOLBAK_TEST_DOCKER_HOST, else DOCKER_HOST or the default socket."""
     return _pick_engine(
         "VOLBAK_TEST_DOCKER_HOST",
-        [
-            os.environ.get("DOCKER_HOST"),
-            "unix:///var/run/docker.sock",
-            PRIVATE_ENGINE.format("test"),
-        ],
+        [os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"],
     )
 
 
 @pytest.fixture(scope="session")
 def docker_host2(docker_host: str) -> str:
-    """URL of engine 2 (a different daemon, for migrations): VOLBAK_TEST_DOCKER_HOST2,
-    else a running private engine "test2"."""
-    url = _pick_engine("VOLBAK_TEST_DOCKER_HOST2", [PRIVATE_ENGINE.format("test2")])
+    """URL of engine 2 (another daemon, for migrations): VOLBAK_TEST_DOCKER_HOST2.
+    By hand: `scripts/engine start test2` and
+    `export VOLBAK_TEST_DOCKER_HOST2=$(scripts/engine host test2)`."""
+    url = _pick_engine("VOLBAK_TEST_DOCKER_HOST2", [])
     if url == docker_host:
         missing("engine 2 is the same URL as engine 1")
     return url
