@@ -83,11 +83,11 @@ def test_two_engines_are_distinct(docker_client, docker_client2):
 
 
 @pytest.mark.parametrize("engine", [1, 2])
-def test_busybox_runs_on_each_engine(engine, request, resources, resources2, busybox_image):
-    client = request.getfixturevalue("docker_client" if engine == 1 else "docker_client2")
-    if engine == 2:
-        request.getfixturevalue("busybox_image2")
-    res = resources if engine == 1 else resources2
+def test_busybox_runs_on_each_engine(engine, request):
+    suffix = "" if engine == 1 else "2"
+    client = request.getfixturevalue(f"docker_client{suffix}")
+    res = request.getfixturevalue(f"resources{suffix}")
+    request.getfixturevalue(f"busybox_image{suffix}")
     img = client.images.get(BUSYBOX_IMAGE)
     assert img.labels.get(TEST_LABEL) == "1"
     vol = res.volume()
