@@ -670,6 +670,7 @@ def migrate_volume(src: Engine, dst: Engine, volume: str, opts: MigrateOptions,
     name) on ``dst``, verified; see the module doc for the safety rules."""
     t0 = time.monotonic()
     target = target or volume
+    _check_volume_name(target, "--as")
     same = same_engine(src, dst)
     if same and target == volume:
         raise UsageError(
