@@ -7,6 +7,7 @@ cleanup in ``finally`` blocks (helpers removed, containers restarted) has run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -488,8 +489,13 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary per job on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-H", "--host", metavar="URL|CONTEXT", help="Docker engine (as for backup).")
+@click.option("--on-failure", metavar="CMD",
+              help="Run 'sh -c CMD' when a job fails, its JSON summary on stdin (overrides "
+              "the jobs' on_failure).")
+@click.option("--webhook", metavar="URL",
+              help="POST a failed job's JSON summary to URL (overrides the jobs' webhook).")
 def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool, quiet: bool,
-        host: str | None) -> None:
+        host: str | None, on_failure: str | None, webhook: str | None) -> None:
     """Run the named jobs of a config file (all of them by default), as cron would.
 
     Each job backs up its volumes (with its encryption, compression, --stop and hooks),
@@ -524,6 +530,9 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
 
         first_failure = None
         for job in config.select(jobs):
+            if on_failure or webhook:
+                job = dataclasses.replace(job, on_failure=on_failure or job.on_failure,
+                                          webhook=webhook or job.webhook)
             report = run_job(job, ctx.engine, open_repo, make_recipients, lock_wait,
                              ctx.progress, ctx.event)
             ctx.emit(report.summary())
