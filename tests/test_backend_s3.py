@@ -352,8 +352,9 @@ def test_connection_cut_while_reading(endpoint: str, bucket: str, fast_fail: Non
                 got += block
         r.close()
         assert "connection to S3 endpoint" in str(ei.value)
-        assert 0 < len(got) < len(data)
-        assert proxy.cuts == 1
+        # (A reset may also discard what the client had received but not yet read.)
+        assert len(got) < len(data)
+        assert proxy.cuts >= 1
     finally:
         proxy.close()
 
