@@ -332,6 +332,35 @@ def test_from_defaults_like_host(resources, resources2, docker_client, docker_cl
     _same(docker_client, src, docker_client2, src)
 
 
+def test_context_names_work_for_both_ends(resources, resources2, docker_client,
+                                         docker_client2, docker_host, docker_host2, run,
+                                         tmp_path, monkeypatch):
+    import subprocess
+
+    config = tmp_path / "docker-config"
+    config.mkdir()
+    # docker-py finds the contexts next to config.json only if that file exists
+    (config / "config.json").write_text("{}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(config))
+    for name, url in (("volbak-src", docker_host), ("volbak-dst", docker_host2)):
+        subprocess.run(["docker", "context", "create", name, "--docker", f"host={url}"],
+                       check=True, capture_output=True)
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("x")
+    resources2.track_volume(src)
+    out, _ = run("migrate", src, "--from-context", "volbak-src", "--to-context", "volbak-dst",
+                 "--json")
+    summary = json.loads(out)
+    assert (summary["source"], summary["target"]) == (docker_host, docker_host2)
+    _same(docker_client, src, docker_client2, src)
+    clone = resources.track_volume(resources.name("volbak-ctxclone"))
+    run("migrate", src, "--from", "volbak-src", "--to", "volbak-src", "--as", clone)
+    _same(docker_client, src, docker_client, clone)
+    _, err = run("migrate", src, "--from", docker_host, "--to-context", "no-such-context",
+                 expect=2)
+    assert "no-such-context" in err
+
+
 def _started_at(client, cid: str) -> str:
     return client.api.inspect_container(cid)["State"]["StartedAt"]
 
