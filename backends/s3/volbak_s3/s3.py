@@ -31,7 +31,18 @@ and parts of one upload may differ in size. Part n (1-based) is
 With the default 8 MiB that is 8 MiB for the first 7 GiB, 16 MiB up to 21 GiB, 32 MiB up
 to 49 GiB, 64 MiB up to 105 GiB, ... so ordinary backups keep small buffers, while the
 largest object 10,000 parts can hold (``max_object_size``) is 11.9 TiB at 8 MiB and
-9.3 TiB at the 5 MiB minimum: always more than S3's own 5 TiB object limit.
+9.3 TiB at the 5 MiB minimum: always more than S3's own 5 TiB object limit. The price
+of small early parts is large late ones. With the defaults:
+
+    stream    parts   last part   memory bound (concurrency 4)
+    1 GiB       128      8 MiB      40 MiB
+    10 GiB     1090     16 MiB      80 MiB
+    100 GiB    3513     64 MiB     320 MiB
+    1 TiB      6432      1 GiB       5 GiB
+    5 TiB      8482      4 GiB      20 GiB
+
+No schedule escapes this for long streams (5 TiB in 10,000 parts averages 512 MiB a part);
+for multi-TiB streams lower ``-o concurrency`` (memory = part size x (concurrency + 1)).
 
 Reading streams the GetObject body (``read(n)``). ``delete`` of a missing object raises
 ObjectNotFound, as the contract demands, which costs a HeadObject first (S3's own
