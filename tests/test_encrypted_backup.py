@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_runner import cli_runner
 from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
@@ -27,15 +28,7 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run(docker_host, repo, capsys):
-    def run(*args: str, expect: int | tuple[int, ...] = 0) -> tuple[str, str]:
-        rc = main([*args, "-H", docker_host, "--repo", str(repo)])
-        out, err = capsys.readouterr()
-        wanted = expect if isinstance(expect, tuple) else (expect,)
-        assert rc in wanted, f"exit {rc} (wanted {expect}); stderr:\n{err}"
-        assert "Traceback" not in err
-        return out, err
-
-    return run
+    return cli_runner(docker_host, repo, capsys)
 
 
 @pytest.fixture

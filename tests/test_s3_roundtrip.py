@@ -8,9 +8,8 @@ import uuid
 
 import boto3
 import pytest
+from cli_runner import cli_runner
 from fidelity import diff_listings, listing, populate, volume_path
-
-from volbak.cli import main
 
 pytestmark = pytest.mark.docker
 
@@ -35,15 +34,8 @@ def bucket(s3_endpoint, monkeypatch):
 
 @pytest.fixture
 def run(docker_host, s3_endpoint, bucket, capsys):
-    def run(*args: str, expect: int = 0, repo: str | None = None) -> tuple[str, str]:
-        rc = main([*args, "-H", docker_host, "--repo", repo or f"s3://{bucket}/nightly",
-                   "-o", f"endpoint_url={s3_endpoint}", "-o", "part_size=5MiB"])
-        out, err = capsys.readouterr()
-        assert rc == expect, f"exit {rc} (wanted {expect}); stderr:\n{err}"
-        assert "Traceback" not in err
-        return out, err
-
-    return run
+    return cli_runner(docker_host, f"s3://{bucket}/nightly", capsys,
+                      ["-o", f"endpoint_url={s3_endpoint}", "-o", "part_size=5MiB"])
 
 
 def test_round_trip_through_s3(resources, docker_client, run, s3_endpoint, bucket):
@@ -67,5 +59,5 @@ def test_round_trip_through_s3(resources, docker_client, run, s3_endpoint, bucke
 
 def test_missing_bucket_is_a_clear_error(resources, docker_client, run):
     src = resources.volume().name
-    _, err = run("backup", src, repo="s3://volbak-no-such-bucket/x", expect=5)
+    _, err = run("backup", src, repo_path="s3://volbak-no-such-bucket/x", expect=5)
     assert "volbak-no-such-bucket" in err and "hint:" in err

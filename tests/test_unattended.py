@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_runner import cli_runner
 from fidelity import volume_path
 
 from volbak.cli import main
@@ -37,14 +38,7 @@ def repo(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run(docker_host, repo, capsys):
-    def run(*args: str, expect: int = 0, repo_path: Path | None = None) -> tuple[str, str]:
-        rc = main([*args, "-H", docker_host, "--repo", str(repo_path or repo)])
-        out, err = capsys.readouterr()
-        assert rc == expect, f"exit {rc} (wanted {expect}); stderr:\n{err}"
-        assert "Traceback" not in err
-        return out, err
-
-    return run
+    return cli_runner(docker_host, repo, capsys)
 
 
 def _spawn(docker_host: str, *args: str) -> subprocess.Popen:

@@ -554,7 +554,8 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
 
 class _JobFailed(VolbakError):
     def __init__(self, report: Any) -> None:
-        super().__init__(f"job {report.job} failed (see above)")
+        super().__init__(f"job {report.job} failed (see above)",
+                         hint="fix the cause named above and run the job again")
         self.exit_code = report.exit_code or 1
 
 

@@ -44,7 +44,7 @@ def _translate(exc: OSError, what: str) -> BackendError:
     return BackendError(f"repository I/O error on {what}: {exc.strerror or exc}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -77,7 +77,7 @@ class _LocalWriter(ObjectWriter):
             os.fsync(self._f.fileno())
             self._f.close()
             os.rename(self._tmp, self._final)
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
         except OSError as e:
             raise _translate(e, self._display) from None
         return ObjectInfo(self._display, self._size)

@@ -55,6 +55,7 @@ import docker.errors
 import requests.exceptions
 
 from .errors import EngineError, VolbakError
+from .local import fsync_dir as _fsync_dir
 
 STOP_LABEL = "volbak.stop"
 TRUE_VALUES = {"true", "1", "yes", "on"}
@@ -149,14 +150,6 @@ def containers_to_stop(client: docker.DockerClient, volumes: Iterable[str],
 
 
 # ---------------------------------------------------------------- journal
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Entry:
