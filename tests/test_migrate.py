@@ -11,7 +11,10 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -552,10 +555,32 @@ def test_cli_help_lists_the_forms():
 
 def test_module_entry_point_runs(docker_host):
     """`python -m volbak.cli` (used for signal tests) must import the migrate command."""
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-m", "volbak.cli", "migrate", "--help"],
                          capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_transfer_cleans_up_both_engines(sig, code, resources, resources2,
+                                                    docker_client, docker_client2,
+                                                    docker_host, docker_host2,
+                                                    nothing_left_behind):
+    src = _random_volume(resources, docker_client, 256)
+    before = listing(volume_path(docker_client, src))
+    target = resources2.track_volume(resources2.name("volbak-sig"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volbak.cli", "migrate", src, "--from", docker_host,
+         "--to", docker_host2, "--as", target, "--compress", "gzip"],  # gzip: slow enough
+        stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not docker_client2.containers.list(all=True, filters={"label": "volbak=helper"}):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)  # into the transfer
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert target not in _volumes(docker_client2)
+    assert listing(volume_path(docker_client, src)) == before

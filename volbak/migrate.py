@@ -732,16 +732,21 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
             + (" (the target is the same engine as the source)" if same else ""),
         )
     renamed = new_name != cname
-    items = [
-        _Item(vol, _volume_for(new_name, path) if renamed else vol,
-              _source_volume(src, vol, f"a volume of --container {cname}"), path)
-        for vol, path in sorted(vols, key=lambda v: v[1])
-    ]
+    items: list[_Item] = []
+    mounts: list[tuple[str, str]] = []  # (mount path, target volume)
+    by_source: dict[str, _Item] = {}
+    for vol, path in sorted(vols, key=lambda v: v[1]):
+        if vol not in by_source:  # one volume mounted at two paths is copied once
+            by_source[vol] = _Item(vol, _volume_for(new_name, path) if renamed else vol,
+                                   _source_volume(src, vol, f"a volume of --container {cname}"),
+                                   path)
+            items.append(by_source[vol])
+        mounts.append((path, by_source[vol].target))
     stopped, undo = _run(src, dst, items, opts)
     try:
         image = ensure_helper_image(dst, opts.helper_image)
         host_config = dst.api.create_host_config(
-            mounts=[docker.types.Mount(i.path, i.target, type="volume") for i in items],
+            mounts=[docker.types.Mount(p, t, type="volume") for p, t in mounts],
             network_mode="none",
         )
         with api_errors(dst, f"creating data-volume container '{new_name}'"):
