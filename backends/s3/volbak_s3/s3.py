@@ -249,6 +249,11 @@ class S3Backend(Backend):
         except (bce.BotoCoreError, ValueError) as e:
             raise BackendError(f"cannot set up the S3 client: {e}", hint=ENDPOINT_HINT) from None
         self.endpoint = self._client.meta.endpoint_url
+        # Like boto3's upload_fileobj: with flexible checksums on (botocore's default
+        # "when_supported"), a multipart upload is made with CRC32 and every part's
+        # checksum goes into CompleteMultipartUpload; with "when_required" neither.
+        calc = self._client.meta.config.request_checksum_calculation
+        self._mpu_checksum = "CRC32" if calc == "when_supported" else None
 
     # -- opening ------------------------------------------------------------------------
 
@@ -545,9 +550,10 @@ class _S3Writer(ObjectWriter):
             )
         self._check_done(block=len(self._inflight) >= self._b.concurrency)
         if self._upload_id is None:
-            resp = self._c.create_multipart_upload(
-                Bucket=self._b.bucket, Key=self._key, **self._b._extra
-            )
+            extra = dict(self._b._extra)
+            if self._b._mpu_checksum:
+                extra["ChecksumAlgorithm"] = self._b._mpu_checksum
+            resp = self._c.create_multipart_upload(Bucket=self._b.bucket, Key=self._key, **extra)
             self._upload_id = resp["UploadId"]
             self._pool = cf.ThreadPoolExecutor(
                 max_workers=self._b.concurrency, thread_name_prefix="volbak-s3-part"
@@ -569,9 +575,9 @@ class _S3Writer(ObjectWriter):
         finally:
             self._account(-len(buf))
         part = {"PartNumber": number, "ETag": resp["ETag"]}
-        for k, v in resp.items():
-            if k.startswith("Checksum") and k != "ChecksumType" and isinstance(v, str):
-                part[k] = v
+        member = f"Checksum{self._b._mpu_checksum}" if self._b._mpu_checksum else None
+        if member and member in resp:
+            part[member] = resp[member]
         return part
 
     def _check_done(self, *, block: bool, all_: bool = False) -> None:
