@@ -324,6 +324,22 @@ def test_same_host_clone(resources, docker_client, docker_host, run):
     assert "--as" in err
 
 
+def test_same_engine_through_another_url_is_recognised(resources, docker_client, docker_host,
+                                                       proxy, run, monkeypatch):
+    import volbak.migrate as m
+
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("x")
+    other_url = proxy(docker_host).url
+    _, err = run("migrate", src, "--from", docker_host, "--to", other_url, "--force",
+                 expect=2)
+    assert "--as" in err
+    # Even if the engine IDs could not tell, the volume itself is recognised.
+    monkeypatch.setattr(m, "same_engine", lambda a, b: False)
+    run("migrate", src, "--from", docker_host, "--to", other_url, "--force", expect=2)
+    assert (volume_path(docker_client, src) / "f").read_text() == "x"
+
+
 def test_from_defaults_like_host(resources, resources2, docker_client, docker_client2,
                                  docker_host, docker_host2, run, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", docker_host)

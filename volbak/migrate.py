@@ -467,13 +467,27 @@ def connect_engines(from_host: str | None, to_host: str | None) -> tuple[Engine,
 
 
 def same_engine(a: Engine, b: Engine) -> bool:
-    """True if both talk to the same daemon (same engine ID), whatever the URL."""
+    """True if both talk to the same daemon, whatever the URL: same engine ID, host name
+    and data root (engines cloned with their key file share an ID)."""
     if a.url == b.url:
         return True
     with contextlib.suppress(Exception):
-        ida, idb = a.api.info().get("ID"), b.api.info().get("ID")
-        return bool(ida) and ida == idb
+        ia, ib = a.api.info(), b.api.info()
+        keys = ("ID", "Name", "DockerRootDir")
+        return bool(ia.get("ID")) and all(ia.get(k) == ib.get(k) for k in keys)
     return False
+
+
+def _is_same_volume(dst: Engine, name: str, info: dict[str, Any]) -> bool:
+    """Whether volume ``name`` on ``dst`` is the source volume itself (seen through
+    another URL of the same engine): same mount point and creation time."""
+    try:
+        other = dst.api.inspect_volume(name)
+    except docker.errors.NotFound:
+        return False
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        return True  # cannot tell: be safe
+    return all(other.get(k) == info.get(k) for k in ("Mountpoint", "CreatedAt", "Driver"))
 
 
 def _say(opts: MigrateOptions, text: str) -> None:
@@ -684,12 +698,13 @@ def migrate_volume(src: Engine, dst: Engine, volume: str, opts: MigrateOptions,
     target = target or volume
     _check_volume_name(target, "--as")
     same = same_engine(src, dst)
-    if same and target == volume:
+    info = _source_volume(src, volume, "VOLUME")
+    if target == volume and (same or _is_same_volume(dst, target, info)):
         raise UsageError(
             f"the target is the same engine and the same volume '{volume}'",
             hint="to clone a volume on one engine, name the copy with --as NEWNAME",
         )
-    item = _Item(volume, target, _source_volume(src, volume, "VOLUME"))
+    item = _Item(volume, target, info)
     stopped, _ = _run(src, dst, [item], opts)
     return Migration(src.url, dst.url, opts.compression, [_result(item)],
                      round(time.monotonic() - t0, 3), same, stopped=stopped)
