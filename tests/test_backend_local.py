@@ -17,6 +17,8 @@ from volbak.testing import BackendContract, payload
 
 
 class TestLocalBackend(BackendContract):
+    stream_memory_limit = 4 * 1024 * 1024  # the caller's chunks plus a read(1 MiB) block
+
     @pytest.fixture
     def backend(self, tmp_path: Path) -> Iterator[LocalBackend]:
         yield LocalBackend(tmp_path / "repo")

@@ -14,7 +14,9 @@ test checks one MUST of the contract in ``volbak.backend``'s docstring. Needs py
 
 from __future__ import annotations
 
+import hashlib
 import random
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -72,6 +74,10 @@ class BackendContract:
 
     # Size of the streamed round-trip object; a backend can lower it if it is slow.
     large_size: int = 20 * MiB
+    # Most bytes Python may allocate at once while streaming large_size bytes in and out
+    # (measured with tracemalloc, so only meaningful when no server runs in-process);
+    # None skips the check.
+    stream_memory_limit: int | None = None
 
     @pytest.fixture
     def backend(self) -> Iterator[Backend]:  # pragma: no cover - overridden
@@ -111,6 +117,33 @@ class BackendContract:
         got = read_in_chunks(backend, "vol/large.bin", 1 * MiB + 11)
         assert len(got) == len(data)
         assert got == data
+
+    def test_streaming_memory_is_bounded(self, backend: Backend) -> None:
+        if self.stream_memory_limit is None:
+            pytest.skip("this backend sets no stream_memory_limit")
+        data = payload(self.large_size, seed=7)
+        want = hashlib.sha256(data).hexdigest()
+        tracemalloc.start()
+        try:
+            with backend.create_writer("vol/mem") as w:
+                for chunk in uneven_chunks(data):
+                    w.write(chunk)
+                w.commit()
+            _, peak_write = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            h = hashlib.sha256()
+            r = backend.open_reader("vol/mem")
+            try:
+                while block := r.read(1 * MiB):
+                    h.update(block)
+            finally:
+                r.close()
+            _, peak_read = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert h.hexdigest() == want
+        assert peak_write <= self.stream_memory_limit, f"writing held {peak_write} bytes"
+        assert peak_read <= self.stream_memory_limit, f"reading held {peak_read} bytes"
 
     def test_reader_read_n_and_read_all(self, backend: Backend) -> None:
         data = payload(300_000, seed=2)
