@@ -168,7 +168,8 @@ def _random_volume(resources, client, mib: int) -> str:
 
 # -- the canonical digest (no engine) -------------------------------------------------------
 
-def _tar(fmt: int, uname: str, mode: int = 0o644, data: bytes = b"hello") -> bytes:
+def _tar(fmt: int, uname: str, mode: int = 0o644, data: bytes = b"hello",
+         xattr: str | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         d = tarfile.TarInfo("data")
@@ -178,6 +179,8 @@ def _tar(fmt: int, uname: str, mode: int = 0o644, data: bytes = b"hello") -> byt
         for name in ("data/f", long):
             f = tarfile.TarInfo(name)
             f.size, f.mode, f.uid, f.uname, f.mtime = len(data), mode, 999, uname, 2000
+            if xattr:
+                f.pax_headers = {"SCHILY.xattr.security.capability": xattr}
             tar.addfile(f, io.BytesIO(data))
         link = tarfile.TarInfo("data/l")
         link.type, link.linkname, link.uname = tarfile.LNKTYPE, "data/f", uname
@@ -202,6 +205,9 @@ def test_digest_ignores_encoding_and_names_but_not_content():
     assert _digest(_tar(tarfile.PAX_FORMAT, "root", mode=0o4755)).hexdigest() != gnu.hexdigest()
     assert _digest(_tar(tarfile.PAX_FORMAT, "root", data=b"hellO")).hexdigest() != \
         gnu.hexdigest()
+    cap = _digest(_tar(tarfile.PAX_FORMAT, "root", xattr="x")).hexdigest()
+    assert cap != gnu.hexdigest()
+    assert cap != _digest(_tar(tarfile.PAX_FORMAT, "root", xattr="y")).hexdigest()
     truncated = _tar(tarfile.PAX_FORMAT, "root")[:1536]
     d = TarDigest()
     d.feed(truncated)
@@ -246,6 +252,25 @@ def test_volume_migrates_with_every_byte_and_bit(compression, resources, resourc
     assert d1.raw_sha256() == d2.raw_sha256() and d1.hexdigest() == vol["digest"]
     labels = docker_client2.volumes.get(src).attrs["Labels"]
     assert labels["volbak.migrated-from"] == src and labels["volbak-test"] == "1"
+
+
+def test_empty_volume_and_many_small_files(resources, resources2, docker_client,
+                                          docker_client2, docker_host, docker_host2, run):
+    empty = resources.volume().name
+    resources2.track_volume(empty)
+    out, _ = run("migrate", empty, "--from", docker_host, "--to", docker_host2, "--json")
+    assert json.loads(out)["entries"] == 1  # the root directory
+    _same(docker_client, empty, docker_client2, empty)
+    many = resources.volume().name
+    root = volume_path(docker_client, many)
+    for d in range(20):
+        (root / f"d{d}").mkdir()
+        for f in range(250):
+            (root / f"d{d}" / f"f{f}").write_bytes(b"%d/%d\n" % (d, f))
+    resources2.track_volume(many)
+    out, _ = run("migrate", many, "--from", docker_host, "--to", docker_host2, "--json")
+    assert json.loads(out)["entries"] == 1 + 20 + 20 * 250
+    _same(docker_client, many, docker_client2, many)
 
 
 def test_container_migrates_as_data_volume_container(resources, resources2, docker_client,
