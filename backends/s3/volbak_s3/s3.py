@@ -9,8 +9,8 @@ uploaded at once, default 4). Everything else comes from the standard AWS chain:
 AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION,
 AWS_MAX_ATTEMPTS, ~/.aws/config, instance roles, ...
 
-Writing. A stream of unknown length is buffered one part at a time. If it ends before
-the first part is full it is stored with a single PutObject. Otherwise a multipart
+Writing. A stream of unknown length is buffered one part at a time. If it fits in the
+first part it is stored with a single PutObject. Otherwise a multipart
 upload is created and full parts are handed to a pool of ``concurrency`` threads; the
 writer blocks while ``concurrency`` parts are in flight, so at most ``concurrency``
 parts are being uploaded and one more is being filled:
@@ -41,8 +41,10 @@ of small early parts is large late ones. With the defaults:
     1 TiB      6432      1 GiB       5 GiB
     5 TiB      8482      4 GiB      20 GiB
 
-No schedule escapes this for long streams (5 TiB in 10,000 parts averages 512 MiB a part);
-for multi-TiB streams lower ``-o concurrency`` (memory = part size x (concurrency + 1)).
+Long streams need large parts whatever the schedule (5 TiB in 10,000 parts averages
+512 MiB a part); a linear one would end near 1.2 GiB at 5 TiB but use 2-3x larger parts
+for the common 10-100 GiB backups, which this one favours. For multi-TiB streams lower
+``-o concurrency`` (memory = part size x (concurrency + 1)).
 
 Reading streams the GetObject body (``read(n)``). ``delete`` of a missing object raises
 ObjectNotFound, as the contract demands, which costs a HeadObject first (S3's own
