@@ -617,3 +617,20 @@ def test_endpoint_from_environment(endpoint: str, bucket: str, monkeypatch) -> N
     b = open_backend(f"s3://{bucket}")
     b.put_bytes("env", b"1")
     assert b.get_bytes("env") == b"1"
+
+
+def test_storage_class_and_sse_are_applied(endpoint: str, bucket: str) -> None:
+    opts = {
+        "endpoint_url": endpoint,
+        "storage_class": "STANDARD_IA",
+        "sse": "AES256",
+        "part_size": "5MiB",
+    }
+    b = S3Backend.from_url(f"s3://{bucket}", opts)
+    b.put_bytes("single", b"x" * 100)
+    b.put_bytes("multi", payload(6 * MiB, seed=27))
+    client = raw_client(endpoint)
+    for key in ("single", "multi"):
+        head = client.head_object(Bucket=bucket, Key=key)
+        assert head.get("StorageClass") == "STANDARD_IA", key
+        assert head.get("ServerSideEncryption") == "AES256", key
