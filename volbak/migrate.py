@@ -646,6 +646,10 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                     labels = {MANAGED_LABEL: "staging", MIGRATED_LABEL: item.volume}
                 else:
                     item.fill_volume = item.target
+                    if volume_exists(dst, item.target):  # made by someone since the check
+                        raise TargetExistsError(
+                            f"volume '{item.target}' appeared on {dst.url} during the "
+                            "migration", hint="run the migration again")
                 _create_volume(dst, item.fill_volume, labels)
                 item.created = True
                 _say(opts, f"migrating volume {item.volume} -> {item.target} on {dst.url}")
