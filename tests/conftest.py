@@ -35,6 +35,8 @@ import docker
 import docker.errors
 import pytest
 
+pytest.register_assert_rewrite("volbak.testing")
+
 TEST_LABEL = "volbak-test"
 PRODUCT_LABEL = "volbak"
 # Which test session made a resource: "<pid>-<boot-relative start time>", so that the

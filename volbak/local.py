@@ -87,6 +87,9 @@ class _LocalWriter(ObjectWriter):
             self._f.close()
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+        if "/" in self._display:  # the volume's directory, if this left it empty
+            with contextlib.suppress(OSError):
+                self._tmp.parent.rmdir()
 
 
 class LocalBackend(Backend):
