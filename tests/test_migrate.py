@@ -554,9 +554,9 @@ def test_tampered_target_fails_verification(resources, resources2, docker_client
     target = resources2.track_volume(resources2.name("volbak-tamper"))
     real = m._read_digest
 
-    def tampered(engine, volume, gzip, image):
+    def tampered(engine, volume, gzip, image, **kw):
         (volume_path(docker_client2, volume) / "f").write_text("changed!")
-        return real(engine, volume, gzip, image)
+        return real(engine, volume, gzip, image, **kw)
 
     monkeypatch.setattr(m, "_read_digest", tampered)
     _, err = run("migrate", src, "--from", docker_host, "--to", docker_host2, "--as", target,

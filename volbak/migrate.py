@@ -433,12 +433,12 @@ def _tar_chunks(stream: _ArchiveGet, digest: TarDigest, bar: Progress | None,
 
 
 def _read_digest(engine: Engine, volume: str, gzip: bool, image: str | None,
-                 raw: bool = False) -> TarDigest:
+                 raw: bool = False, bar: Progress | None = None) -> TarDigest:
     digest = TarDigest(raw)
     with helper(engine, [VolumeMount(volume, ROOT)], image) as cid:
         stream = _ArchiveGet(engine, cid, ROOT, gzip)
         try:
-            for _ in _tar_chunks(stream, digest, None, [0]):
+            for _ in _tar_chunks(stream, digest, bar, [0]):
                 pass
         finally:
             stream.close()
@@ -597,7 +597,9 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
 def _verify(dst: Engine, item: _Item, opts: MigrateOptions) -> None:
     assert item.digest is not None
     t0 = time.monotonic()
-    got = _read_digest(dst, item.fill_volume, opts.compression == "gzip", opts.helper_image)
+    with Progress(f"verify {item.target}", item.digest.tar_bytes, opts.progress) as bar:
+        got = _read_digest(dst, item.fill_volume, opts.compression == "gzip",
+                           opts.helper_image, bar=bar)
     item.verify_seconds = time.monotonic() - t0
     if got.hexdigest() != item.digest.hexdigest() or got.entries != item.digest.entries:
         raise IntegrityError(
