@@ -37,10 +37,11 @@ class ArchiveStream:
                 headers={"Accept-Encoding": "identity"},
             )
             api._raise_for_status(self._res)
+            self._body = _ChunkedBody.of(self._res)
 
     def read(self, n: int = CHUNK) -> bytes:
         try:
-            return self._res.raw.read(n)
+            return self._body.read(n) if self._body else self._res.raw.read(n)
         except (requests.exceptions.RequestException, OSError, Exception) as e:
             raise EngineError(
                 f"the archive stream from engine {self.engine.url} broke: {e}",
@@ -50,6 +51,66 @@ class ArchiveStream:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._res.close()
+
+
+class _ChunkedBody:
+    """Decode a chunked HTTP body ourselves, reading the socket in large blocks.
+
+    http.client decodes one chunk per read and the engine sends small chunks:
+    measured here, 65,000 recv + 65,000 poll calls per GiB and about half of a
+    backup's CPU time. Reading up to 1 MiB at a time and cutting the chunk framing
+    out in Python takes a few thousand calls instead.
+    """
+
+    BLOCK = 2**20
+
+    def __init__(self, fp: Any) -> None:
+        self._fp = fp  # the response's buffered socket reader, positioned at the body
+        self._buf = bytearray()
+        self._left = 0  # bytes of the current chunk not yet taken from the buffer
+        self._crlf = False  # the CRLF after the current chunk is still to be skipped
+        self._done = False
+
+    @classmethod
+    def of(cls, res: Any) -> _ChunkedBody | None:
+        """For a chunked ``requests`` response, or None to let urllib3 read it."""
+        try:
+            fp = res.raw._fp.fp
+            chunked = res.raw._fp.chunked and res.raw._fp.chunk_left is None
+        except AttributeError:
+            return None
+        return cls(fp) if chunked and hasattr(fp, "read1") else None
+
+    def _fill(self) -> None:
+        data = self._fp.read1(self.BLOCK)
+        if not data:
+            raise EOFError("the connection closed in the middle of the archive")
+        self._buf += data
+
+    def read(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n and not self._done:
+            if self._left:
+                if not self._buf:
+                    self._fill()
+                take = min(self._left, n - len(out), len(self._buf))
+                out += self._buf[:take]
+                del self._buf[:take]
+                self._left -= take
+                continue
+            # Between chunks: [CRLF] SIZE[;ext] CRLF
+            need = 2 if self._crlf else 0
+            end = self._buf.find(b"\r\n", need)
+            if end < 0:
+                self._fill()
+                continue
+            size = int(bytes(self._buf[need:end]).split(b";")[0], 16)
+            del self._buf[: end + 2]
+            self._crlf = True
+            if size == 0:
+                self._done = True
+            self._left = size
+        return bytes(out)
 
 
 def put_archive(engine: Engine, cid: str, path: str, chunks: Iterator[bytes]) -> None:
