@@ -91,7 +91,7 @@ from .restore import (
     staging_name,
     volume_is_empty,
 )
-from .streams import CHUNK, Drain, Pump, put_archive
+from .streams import CHUNK, Drain, Pump, _ChunkedBody, put_archive
 from .tarstream import BLOCK, _checksum_ok, _parse_size
 
 MIGRATED_LABEL = "volbak.migrated-from"
@@ -365,9 +365,13 @@ class _ArchiveGet:
             )
             api._raise_for_status(self._res)
         self.compressed = self._res.headers.get("Content-Encoding", "").lower() == "gzip"
+        # large reads, chunk framing cut out in Python (raw bytes: gzip stays compressed)
+        self._body = _ChunkedBody.of(self._res)
 
     def read(self, n: int = CHUNK) -> bytes:
         try:
+            if self._body is not None:
+                return self._body.read(n)
             return self._res.raw.read(n, decode_content=False)
         except Exception as e:
             raise EngineError(
