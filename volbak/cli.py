@@ -643,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-_register_commands()
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m volbak.cli`: run the package's copy of this module, where the
+    # commands register; registering here too would import cli.py twice.
+    from volbak.cli import main as package_main
+
+    sys.exit(package_main())
+else:
+    _register_commands()

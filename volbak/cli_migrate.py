@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from .cli import Ctx, _fmt_size, common
 from .errors import UsageError
-
-# `python -m volbak.cli` runs cli.py as __main__, whose command registration imports this
-# module; a plain `from .cli import` would then load cli.py a second time, and that copy's
-# registration would import this half-initialised module again (ImportError). Let the
-# running __main__ *be* volbak.cli instead: everything imported below is already defined.
-_main = sys.modules.get("__main__")
-if "volbak.cli" not in sys.modules and getattr(
-        getattr(_main, "__spec__", None), "name", None) == "volbak.cli":
-    sys.modules["volbak.cli"] = _main  # type: ignore[assignment]
-
-from .cli import Ctx, _fmt_size, common  # noqa: E402
 
 
 def _one_host(what: str, flags: dict[str, str | None]) -> str | None:
