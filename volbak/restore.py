@@ -109,24 +109,32 @@ class BackupSource:
     def chunks(self, bar: Progress | None = None) -> Iterator[bytes]:
         """The verified tar stream. The last chunk is held back until the stored
         object's hash, the compression stream and the tar end marker all check out,
-        so a consumer never receives a complete archive that is not the backup."""
+        so a consumer never receives a complete archive that is not the backup.
+
+        Reading, hashing, decryption, decompression and the tar check run in the pump
+        thread, so they overlap with the consumer's upload to the engine."""
         dec = compress.decompressor(self.compression)
-        pump = Pump(self._read, CHUNK)
+
+        def plain(n: int) -> bytes:
+            while raw := self._read(n):
+                out = dec.write(raw)
+                if out:
+                    self.scanner.feed(out)
+                    self.tar_bytes += len(out)
+                    return out
+            dec.finish()
+            self._verify()
+            return b""
+
+        pump = Pump(plain, CHUNK)
         pending = b""
         try:
-            for raw in pump:
-                out = dec.write(raw)
-                if not out:
-                    continue
-                self.scanner.feed(out)
-                self.tar_bytes += len(out)
+            for out in pump:
                 if bar:
                     bar.update(len(out))
                 if pending:
                     yield pending
                 pending = out
-            dec.finish()
-            self._verify()
         finally:
             pump.stop()
         if pending:
