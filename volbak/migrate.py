@@ -91,8 +91,8 @@ from .restore import (
     staging_name,
     volume_is_empty,
 )
-from .streams import CHUNK, Drain, Pump, _ChunkedBody, put_archive
-from .tarstream import BLOCK, _checksum_ok, _parse_size
+from .streams import CHUNK, ArchiveStream, Drain, Pump, put_archive
+from .tarstream import BLOCK, _checksum_ok, _parse_size, pax_records
 
 MIGRATED_LABEL = "volbak.migrated-from"
 COMPRESSIONS = ("none", "gzip")
@@ -182,25 +182,6 @@ def _norm(path: bytes) -> bytes:
     while path.startswith(b"./"):
         path = path[2:]
     return path.rstrip(b"/") or b"."
-
-
-def _pax_records(data: bytes) -> dict[bytes, bytes]:
-    out = {}
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos)
-        if space < 0:
-            break
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise IntegrityError("the tar stream has a malformed PAX header") from None
-        if length <= 0:
-            break
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        out[key] = value
-        pos += length
-    return out
 
 
 class TarDigest:
@@ -318,9 +299,9 @@ class TarDigest:
             data = bytes(self._meta)
             self._meta = None
             if self._meta_type == b"x":
-                self._pax = _pax_records(data)
+                self._pax = pax_records(data)
             elif self._meta_type == b"g":
-                self._gpax.update(_pax_records(data))
+                self._gpax.update(pax_records(data))
             elif self._meta_type == b"L":
                 self._longname = _cstr(data)
             elif self._meta_type == b"K":
@@ -349,42 +330,7 @@ class TarDigest:
 
 # -- streams --------------------------------------------------------------------------------
 
-class _ArchiveGet:
-    """GET archive as a raw stream; with ``gzip`` the engine compresses it (its own Go
-    gzip, on its own host) and ``compressed`` says whether it did."""
-
-    def __init__(self, engine: Engine, cid: str, path: str, gzip: bool) -> None:
-        self.engine = engine
-        api = engine.api
-        with api_errors(engine, f"reading {path} from the helper container"):
-            self._res = api._get(
-                api._url("/containers/{0}/archive", cid),
-                params={"path": path},
-                stream=True,
-                headers={"Accept-Encoding": "gzip" if gzip else "identity"},
-            )
-            api._raise_for_status(self._res)
-        self.compressed = self._res.headers.get("Content-Encoding", "").lower() == "gzip"
-        # large reads, chunk framing cut out in Python (raw bytes: gzip stays compressed)
-        self._body = _ChunkedBody.of(self._res)
-
-    def read(self, n: int = CHUNK) -> bytes:
-        try:
-            if self._body is not None:
-                return self._body.read(n)
-            return self._res.raw.read(n, decode_content=False)
-        except Exception as e:
-            raise EngineError(
-                f"the archive stream from engine {self.engine.url} broke: {e}",
-                hint="check that the engine is still running and reachable",
-            ) from None
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._res.close()
-
-
-def _tar_chunks(stream: _ArchiveGet, digest: TarDigest, bar: Progress | None,
+def _tar_chunks(stream: ArchiveStream, digest: TarDigest, bar: Progress | None,
                 wire: list[int], threaded: bool = False) -> Iterator[bytes]:
     """The stream's raw chunks, unchanged, while the (inflated) tar goes through
     ``digest`` (in a thread of its own with ``threaded``, so that hashing overlaps with
@@ -440,7 +386,7 @@ def _read_digest(engine: Engine, volume: str, gzip: bool, image: str | None,
                  raw: bool = False, bar: Progress | None = None) -> TarDigest:
     digest = TarDigest(raw)
     with helper(engine, [VolumeMount(volume, ROOT)], image) as cid:
-        stream = _ArchiveGet(engine, cid, ROOT, gzip)
+        stream = ArchiveStream(engine, cid, ROOT, gzip)
         try:
             for _ in _tar_chunks(stream, digest, bar, [0]):
                 pass
@@ -582,7 +528,7 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
             helper(dst, [VolumeMount(item.fill_volume, ROOT, read_only=False)],
                    opts.helper_image) as dcid, \
             Progress(f"migrate {item.volume}", total, opts.progress) as bar:
-        stream = _ArchiveGet(src, scid, ROOT, gzip)
+        stream = ArchiveStream(src, scid, ROOT, gzip)
         chunks = _tar_chunks(stream, digest, bar, wire, threaded=True)
         try:
             try:

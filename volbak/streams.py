@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import docker.errors
-import requests.exceptions
 
 from .engine import Engine, api_errors
 from .errors import EngineError
@@ -24,9 +23,12 @@ QUEUE_DEPTH = 4  # chunks in flight between the reader thread and the pipeline
 
 
 class ArchiveStream:
-    """``GET /containers/{id}/archive`` as a readable stream that can be aborted."""
+    """``GET /containers/{id}/archive`` as a readable stream that can be aborted.
 
-    def __init__(self, engine: Engine, cid: str, path: str) -> None:
+    With ``gzip`` the engine is asked to compress the tar itself (on its own host);
+    ``compressed`` says whether it did, and read() returns the bytes as sent."""
+
+    def __init__(self, engine: Engine, cid: str, path: str, gzip: bool = False) -> None:
         self.engine = engine
         api = engine.api
         with api_errors(engine, f"reading {path} from the helper container"):
@@ -36,15 +38,18 @@ class ArchiveStream:
                 api._url("/containers/{0}/archive", cid),
                 params={"path": path},
                 stream=True,
-                headers={"Accept-Encoding": "identity"},
+                headers={"Accept-Encoding": "gzip" if gzip else "identity"},
             )
             api._raise_for_status(self._res)
-            self._body = _ChunkedBody.of(self._res)
+        self.compressed = self._res.headers.get("Content-Encoding", "").lower() == "gzip"
+        self._body = _ChunkedBody.of(self._res)
 
     def read(self, n: int = CHUNK) -> bytes:
         try:
-            return self._body.read(n) if self._body else self._res.raw.read(n)
-        except (requests.exceptions.RequestException, OSError, Exception) as e:
+            if self._body is not None:
+                return self._body.read(n)
+            return self._res.raw.read(n, decode_content=False)
+        except Exception as e:
             raise EngineError(
                 f"the archive stream from engine {self.engine.url} broke: {e}",
                 hint="check that the engine is still running and reachable",

@@ -29,20 +29,24 @@ def _checksum_ok(header: bytes) -> bool:
     return want == got
 
 
-def _pax_size(data: bytes) -> int | None:
-    size = None
+def pax_records(data: bytes) -> dict[bytes, bytes]:
+    """The key=value records of a PAX extended header's data."""
+    out = {}
     pos = 0
     while pos < len(data):
         space = data.find(b" ", pos)
         if space < 0:
             break
-        length = int(data[pos:space])
-        record = data[space + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
-        if key == b"size":
-            size = int(value)
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise IntegrityError("the tar stream has a malformed PAX header") from None
+        if length <= 0:
+            break
+        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        out[key] = value
         pos += length
-    return size
+    return out
 
 
 class TarScanner:
@@ -73,9 +77,9 @@ class TarScanner:
                 self._skip -= take
                 pos += take
                 if not self._skip and self._meta is not None:
-                    found = _pax_size(bytes(self._meta))
+                    found = pax_records(bytes(self._meta)).get(b"size")
                     if found is not None:
-                        self._pax_size = found
+                        self._pax_size = int(found)
                     self._meta = None
                 continue
             need = BLOCK - len(self._header)
