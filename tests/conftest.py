@@ -562,3 +562,20 @@ if __name__ == "__main__":
         with contextlib.closing(docker.DockerClient(base_url=url, version="auto")) as c:
             made = ensure_busybox_image(c)
             print(f"{BUSYBOX_IMAGE} on {url}: {'imported' if made else 'present'}")
+
+
+# ---------------------------------------------------------------- the CLI
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository directory of the test's own (created by the first backup)."""
+    return tmp_path / "repo"
+
+
+@pytest.fixture
+def run(docker_host: str, repo: Path, capsys):
+    """The volbak CLI in-process against engine 1 and ``repo``; see cli_runner."""
+    from cli_runner import cli_runner
+
+    return cli_runner(docker_host, repo, capsys)

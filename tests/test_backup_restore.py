@@ -16,22 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runner import cli_runner
 from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
 
 pytestmark = pytest.mark.docker
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return tmp_path / "repo"
-
-
-@pytest.fixture
-def run(docker_host, repo, capsys):
-    return cli_runner(docker_host, repo, capsys)
 
 
 @pytest.fixture(autouse=True)

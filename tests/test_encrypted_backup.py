@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from cli_runner import cli_runner
 from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
@@ -19,16 +18,6 @@ from volbak.cli import main
 pytestmark = pytest.mark.docker
 needs_age = pytest.mark.skipif(not shutil.which("age") or not shutil.which("zstd"),
                                reason="the age and zstd CLIs are needed for interop")
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return tmp_path / "repo"
-
-
-@pytest.fixture
-def run(docker_host, repo, capsys):
-    return cli_runner(docker_host, repo, capsys)
 
 
 @pytest.fixture

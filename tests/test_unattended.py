@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_runner import cli_runner
 from fidelity import volume_path
 
 from volbak.cli import main
@@ -29,16 +28,6 @@ def isolated_state(tmp_path, monkeypatch):
     """Journal and locks of these tests stay in the test's temp dir."""
     monkeypatch.setenv("VOLBAK_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("VOLBAK_LOCK_DIR", str(tmp_path / "locks"))
-
-
-@pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    return tmp_path / "repo"
-
-
-@pytest.fixture
-def run(docker_host, repo, capsys):
-    return cli_runner(docker_host, repo, capsys)
 
 
 def _spawn(docker_host: str, *args: str) -> subprocess.Popen:
