@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,8 +121,30 @@ def test_recover_after_kill_9(resources, docker_client, busybox_image, docker_ho
     out, err = run("recover")
     assert svc.name in out + err
     assert _running(svc)
-    run("backup", vol)  # also removes the helper the killed process left behind
-    assert not docker_client.containers.list(all=True, filters={"label": "volbak=helper"})
+    run("backup", vol)
+
+
+def test_helpers_of_dead_processes_are_swept(resources, docker_client, docker_host):
+    """A helper whose volbak process died (kill -9) is removed by the next run."""
+    from volbak.engine import (
+        HELPER_LABEL,
+        OWNER_LABEL,
+        connect,
+        ensure_helper_image,
+        sweep_stale_helpers,
+    )
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    engine = connect(docker_host)
+    image = ensure_helper_image(engine)
+    labels = {HELPER_LABEL: "helper", OWNER_LABEL: f"{socket.gethostname()}:{dead.pid}"}
+    stale = resources.container(image, ["x"], labels=labels)
+    alive = resources.container(image, ["x"], labels={
+        HELPER_LABEL: "helper", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"})
+    assert stale.id in sweep_stale_helpers(engine)
+    left = {c.id for c in docker_client.containers.list(all=True)}
+    assert stale.id not in left and alive.id in left
 
 
 # -- hooks --------------------------------------------------------------------------------------

@@ -218,17 +218,25 @@ def remove_container(engine: Engine, cid: str) -> None:
             continue
 
 
-def sweep_stale_helpers(engine: Engine) -> list[str]:
-    """Remove helpers left by a volbak process on this host that died (kill -9)."""
+def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> list[str]:
+    """Remove helpers left by a volbak process on this host that died (kill -9).
+
+    Best effort, with a short timeout: after a client vanished mid-transfer, the 20.10
+    engine can keep its tar process blocked and refuse to remove that container (seen
+    here); that must not hold up the backup that is starting now."""
     removed = []
     host = socket.gethostname()
+    api = engine.api
     with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-        for c in engine.api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"}):
+        for c in api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"}):
             owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
             ohost, _, pid = owner.rpartition(":")
             if ohost == host and pid.isdigit() and not _alive(int(pid)):
-                remove_container(engine, c["Id"])
-                removed.append(c["Id"])
+                with contextlib.suppress(requests.exceptions.RequestException):
+                    res = api._delete(api._url("/containers/{0}", c["Id"]),
+                                      params={"v": False, "force": True}, timeout=timeout)
+                    if res.status_code < 300:
+                        removed.append(c["Id"])
     return removed
 
 
