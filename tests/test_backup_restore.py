@@ -284,3 +284,24 @@ def test_signal_mid_backup_cleans_up(sig, code, resources, docker_client, docker
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert [f for _, _, files in os.walk(repo) for f in files] == []
+
+
+def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client, docker_host,
+                                                       repo, monkeypatch):
+    """A signal can land between the archive's commit and the manifest: the archive must
+    go too, or the repository keeps an unlisted orphan."""
+    from volbak.backup import BackupOptions, backup_volume
+    from volbak.engine import connect
+    from volbak.local import LocalBackend
+    from volbak.repository import Repository
+
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("x")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Repository, "write_manifest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        backup_volume(connect(docker_host), Repository(LocalBackend(repo)), src, BackupOptions())
+    assert [f for _, _, files in os.walk(repo) for f in files] == []

@@ -31,7 +31,7 @@ from .engine import (
 )
 from .errors import NotFoundError, UsageError
 from .progress import Progress
-from .repository import BackupInfo, Repository, make_stamp
+from .repository import MANIFEST_SUFFIX, BackupInfo, Repository, make_stamp
 from .streams import ArchiveStream, Drain, HashSink, Pump
 from .tarstream import TarScanner
 
@@ -51,7 +51,7 @@ def _names(repo: Repository, volume: str, now: dt.datetime, suffix: str) -> tupl
         stamp = base if n == 0 else f"{base}-{n}"
         data = f"{volume}/{stamp}.tar{suffix}"
         try:
-            repo.backend.stat(f"{volume}/{stamp}.manifest.json")
+            repo.backend.stat(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
         except NotFoundError:
             try:
                 repo.backend.stat(data)
@@ -102,69 +102,75 @@ def backup_volume(
 
     scanner = TarScanner()
     comp = compress.compressor(compression)
-    with helper(engine, [VolumeMount(volume, "/" + ARCHIVE_ROOT)], opts.helper_image) as cid, \
-            repo.backend.create_writer(data_name) as writer, \
-            Progress(f"backup {volume}", total, opts.progress) as bar:
-        # Three threads: the pump reads Docker, this one scans and compresses, the
-        # drain encrypts, hashes and writes.
-        sink = HashSink(writer.write)
-        encrypt = None
-        if opts.recipients:
-            from .age import EncryptWriter
-
-            encrypt = EncryptWriter(sink, list(opts.recipients))
-        drain = Drain(encrypt.write if encrypt else sink.write)
-        src = ArchiveStream(engine, cid, "/" + ARCHIVE_ROOT)
-        pump = Pump(src.read)
-        tar_size = 0
-        try:
-            for chunk in pump:
-                scanner.feed(chunk)
-                tar_size += len(chunk)
-                drain.write(comp.write(chunk))
-                bar.update(len(chunk))
-            scanner.check_complete()
-            drain.write(comp.finish())
-            drain.close()
-            if encrypt:
-                encrypt.close()
-        except BaseException:
-            drain.abandon()
-            raise
-        finally:
-            pump.stop()
-            src.close()
-        stored = writer.commit()
-
-    manifest = {
-        "format": FORMAT_VERSION,
-        "volbak_version": __version__,
-        "created": started.isoformat().replace("+00:00", "Z"),
-        "duration_seconds": round(time.monotonic() - t0, 3),
-        "volume": {
-            "name": volume,
-            "driver": vol.get("Driver"),
-            "driver_options": vol.get("Options") or {},
-            "labels": vol.get("Labels") or {},
-            "scope": vol.get("Scope"),
-        },
-        "mount_path": mount_path,
-        "archive_root": ARCHIVE_ROOT,
-        "containers": [describe_container(c) for c in users],
-        "container": container,
-        "set": set_id,
-        "source_engine": {"url": engine.url, "host": socket.gethostname()},
-        "compression": compression,
-        "encryption": _encryption(opts.recipients),
-        "object": {"name": data_name, "size": stored.size, "sha256": sink.hexdigest()},
-        "tar": {"size": tar_size, "entries": scanner.entries, "file_bytes": scanner.file_bytes},
-    }
     try:
+        with helper(engine, [VolumeMount(volume, "/" + ARCHIVE_ROOT)], opts.helper_image) as cid, \
+                repo.backend.create_writer(data_name) as writer, \
+                Progress(f"backup {volume}", total, opts.progress) as bar:
+            # Three threads: the pump reads Docker, this one scans and compresses, the
+            # drain encrypts, hashes and writes.
+            sink = HashSink(writer.write)
+            encrypt = None
+            if opts.recipients:
+                from .age import EncryptWriter
+
+                encrypt = EncryptWriter(sink, list(opts.recipients))
+            drain = Drain(encrypt.write if encrypt else sink.write)
+            src = ArchiveStream(engine, cid, "/" + ARCHIVE_ROOT)
+            pump = Pump(src.read)
+            tar_size = 0
+            try:
+                for chunk in pump:
+                    scanner.feed(chunk)
+                    tar_size += len(chunk)
+                    drain.write(comp.write(chunk))
+                    bar.update(len(chunk))
+                scanner.check_complete()
+                drain.write(comp.finish())
+                drain.close()
+                if encrypt:
+                    encrypt.close()
+            except BaseException:
+                drain.abandon()
+                raise
+            finally:
+                pump.stop()
+                src.close()
+            stored = writer.commit()
+
+        manifest = {
+            "format": FORMAT_VERSION,
+            "volbak_version": __version__,
+            "created": started.isoformat().replace("+00:00", "Z"),
+            "duration_seconds": round(time.monotonic() - t0, 3),
+            "volume": {
+                "name": volume,
+                "driver": vol.get("Driver"),
+                "driver_options": vol.get("Options") or {},
+                "labels": vol.get("Labels") or {},
+                "scope": vol.get("Scope"),
+            },
+            "mount_path": mount_path,
+            "archive_root": ARCHIVE_ROOT,
+            "containers": [describe_container(c) for c in users],
+            "container": container,
+            "set": set_id,
+            "source_engine": {"url": engine.url, "host": socket.gethostname()},
+            "compression": compression,
+            "encryption": _encryption(opts.recipients),
+            "object": {"name": data_name, "size": stored.size, "sha256": sink.hexdigest()},
+            "tar": {"size": tar_size, "entries": scanner.entries, "file_bytes": scanner.file_bytes},
+        }
         return repo.write_manifest(volume, stamp, manifest)
     except BaseException:
-        # The archive without its manifest is unreachable garbage; don't leave it.
+        # Until the manifest is written, any way out (an error, Ctrl-C, or SIGTERM
+        # landing anywhere, even just after the archive's commit) removes the archive:
+        # a backup is there whole or not at all. The name is this run's own (_names).
+        # If the manifest did get written, the backup is complete: keep it.
         with contextlib.suppress(Exception):
-            repo.backend.delete(data_name)
+            try:
+                repo.backend.stat(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
+            except NotFoundError:
+                repo.backend.delete(data_name)
         raise
 
 
