@@ -32,6 +32,7 @@ from .engine import (
 from .errors import NotFoundError, UsageError
 from .progress import Progress
 from .repository import MANIFEST_SUFFIX, BackupInfo, Repository, make_stamp
+from .signals import deferred
 from .streams import ArchiveStream, Drain, HashSink, Pump
 from .tarstream import TarScanner
 
@@ -166,7 +167,7 @@ def backup_volume(
         # landing anywhere, even just after the archive's commit) removes the archive:
         # a backup is there whole or not at all. The name is this run's own (_names).
         # If the manifest did get written, the backup is complete: keep it.
-        with contextlib.suppress(Exception):
+        with deferred(), contextlib.suppress(Exception):
             try:
                 repo.backend.stat(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
             except NotFoundError:

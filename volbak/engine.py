@@ -13,6 +13,7 @@ import io
 import os
 import socket
 import tarfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from docker.context import ContextAPI
 from docker.types import LogConfig, Mount
 
 from .errors import EngineError, NotFoundError, UsageError
+from .signals import deferred
 
 HELPER_IMAGE = "volbak-helper:empty"
 HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key
@@ -207,15 +209,20 @@ def helper(
 
 
 def remove_container(engine: Engine, cid: str) -> None:
-    # v=False: never take volumes with it. Retried once: a Ctrl-C may land mid-call.
-    for _ in range(2):
-        try:
-            engine.api.remove_container(cid, v=False, force=True)
-            return
-        except docker.errors.NotFound:
-            return
-        except (docker.errors.APIError, requests.exceptions.RequestException):
-            continue
+    """Remove a helper; never its volumes (v=False). Signals wait until it is gone.
+
+    Right after an aborted transfer the engine may still be finishing its tar process
+    and refuse the removal for a moment, so failures are retried for about 10 s."""
+    with deferred():
+        for delay in (0, 0.1, 0.3, 0.6, 1, 2, 3, 3):
+            time.sleep(delay)
+            try:
+                engine.api.remove_container(cid, v=False, force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except (docker.errors.APIError, requests.exceptions.RequestException):
+                continue
 
 
 def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> list[str]:

@@ -40,6 +40,7 @@ from .engine import (
 from .errors import EngineError, IntegrityError, TargetExistsError, UsageError
 from .progress import Progress
 from .repository import BackupInfo, Repository
+from .signals import deferred
 from .streams import CHUNK, ArchiveStream, Pump, put_archive
 from .tarstream import TarScanner
 
@@ -181,14 +182,15 @@ def _create_volume(engine: Engine, name: str, labels: dict[str, str],
 
 
 def remove_volume(engine: Engine, name: str) -> None:
-    for _ in range(3):
-        try:
-            engine.api.remove_volume(name, force=True)
-            return
-        except docker.errors.NotFound:
-            return
-        except docker.errors.APIError:
-            time.sleep(0.5)  # a helper may still hold it for a moment
+    with deferred():  # cleanup: a signal waits until the volume is gone
+        for _ in range(3):
+            try:
+                engine.api.remove_volume(name, force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                time.sleep(0.5)  # a helper may still hold it for a moment
 
 
 def _fill(engine: Engine, source: BackupSource, volume: str, opts: RestoreOptions) -> None:

@@ -42,9 +42,7 @@ import errno
 import fcntl
 import json
 import os
-import signal
 import socket
-import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -56,6 +54,7 @@ import requests.exceptions
 
 from .errors import EngineError, VolbakError
 from .local import fsync_dir as _fsync_dir
+from .signals import deferred
 
 STOP_LABEL = "volbak.stop"
 TRUE_VALUES = {"true", "1", "yes", "on"}
@@ -192,20 +191,6 @@ class _Entry:
             self.fd = None
 
 
-@contextlib.contextmanager
-def _signals_blocked() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block is done; the handlers run right after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _start_all(client: docker.DockerClient, items: list[dict[str, str]],
                on_event: Event | None) -> tuple[list[str], list[str]]:
     """Start containers in reverse order. Returns (started names, failure messages)."""
@@ -288,7 +273,7 @@ def stopped(
         body_error = e
         raise
     finally:
-        with _signals_blocked():
+        with deferred():
             _, failed = _start_all(client, items, on_event)
             if failed:
                 entry.close()  # keep the entry: recover() retries
