@@ -84,13 +84,9 @@ def migrate(ctx: Ctx, volume: str | None, container: str | None, from_host: str 
         raise UsageError("say where to migrate to",
                          hint="pass --to URL|CONTEXT or --to-context NAME")
 
-    def event(text: str) -> None:
-        if not ctx.quiet:
-            click.echo(text, err=True)
-
     opts = MigrateOptions(force=force, stop=stop, compression=compression,
                           helper_image=helper_image, progress=ctx.progress,
-                          stop_timeout=stop_timeout, on_event=event)
+                          stop_timeout=stop_timeout, on_event=ctx.event)
     src, dst = connect_engines(source, target)
     try:
         if volume:
