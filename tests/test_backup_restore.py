@@ -28,8 +28,9 @@ def nothing_left_behind(docker_client):
     """No helper container, staging volume or anonymous volume may outlive a command."""
     before = {v.name for v in docker_client.volumes.list()}
     yield
-    helpers = docker_client.containers.list(all=True, filters={"label": "volbak=helper"})
-    assert not helpers, f"helper containers left: {[c.name for c in helpers]}"
+    # the low-level list: containers.list() inspects each one and races with removals
+    helpers = docker_client.api.containers(all=True, filters={"label": "volbak=helper"})
+    assert not helpers, f"helper containers left: {[c['Names'] for c in helpers]}"
     staging = docker_client.volumes.list(filters={"label": "volbak.managed"})
     assert not staging, f"staging volumes left: {[v.name for v in staging]}"
     anon = [v.name for v in docker_client.volumes.list()
@@ -278,7 +279,7 @@ def test_signal_mid_backup_cleans_up(sig, code, resources, docker_client, docker
     deadline = time.monotonic() + 30
     while not list(repo.rglob("*.tar*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert docker_client.containers.list(all=True, filters={"label": "volbak=helper"})
+    assert docker_client.api.containers(all=True, filters={"label": "volbak=helper"})
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

@@ -39,8 +39,9 @@ def _state_dir(tmp_path, monkeypatch):
 
 
 def _leftovers(client, before: set[str]) -> list[str]:
-    out = [f"helper {c.name}" for c in
-           client.containers.list(all=True, filters={"label": "volbak=helper"})]
+    # the low-level list: containers.list() inspects each one and races with removals
+    out = [f"helper {c['Names']}" for c in
+           client.api.containers(all=True, filters={"label": "volbak=helper"})]
     out += [f"staging {v.name}" for v in client.volumes.list(filters={"label": "volbak.managed"})]
     out += [f"anonymous volume {v.name}" for v in client.volumes.list()
             if v.name not in before and len(v.name) == 64]
@@ -615,7 +616,7 @@ def test_signal_mid_transfer_cleans_up_both_engines(sig, code, resources, resour
          "--to", docker_host2, "--as", target, "--compress", "gzip"],  # gzip: slow enough
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
-    while not docker_client2.containers.list(all=True, filters={"label": "volbak=helper"}):
+    while not docker_client2.api.containers(all=True, filters={"label": "volbak=helper"}):
         assert time.monotonic() < deadline and proc.poll() is None
         time.sleep(0.05)
     time.sleep(0.5)  # into the transfer
