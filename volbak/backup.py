@@ -87,7 +87,7 @@ def backup_volume(
     """Back up one named volume; returns the listed backup."""
     compression = compress.check(opts.compression)
     vol = inspect_volume(engine, volume, flag)
-    users = containers_using(engine, volume)
+    users = [c.attrs for c in containers_using(engine.client, volume, running_only=False)]
     if mount_path is None:
         mount_path = next(
             (m["Destination"] for c in users for m in c.get("Mounts") or []

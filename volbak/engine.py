@@ -317,15 +317,24 @@ def describe_container(attrs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def containers_using(engine: Engine, volume: str) -> list[dict[str, Any]]:
-    """Inspect data of every container (running or not) that mounts ``volume``."""
-    with api_errors(engine, f"listing containers that use volume '{volume}'"):
-        found = engine.api.containers(all=True, filters={"volume": volume})
-        out = []
-        for c in found:
-            with contextlib.suppress(docker.errors.NotFound):
-                out.append(engine.api.inspect_container(c["Id"]))
-        return out
+def containers_using(client: docker.DockerClient, volume: str,
+                     running_only: bool = True) -> list[Any]:
+    """Containers (docker-py models, inspected) that mount the named volume, directly or
+    through --volumes-from; only running ones unless ``running_only`` is False.
+    Docker's ``volume`` filter also matches mount destinations, so the mounts are
+    checked for the exact volume name."""
+    filters: dict[str, Any] = {"volume": volume}
+    if running_only:
+        filters["status"] = "running"
+    try:
+        found = client.containers.list(all=not running_only, filters=filters,
+                                       ignore_removed=True)
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+        raise EngineError(
+            f"cannot list the containers using volume '{volume}': {_short(e)}") from None
+    return [c for c in found
+            if any(m.get("Type") == "volume" and m.get("Name") == volume
+                   for m in c.attrs.get("Mounts") or [])]
 
 
 def container_volumes(attrs: dict[str, Any]) -> list[tuple[str, str]]:

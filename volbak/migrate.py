@@ -471,7 +471,7 @@ def _check_target(dst: Engine, item: _Item, opts: MigrateOptions) -> None:
             hint="migrate under another name with --as NAME, or add --force to replace its "
             "contents once the whole copy has arrived and been verified",
         )
-    users = [c["Name"].lstrip("/") for c in containers_using(dst, item.target)]
+    users = [c.name for c in containers_using(dst.client, item.target, running_only=False)]
     if users:
         raise TargetExistsError(
             f"volume '{item.target}' on {dst.url} is used by container(s) "
@@ -487,7 +487,7 @@ def _stopped(src: Engine, volumes: Sequence[str], opts: MigrateOptions) -> Itera
     duration of the transfer; always start it again."""
     from . import stopper
 
-    users = [c for v in volumes for c in stopper.containers_using(src.client, v)]
+    users = [c for v in volumes for c in containers_using(src.client, v)]
     victims = stopper.select_to_stop(users, force=opts.stop)
     left = sorted({stopper._name(c) for c in users} - {stopper._name(c) for c in victims})
     if left:

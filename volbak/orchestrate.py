@@ -15,11 +15,11 @@ from typing import Any
 
 from . import lock
 from .backup import BackupOptions, backup_container, backup_volume
-from .engine import Engine, api_errors, container_volumes, inspect_container
+from .engine import Engine, api_errors, container_volumes, containers_using, inspect_container
 from .errors import NotFoundError, VolbakError
 from .hooks import hooks
 from .repository import BackupInfo, Repository
-from .stopper import containers_to_stop, containers_using, stopped
+from .stopper import containers_to_stop, stopped
 
 Event = Callable[[str], None]
 

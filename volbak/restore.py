@@ -229,7 +229,7 @@ def restore_to_volume(
                 hint="pick a new volume name, or add --force to replace its contents "
                 "once the whole backup has been read and verified",
             )
-        users = [c["Name"].lstrip("/") for c in containers_using(engine, target)]
+        users = [c.name for c in containers_using(engine.client, target, running_only=False)]
         if users:
             raise TargetExistsError(
                 f"volume '{target}' is used by container(s) {', '.join(users)}; "

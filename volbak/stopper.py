@@ -52,6 +52,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from .engine import containers_using
 from .errors import EngineError, VolbakError
 from .local import fsync_dir as _fsync_dir
 from .signals import deferred
@@ -100,29 +101,6 @@ def _is_true(value: str | None) -> bool:
 def _name(c: Any) -> str:
     name = getattr(c, "name", None) or c.attrs.get("Name", "") or c.id[:12]
     return name.lstrip("/")
-
-
-def containers_using(client: docker.DockerClient, volume_name: str,
-                     running_only: bool = True) -> list[Any]:
-    """Containers that mount the named volume (directly or through --volumes-from).
-
-    Only running ones unless ``running_only`` is False. Docker's ``volume`` filter also
-    matches mount destinations, so the mounts are checked for the exact volume name.
-    """
-    filters: dict[str, Any] = {"volume": volume_name}
-    if running_only:
-        filters["status"] = "running"
-    try:
-        found = client.containers.list(all=not running_only, filters=filters,
-                                       ignore_removed=True)
-    except _DOCKER_ERRORS as e:
-        raise EngineError(f"cannot list the containers using volume '{volume_name}': {e}") from None
-    out = []
-    for c in found:
-        mounts = c.attrs.get("Mounts") or []
-        if any(m.get("Type") == "volume" and m.get("Name") == volume_name for m in mounts):
-            out.append(c)
-    return out
 
 
 def select_to_stop(containers: Iterable[Any], force: bool = False) -> list[Any]:
