@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from volbak import age
+from volbak.crypto import age
 from volbak.errors import CryptoError
 
 TESTKIT = Path(__file__).parent / "data" / "age-testkit"

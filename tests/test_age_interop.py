@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from volbak import age
+from volbak.crypto import age
 
 pytestmark = pytest.mark.skipif(
     shutil.which("age") is None or shutil.which("age-keygen") is None,

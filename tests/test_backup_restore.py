@@ -291,9 +291,9 @@ def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client,
                                                        repo, monkeypatch):
     """A signal can land between the archive's commit and the manifest: the archive must
     go too, or the repository keeps an unlisted orphan."""
-    from volbak.backup import BackupOptions, backup_volume
-    from volbak.engine import connect
+    from volbak.engine.client import connect
     from volbak.local import LocalBackend
+    from volbak.ops.backup import BackupOptions, backup_volume
     from volbak.repository import Repository
 
     src = resources.volume().name

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from volbak.errors import HookError
-from volbak.hooks import POST, PRE, hook_commands, hooks, run_hook
+from volbak.ops.hooks import POST, PRE, hook_commands, hooks, run_hook
 
 pytestmark = pytest.mark.docker
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from volbak.config import Job, load, parse
 from volbak.errors import UsageError
-from volbak.jobs import Job, load, parse
-from volbak.notify import on_failure, post_webhook, redact_url
-from volbak.retention import UNLIMITED, Policy
+from volbak.ops.notify import on_failure, post_webhook, redact_url
+from volbak.ops.retention import UNLIMITED, Policy
 
 RECIPIENT = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from volbak import lock as lockmod
 from volbak.errors import LockBusyError, VolbakError
-from volbak.lock import acquire, holder, key_filename, lock_dir, repo_key, volume_key
+from volbak.ops import lock as lockmod
+from volbak.ops.lock import acquire, holder, key_filename, lock_dir, repo_key, volume_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def spawn_holder(ldir: Path, keys: list[str], hold: float = 30) -> subprocess.Po
     """A child that takes the locks, prints 'locked', and holds them for `hold` seconds."""
     code = textwrap.dedent(f"""
         import sys, time
-        from volbak.lock import acquire
+        from volbak.ops.lock import acquire
         with acquire({keys!r}):
             print("locked", flush=True)
             time.sleep({hold})
@@ -150,7 +150,7 @@ def test_opposite_orders_do_not_deadlock(ldir):
     env = dict(os.environ, VOLBAK_LOCK_DIR=str(ldir), PYTHONPATH=str(ROOT))
     code = textwrap.dedent("""
         import sys, time
-        from volbak.lock import acquire
+        from volbak.ops.lock import acquire
         keys = sys.argv[1:]
         for _ in range(20):
             with acquire(keys, wait=30):

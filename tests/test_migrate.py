@@ -24,9 +24,9 @@ import pytest
 from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
-from volbak.engine import connect
+from volbak.engine.client import connect
 from volbak.errors import IntegrityError
-from volbak.migrate import TarDigest, _read_digest
+from volbak.ops.migrate import TarDigest, _read_digest
 
 pytestmark = pytest.mark.docker
 
@@ -352,7 +352,7 @@ def test_same_host_clone(resources, docker_client, docker_host, run):
 
 def test_same_engine_through_another_url_is_recognised(resources, docker_client, docker_host,
                                                        proxy, run, monkeypatch):
-    import volbak.migrate as m
+    import volbak.ops.migrate as m
 
     src = resources.volume().name
     (volume_path(docker_client, src) / "f").write_text("x")
@@ -548,7 +548,7 @@ def test_tampered_target_fails_verification(resources, resources2, docker_client
                                             docker_client2, docker_host, docker_host2,
                                             monkeypatch, run):
     """If the target does not hold what was read, nothing is kept (or replaced)."""
-    import volbak.migrate as m
+    import volbak.ops.migrate as m
 
     src = resources.volume().name
     (volume_path(docker_client, src) / "f").write_text("original")
@@ -568,7 +568,7 @@ def test_tampered_target_fails_verification(resources, resources2, docker_client
 
 def test_interrupt_cleans_up_the_target(resources, resources2, docker_client, docker_client2,
                                         docker_host, docker_host2, run, monkeypatch):
-    import volbak.migrate as m
+    import volbak.ops.migrate as m
 
     src = _random_volume(resources, docker_client, 8)
     target = resources2.track_volume(resources2.name("volbak-int"))

@@ -9,8 +9,8 @@ import pytest
 
 from volbak.errors import UsageError
 from volbak.local import LocalBackend
+from volbak.ops.retention import UNLIMITED, Policy, clean_orphans, plan, prune
 from volbak.repository import BackupInfo, Repository, make_stamp
-from volbak.retention import UNLIMITED, Policy, clean_orphans, plan, prune
 
 
 def mk(volume: str, when: str | dt.datetime) -> BackupInfo:

@@ -16,7 +16,7 @@ import docker.errors
 import pytest
 
 from volbak.errors import EngineError
-from volbak.stopper import (
+from volbak.ops.stopper import (
     containers_to_stop,
     containers_using,
     default_journal_dir,
@@ -256,7 +256,7 @@ def test_removed_container_does_not_block_restart(docker_client, resources, serv
 HOLDER = textwrap.dedent("""
     import sys, docker
     from pathlib import Path
-    from volbak.stopper import stopped
+    from volbak.ops.stopper import stopped
     client = docker.DockerClient(base_url=sys.argv[1], version="auto")
     cs = [client.containers.get(i) for i in sys.argv[3:]]
     with stopped(client, cs, journal_dir=Path(sys.argv[2]), engine_url=sys.argv[1]):

@@ -126,7 +126,7 @@ def test_recover_after_kill_9(resources, docker_client, busybox_image, docker_ho
 
 def test_helpers_of_dead_processes_are_swept(resources, docker_client, docker_host):
     """A helper whose volbak process died (kill -9) is removed by the next run."""
-    from volbak.engine import (
+    from volbak.engine.client import (
         HELPER_LABEL,
         OWNER_LABEL,
         connect,

@@ -13,12 +13,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..engine.client import (
+    Engine,
+    api_errors,
+    container_volumes,
+    containers_using,
+    inspect_container,
+)
+from ..errors import NotFoundError, VolbakError
+from ..repository import BackupInfo, Repository
 from . import lock
 from .backup import BackupOptions, backup_container, backup_volume
-from .engine import Engine, api_errors, container_volumes, containers_using, inspect_container
-from .errors import NotFoundError, VolbakError
 from .hooks import hooks
-from .repository import BackupInfo, Repository
 from .stopper import containers_to_stop, stopped
 
 Event = Callable[[str], None]

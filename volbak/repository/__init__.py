@@ -19,8 +19,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from .backend import Backend
-from .errors import IntegrityError, NotFoundError
+from ..backend import Backend
+from ..errors import IntegrityError, NotFoundError
 
 MANIFEST_SUFFIX = ".manifest.json"
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from .errors import UsageError
+from ..errors import UsageError
 
 PASSPHRASE_ENV = "VOLBAK_PASSPHRASE_FILE"
 

@@ -35,7 +35,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from . import __version__ as _version
+from .. import __version__ as _version
 
 WEBHOOK_TIMEOUT = 10.0
 COMMAND_TIMEOUT = 120.0

@@ -58,7 +58,8 @@ from typing import Any
 import docker.errors
 import requests.exceptions
 
-from .engine import (
+from ..engine.archive import ArchiveStream, put_archive
+from ..engine.client import (
     ARCHIVE_ROOT,
     MANAGED_LABEL,
     Engine,
@@ -75,14 +76,16 @@ from .engine import (
     volume_exists,
     volume_size,
 )
-from .errors import (
+from ..errors import (
     EngineError,
     IntegrityError,
     NotFoundError,
     TargetExistsError,
     UsageError,
 )
-from .progress import Progress
+from ..stream.pump import CHUNK, Drain, Pump
+from ..stream.tar import BLOCK, _checksum_ok, _parse_size, pax_records
+from ..util.progress import Progress
 from .restore import (
     _check_volume_name,
     _create_volume,
@@ -91,8 +94,6 @@ from .restore import (
     staging_name,
     volume_is_empty,
 )
-from .streams import CHUNK, ArchiveStream, Drain, Pump, put_archive
-from .tarstream import BLOCK, _checksum_ok, _parse_size, pax_records
 
 MIGRATED_LABEL = "volbak.migrated-from"
 COMPRESSIONS = ("none", "gzip")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .cli import Ctx, _fmt_size, common
-from .errors import UsageError
+from ..errors import UsageError
+from . import Ctx, _fmt_size, common
 
 
 def _one_host(what: str, flags: dict[str, str | None]) -> str | None:
@@ -71,7 +71,7 @@ def migrate(ctx: Ctx, volume: str | None, container: str | None, from_host: str 
       volbak migrate --container web --to-context prod
       volbak migrate pgdata --to unix:///var/run/docker.sock --as pgdata-clone   # clone
     """
-    from .migrate import MigrateOptions, connect_engines, migrate_container, migrate_volume
+    from ..ops.migrate import MigrateOptions, connect_engines, migrate_container, migrate_volume
 
     if bool(volume) == bool(container):
         raise UsageError("say what to migrate",

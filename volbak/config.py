@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .retention import KINDS, UNLIMITED, Policy
+from .ops.retention import KINDS, UNLIMITED, Policy
 
 COMPRESSIONS = ("zstd", "gzip", "none")
 JOB_KEYS = (

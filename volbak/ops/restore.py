@@ -24,8 +24,8 @@ from typing import Any
 
 import docker.errors
 
-from . import compress
-from .engine import (
+from ..engine.archive import ArchiveStream, put_archive
+from ..engine.client import (
     MANAGED_LABEL,
     Engine,
     VolumeMount,
@@ -37,12 +37,13 @@ from .engine import (
     sweep_stale_helpers,
     volume_exists,
 )
-from .errors import EngineError, IntegrityError, TargetExistsError, UsageError
-from .progress import Progress
-from .repository import BackupInfo, Repository
-from .signals import deferred
-from .streams import CHUNK, ArchiveStream, Pump, put_archive
-from .tarstream import TarScanner
+from ..errors import EngineError, IntegrityError, TargetExistsError, UsageError
+from ..repository import BackupInfo, Repository
+from ..stream import compress
+from ..stream.pump import CHUNK, Pump
+from ..stream.tar import TarScanner
+from ..util.progress import Progress
+from ..util.signals import deferred
 
 RESTORED_LABEL = "volbak.restored-from"
 
@@ -93,7 +94,7 @@ class BackupSource:
         self._read = self._hashed.read
         try:
             if info.manifest.get("encryption"):
-                from .age import DecryptReader
+                from ..crypto.age import DecryptReader
 
                 if not identities:
                     raise UsageError(

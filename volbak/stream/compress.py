@@ -12,7 +12,7 @@ from typing import Protocol
 
 import zstandard
 
-from .errors import IntegrityError, UsageError
+from ..errors import IntegrityError, UsageError
 
 SUFFIX = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 ZSTD_LEVEL = 3

@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import Interrupted, UsageError, VolbakError
+from .. import __version__
+from ..errors import Interrupted, UsageError, VolbakError
 
 EXIT_CODES = """\b
 Exit codes:
@@ -73,21 +73,21 @@ class Ctx:
 
     @property
     def progress(self) -> bool:
-        from .progress import on_terminal
+        from ..util.progress import on_terminal
 
         return not self.quiet and on_terminal()
 
     def engine(self) -> Any:
         if self._engine is None:
-            from .engine import connect
+            from ..engine.client import connect
 
             self._engine = connect(self.host)
         return self._engine
 
     def repo(self) -> Any:
         if self._repo is None:
-            from .backend import open_backend
-            from .repository import Repository
+            from ..backend import open_backend
+            from ..repository import Repository
 
             self._repo = Repository(open_backend(self.repo_url, self.repo_options))
         return self._repo
@@ -99,10 +99,10 @@ class Ctx:
 
     def recover(self) -> None:
         """Start containers a dead volbak process left stopped (see stopper)."""
-        from .stopper import recover
+        from ..ops.stopper import recover
 
         def client_for(url: str) -> Any:
-            from .engine import connect
+            from ..engine.client import connect
 
             return connect(url).client
 
@@ -237,9 +237,9 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], comp
       volbak backup pgdata --pre-backup 'pg_dumpall -U postgres > /var/lib/postgresql/data/dump.sql'
       volbak backup pgdata -r age1... --json     # encrypted, one JSON line per backup
     """
-    from .backup import BackupOptions
-    from .keys import recipients
-    from .orchestrate import Consistency, guarded_backup
+    from ..crypto.keys import recipients
+    from ..ops.backup import BackupOptions
+    from ..ops.orchestrate import Consistency, guarded_backup
 
     if not volumes and not containers:
         raise UsageError("nothing to back up", hint="name a VOLUME or pass --container NAME")
@@ -362,8 +362,8 @@ def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str |
       volbak restore web@20261129T070001Z --to-container web2
       volbak restore pgdata --to-volume x -i backup.key
     """
-    from .keys import identities
-    from .restore import RestoreOptions, restore_to_container, restore_to_volume
+    from ..crypto.keys import identities
+    from ..ops.restore import RestoreOptions, restore_to_container, restore_to_volume
 
     if bool(to_volume) == bool(to_container):
         raise UsageError("say where to restore",
@@ -406,8 +406,8 @@ def verify(ctx: Ctx, refs: tuple[str, ...], all_: bool, identity: tuple[str, ...
       volbak verify --all
       volbak verify pgdata -i backup.key --json
     """
-    from .keys import identities
-    from .verify import verify_backup
+    from ..crypto.keys import identities
+    from ..ops.verify import verify_backup
 
     repo = ctx.repo()
     if all_ == bool(refs):
@@ -465,9 +465,9 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
       volbak prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12
       volbak prune --keep-last 3 --volume pgdata --dry-run
     """
-    from . import lock
-    from .retention import Policy
-    from .retention import prune as do_prune
+    from ..ops import lock
+    from ..ops.retention import Policy
+    from ..ops.retention import prune as do_prune
 
     policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     repo = ctx.repo()
@@ -507,9 +507,9 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
       volbak run --config /etc/volbak.toml
       volbak run --config volbak.toml nightly --json --wait 600
     """
-    from .jobs import load
-    from .orchestrate import run_job
-    from .repository import Repository
+    from ..config import load
+    from ..ops.orchestrate import run_job
+    from ..repository import Repository
 
     ctx = Ctx(host, None, (), as_json, quiet)
     try:
@@ -517,12 +517,12 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
         config = load(config_path)
 
         def open_repo(job: Any) -> Repository:
-            from .backend import open_backend
+            from ..backend import open_backend
 
             return Repository(open_backend(job.repo, job.repo_options))
 
         def make_recipients(job: Any) -> list[Any]:
-            from .keys import recipients
+            from ..crypto.keys import recipients
 
             return recipients(job.recipients,
                               [str(job.recipients_file)] if job.recipients_file else [],
@@ -570,7 +570,7 @@ def recover(ctx: Ctx) -> None:
     Examples:
       volbak recover
     """
-    from .stopper import pending
+    from ..ops.stopper import pending
 
     ctx.emit({"started": ctx.recovered, "live_runs": sum(1 for p in pending() if p["live"])})
     for name in ctx.recovered:
@@ -598,7 +598,7 @@ def keygen(output: str) -> None:
       volbak keygen -o backup.key
       volbak backup pgdata --recipient "$(grep -o 'age1.*' backup.key)"
     """
-    from . import age
+    from ..crypto import age
 
     ident = age.X25519Identity.generate()
     age.write_identity_file(output, ident)
@@ -607,7 +607,7 @@ def keygen(output: str) -> None:
 
 def _register_commands() -> None:
     """Commands that live in their own modules."""
-    from .cli_migrate import migrate
+    from .cmd_migrate import migrate
 
     cli.add_command(migrate)
 

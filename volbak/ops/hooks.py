@@ -46,7 +46,7 @@ from typing import Any
 import docker.errors
 import requests.exceptions
 
-from .errors import HookError
+from ..errors import HookError
 
 PRE = "pre-backup"
 POST = "post-backup"

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import LockBusyError, VolbakError
+from ..errors import LockBusyError, VolbakError
 
 POLL_INTERVAL = 0.1
 

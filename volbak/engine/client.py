@@ -23,8 +23,8 @@ import requests.exceptions
 from docker.context import ContextAPI
 from docker.types import LogConfig, Mount
 
-from .errors import EngineError, NotFoundError, UsageError
-from .signals import deferred
+from ..errors import EngineError, NotFoundError, UsageError
+from ..util.signals import deferred
 
 HELPER_IMAGE = "volbak-helper:empty"
 HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key

@@ -15,8 +15,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import FORMAT_VERSION, __version__, compress
-from .engine import (
+from .. import FORMAT_VERSION, __version__
+from ..engine.archive import ArchiveStream
+from ..engine.client import (
     ARCHIVE_ROOT,
     Engine,
     VolumeMount,
@@ -29,12 +30,13 @@ from .engine import (
     sweep_stale_helpers,
     volume_size,
 )
-from .errors import NotFoundError, UsageError
-from .progress import Progress
-from .repository import MANIFEST_SUFFIX, BackupInfo, Repository, make_stamp
-from .signals import deferred
-from .streams import ArchiveStream, Drain, HashSink, Pump
-from .tarstream import TarScanner
+from ..errors import NotFoundError, UsageError
+from ..repository import MANIFEST_SUFFIX, BackupInfo, Repository, make_stamp
+from ..stream import compress
+from ..stream.pump import Drain, HashSink, Pump
+from ..stream.tar import TarScanner
+from ..util.progress import Progress
+from ..util.signals import deferred
 
 
 @dataclasses.dataclass
@@ -64,7 +66,7 @@ def _names(repo: Repository, volume: str, now: dt.datetime, suffix: str) -> tupl
 def _encryption(recipients: Sequence[Any]) -> dict[str, Any] | None:
     if not recipients:
         return None
-    from .age import ScryptRecipient
+    from ..crypto.age import ScryptRecipient
 
     return {
         "format": "age-v1",
@@ -112,7 +114,7 @@ def backup_volume(
             sink = HashSink(writer.write)
             encrypt = None
             if opts.recipients:
-                from .age import EncryptWriter
+                from ..crypto.age import EncryptWriter
 
                 encrypt = EncryptWriter(sink, list(opts.recipients))
             drain = Drain(encrypt.write if encrypt else sink.write)

@@ -52,10 +52,10 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from .engine import containers_using
-from .errors import EngineError, VolbakError
-from .local import fsync_dir as _fsync_dir
-from .signals import deferred
+from ..engine.client import containers_using
+from ..errors import EngineError, VolbakError
+from ..local import fsync_dir as _fsync_dir
+from ..util.signals import deferred
 
 STOP_LABEL = "volbak.stop"
 TRUE_VALUES = {"true", "1", "yes", "on"}

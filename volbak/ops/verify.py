@@ -14,10 +14,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import IntegrityError, VolbakError
-from .repository import BackupInfo, Repository
+from ..errors import IntegrityError, VolbakError
+from ..repository import BackupInfo, Repository
+from ..stream.pump import CHUNK
 from .restore import BackupSource
-from .streams import CHUNK
 
 
 @dataclasses.dataclass

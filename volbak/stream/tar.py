@@ -9,7 +9,7 @@ sizes.
 
 from __future__ import annotations
 
-from .errors import IntegrityError
+from ..errors import IntegrityError
 
 BLOCK = 512
 _META_TYPES = {b"x", b"g", b"L", b"K"}

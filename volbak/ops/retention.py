@@ -40,8 +40,8 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable
 
-from .errors import IntegrityError, NotFoundError, ObjectNotFound, UsageError
-from .repository import STAMP_FORMAT, BackupInfo, Repository
+from ..errors import IntegrityError, NotFoundError, ObjectNotFound, UsageError
+from ..repository import STAMP_FORMAT, BackupInfo, Repository
 
 UNLIMITED = -1
 KINDS = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

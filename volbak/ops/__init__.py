@@ -1,0 +1,2 @@
+"""The operations: backup, restore, verify, migrate, prune, and what runs them
+unattended (locks, --stop, hooks, notifications)."""
