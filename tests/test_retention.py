@@ -10,7 +10,7 @@ import pytest
 from volbak.errors import UsageError
 from volbak.local import LocalBackend
 from volbak.ops.retention import UNLIMITED, Policy, clean_orphans, plan, prune
-from volbak.repository import BackupInfo, Repository, make_stamp
+from volbak.repository import BackupInfo, Manifest, Repository, make_stamp
 
 
 def mk(volume: str, when: str | dt.datetime) -> BackupInfo:
@@ -19,11 +19,10 @@ def mk(volume: str, when: str | dt.datetime) -> BackupInfo:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     stamp = make_stamp(when)
-    manifest = {
-        "created": when.isoformat(),
-        "object": {"name": f"{volume}/{stamp}.tar.zst", "size": 1},
-        "compression": "zstd",
-    }
+    manifest = Manifest(
+        volume={"name": volume}, created=when.isoformat(),
+        object={"name": f"{volume}/{stamp}.tar.zst", "size": 4, "sha256": "0" * 64},
+    )
     return BackupInfo(f"{volume}@{stamp}", volume, stamp, manifest)
 
 
@@ -184,7 +183,7 @@ def test_newest_is_always_kept():
 
 def test_equal_times_ordered_by_stamp():
     a = mk("v", "2026-11-28T01:00:00")
-    b = BackupInfo("v@20261128T010000Z-2", "v", "20261128T010000Z-2", dict(a.manifest))
+    b = BackupInfo("v@20261128T010000Z-2", "v", "20261128T010000Z-2", a.manifest)
     d = plan([a, b], Policy(last=1))
     assert d[0].info is b and d[0].keep and not d[1].keep
 
@@ -207,7 +206,7 @@ def make_repo(tmp_path, history: dict[str, list[str]]) -> Repository:
     for volume, times in history.items():
         for t in times:
             info = mk(volume, t)
-            repo.backend.put_bytes(info.data_name, b"data")
+            repo.backend.put_bytes(info.manifest.object["name"], b"data")
             repo.write_manifest(volume, info.stamp, info.manifest)
     return repo
 
@@ -254,7 +253,7 @@ def test_interrupted_prune_leaves_no_listed_backup_without_data(tmp_path):
         prune(repo, Policy(last=2))
     repo.backend.delete = real_delete
     for info in repo.list():
-        repo.backend.stat(info.data_name)  # every listed backup is readable
+        repo.backend.stat(info.manifest.object["name"])  # every listed backup is readable
     assert len(list(repo.orphans())) == 1
     prune(repo, Policy(last=2))
     assert len(repo.list()) == 2

@@ -91,6 +91,48 @@ class HookError(VolbakError):
 
 
 class Interrupted(VolbakError):
-    """Ctrl-C or SIGTERM; cleanup has run."""
+    """Ctrl-C; cleanup has run."""
 
     exit_code = 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler so every ``finally``
+    block (helper removal, container restarts) runs; cleanup has run when it exits."""
+
+    exit_code = 143
+
+
+class VerifyFailed(VolbakError):
+    """``verify`` found a damaged backup; the exit code is that of the first failure
+    (6 integrity, 7 encryption), set per instance."""
+
+    exit_code = 6
+
+
+class JobFailed(VolbakError):
+    """A job of ``volbak run`` failed; the exit code is that of the first failure."""
+
+    exit_code = 1
+
+
+# The one list of exit codes: the CLI's help and the README table are checked against
+# it (tests/test_cli_errors.py).
+EXIT_CODES: list[tuple[str, str]] = [
+    ("0", "success"),
+    ("1", "unexpected error (a bug: please report it with the traceback)"),
+    (str(UsageError.exit_code), "bad usage: unknown flag, bad value, missing argument or key"),
+    (str(NotFoundError.exit_code), "not found: volume, container, backup ID"),
+    (str(EngineError.exit_code), "Docker engine unreachable or refused a request"),
+    (str(BackendError.exit_code),
+     "repository error: unreachable, not writable, disk full, plugin missing"),
+    (str(IntegrityError.exit_code),
+     "integrity: corrupt or truncated archive, damaged manifest, read-back mismatch"),
+    (str(CryptoError.exit_code),
+     "encryption: wrong key or passphrase, bad key file, tampered data"),
+    (str(TargetExistsError.exit_code), "restore/migrate target already exists"),
+    (str(LockBusyError.exit_code), "another volbak run holds the lock"),
+    (str(HookError.exit_code), "a pre/post-backup hook failed"),
+    (f"{Interrupted.exit_code} / {Terminated.exit_code}",
+     "interrupted by Ctrl-C / terminated by SIGTERM (after cleanup)"),
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from . import Ctx, _fmt_size, common
+from .context import Ctx, common, fmt_size
 
 
 def _one_host(what: str, flags: dict[str, str | None]) -> str | None:
@@ -100,10 +100,10 @@ def migrate(ctx: Ctx, volume: str | None, container: str | None, from_host: str 
     ctx.emit(summary)
     for v in result.volumes:
         ctx.say(f"migrated volume {v.volume} -> {v.target}{' (replaced)' if v.replaced else ''}"
-                f": {_fmt_size(v.tar_bytes)}, {v.entries} entries, {v.seconds:.1f} s, "
+                f": {fmt_size(v.tar_bytes)}, {v.entries} entries, {v.seconds:.1f} s, "
                 f"{v.mb_per_s:.0f} MB/s; verified in {v.verify_seconds:.1f} s")
     if result.target_container:
         ctx.say(f"created data-volume container {result.target_container} on {result.target}")
     if len(result.volumes) > 1:
-        ctx.say(f"total {_fmt_size(summary['bytes'])}, {summary['entries']} entries, "
+        ctx.say(f"total {fmt_size(summary['bytes'])}, {summary['entries']} entries, "
                 f"{summary['seconds']:.1f} s")

@@ -6,13 +6,12 @@ a terminal prompt: never from a command-line value, never into a log.
 
 from __future__ import annotations
 
+import getpass
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import click
 
 from ..errors import UsageError
 
@@ -37,8 +36,10 @@ def _prompt(confirm: bool) -> bytes:
             "a passphrase is needed but there is no terminal to ask on",
             hint=f"pass --passphrase-file FILE or set {PASSPHRASE_ENV}",
         )
-    value = click.prompt("Passphrase", hide_input=True, confirmation_prompt=confirm,
-                         err=True)
+    # getpass reads from the terminal itself (not stdin) and echoes nothing.
+    value = getpass.getpass("Passphrase: ", stream=sys.stderr)
+    if confirm and getpass.getpass("Repeat for confirmation: ", stream=sys.stderr) != value:
+        raise UsageError("the two passphrases do not match", hint="type the same one twice")
     if not value:
         raise UsageError("empty passphrase")
     return value.encode()
@@ -69,7 +70,7 @@ def recipients(
 
 
 def identities(
-    identity: Sequence[str], passphrase_file: str | None, manifest: dict[str, Any] | None = None,
+    identity: Sequence[str], passphrase_file: str | None, encryption: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Identities to decrypt with. If none are given and the backup was made with a
     passphrase, ask for it on the terminal."""
@@ -81,7 +82,7 @@ def identities(
     pfile = _passphrase_file(passphrase_file)
     if pfile:
         out.append(age.ScryptIdentity(age.read_passphrase_file(pfile)))
-    enc = (manifest or {}).get("encryption") or {}
+    enc = encryption or {}
     if not out and enc.get("passphrase") and sys.stdin.isatty():
         out.append(age.ScryptIdentity(_prompt(confirm=False)))
     return out

@@ -22,17 +22,27 @@ class ArchiveStream:
 
     def __init__(self, engine: Engine, cid: str, path: str, gzip: bool = False) -> None:
         self.engine = engine
+        self._res: Any = None
+        self._body: _ChunkedBody | None = None
+        self._gen: Iterator[bytes] | None = None
+        self._buf = b""
         api = engine.api
         with api_errors(engine, f"reading {path} from the helper container"):
-            # docker-py's get_archive hides the response; we need it to abort the
-            # transfer from another thread and to read in large blocks.
-            self._res = api._get(
-                api._url("/containers/{0}/archive", cid),
+            try:
+                # docker-py's get_archive hides the response; we need it to abort the
+                # transfer from another thread and to read in large blocks.
+                get, url, check = api._get, api._url, api._raise_for_status
+            except AttributeError:  # docker-py changed: its public call still works
+                self._gen, _ = api.get_archive(cid, path, chunk_size=CHUNK)
+                self.compressed = False
+                return
+            self._res = get(
+                url("/containers/{0}/archive", cid),
                 params={"path": path},
                 stream=True,
                 headers={"Accept-Encoding": "gzip" if gzip else "identity"},
             )
-            api._raise_for_status(self._res)
+            check(self._res)
         self.compressed = self._res.headers.get("Content-Encoding", "").lower() == "gzip"
         self._body = _ChunkedBody.of(self._res)
 
@@ -40,6 +50,11 @@ class ArchiveStream:
         try:
             if self._body is not None:
                 return self._body.read(n)
+            if self._gen is not None:
+                while len(self._buf) < n and (more := next(self._gen, b"")):
+                    self._buf += more
+                out, self._buf = self._buf[:n], self._buf[n:]
+                return out
             return self._res.raw.read(n, decode_content=False)
         except Exception as e:
             raise EngineError(
@@ -49,7 +64,10 @@ class ArchiveStream:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._res.close()
+            if self._res is not None:
+                self._res.close()
+            if self._gen is not None:
+                self._gen.close()  # type: ignore[attr-defined]
 
 
 class _ChunkedBody:

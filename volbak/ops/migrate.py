@@ -49,31 +49,37 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import docker.errors
-import requests.exceptions
-
-from ..engine.archive import ArchiveStream, put_archive
-from ..engine.client import (
+from ..engine import (
     ARCHIVE_ROOT,
     MANAGED_LABEL,
+    ArchiveStream,
     Engine,
     VolumeMount,
-    api_errors,
+    check_volume_name,
     connect,
+    container_exists,
     container_volumes,
     containers_using,
+    create_data_container,
+    create_volume,
     ensure_helper_image,
     helper,
     inspect_container,
     inspect_volume,
+    put_archive,
+    read_tree_digest,
+    remove_volume,
+    same_engine,
+    same_volume,
+    staging_name,
     sweep_stale_helpers,
     volume_exists,
+    volume_for,
+    volume_is_empty,
     volume_size,
 )
 from ..errors import (
@@ -83,17 +89,11 @@ from ..errors import (
     TargetExistsError,
     UsageError,
 )
-from ..stream.pump import CHUNK, Drain, Pump
-from ..stream.tar import BLOCK, _checksum_ok, _parse_size, pax_records
+from ..stream import compress
+from ..stream.pipeline import checked_chunks
+from ..stream.tar import TarParser
 from ..util.progress import Progress
-from .restore import (
-    _check_volume_name,
-    _create_volume,
-    _volume_for,
-    replace_from_staging,
-    staging_name,
-    volume_is_empty,
-)
+from .replace import replace_from_staging
 
 MIGRATED_LABEL = "volbak.migrated-from"
 COMPRESSIONS = ("none", "gzip")
@@ -167,233 +167,32 @@ class Migration:
         }
 
 
-# -- the canonical digest of a tar stream --------------------------------------------------
-
-_FILE_TYPES = {b"0", b"\0", b"7"}
-_NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
-_META_TYPES = {b"x", b"g", b"L", b"K"}
-_USTAR = b"ustar\x0000"
-
-
-def _cstr(field: bytes) -> bytes:
-    return field.split(b"\0", 1)[0]
-
-
-def _norm(path: bytes) -> bytes:
-    while path.startswith(b"./"):
-        path = path[2:]
-    return path.rstrip(b"/") or b"."
-
-
-class TarDigest:
-    """Feed a tar stream in chunks of any size; ``hexdigest()`` is a sha256 over one
-    canonical record per entry (see the module doc), equal for two archives of the same
-    tree whatever their header encoding. Also counts entries and bytes, knows whether
-    the archive ended properly and, with ``raw``, hashes the stream itself (a second
-    sha256 pass: 1 GiB costs ~0.6 s of CPU more). Memory: one header."""
-
-    def __init__(self, raw: bool = False) -> None:
-        self._h = hashlib.sha256()
-        self._raw = hashlib.sha256() if raw else None
-        self.tar_bytes = 0
-        self.entries = 0
-        self.file_bytes = 0
-        self.ended = False
-        self._header = bytearray()
-        self._left = 0  # data bytes of the current member still to come
-        self._pad = 0  # then padding bytes to skip
-        self._meta: bytearray | None = None  # collecting a PAX/GNU header's data
-        self._meta_type = b""
-        self._content: Any = None  # sha256 of the current file's data
-        self._record: tuple[Any, ...] | None = None
-        self._pax: dict[bytes, bytes] = {}
-        self._gpax: dict[bytes, bytes] = {}
-        self._longname: bytes | None = None
-        self._longlink: bytes | None = None
-
-    def feed(self, chunk: bytes | memoryview) -> None:
-        if self._raw is not None:
-            self._raw.update(chunk)
-        self.tar_bytes += len(chunk)
-        view = memoryview(chunk)
-        pos, n = 0, len(view)
-        while pos < n and not self.ended:
-            if self._left:
-                take = min(self._left, n - pos)
-                piece = view[pos : pos + take]
-                if self._meta is not None:
-                    self._meta += piece
-                elif self._content is not None:
-                    self._content.update(piece)
-                self._left -= take
-                pos += take
-                if not self._left:
-                    self._end_member()
-                continue
-            if self._pad:
-                take = min(self._pad, n - pos)
-                self._pad -= take
-                pos += take
-                continue
-            take = min(BLOCK - len(self._header), n - pos)
-            self._header += view[pos : pos + take]
-            pos += take
-            if len(self._header) == BLOCK:
-                header = bytes(self._header)
-                self._header.clear()
-                self._on_header(header)
-
-    def _on_header(self, h: bytes) -> None:
-        if h == bytes(BLOCK):
-            self.ended = True
-            return
-        if not _checksum_ok(h):
-            raise IntegrityError("the tar stream is corrupt (bad header checksum)")
-        typ = h[156:157]
-        size = _parse_size(h[124:136])
-        if typ in _META_TYPES:
-            self._meta = bytearray()
-            self._meta_type = typ
-        else:
-            pax = {**self._gpax, **self._pax}
-            self._pax = {}
-            name = _cstr(h[0:100])
-            if h[257:265] == _USTAR and h[345] != 0:
-                name = _cstr(h[345:500]) + b"/" + name
-            if self._longname is not None:
-                name = self._longname
-            link = self._longlink if self._longlink is not None else _cstr(h[157:257])
-            self._longname = self._longlink = None
-            name = pax.get(b"path", name)
-            link = pax.get(b"linkpath", link)
-            if b"size" in pax:
-                size = int(pax[b"size"])
-            if typ in _NO_DATA_TYPES:
-                size = 0
-            mtime = _parse_size(h[136:148])
-            if b"mtime" in pax:
-                mtime = int(pax[b"mtime"].split(b".")[0])
-            uid = int(pax[b"uid"]) if b"uid" in pax else _parse_size(h[108:116])
-            gid = int(pax[b"gid"]) if b"gid" in pax else _parse_size(h[116:124])
-            device = (_parse_size(h[329:337]), _parse_size(h[337:345])) \
-                if typ in (b"3", b"4") else (0, 0)
-            xattrs = sorted((k.split(b".", 2)[2], v) for k, v in pax.items()
-                            if k.startswith(b"SCHILY.xattr."))
-            kind = b"0" if typ in _FILE_TYPES else typ
-            if kind in (b"1", b"2") or b"linkpath" in pax:
-                link = _norm(link) if kind == b"1" else link
-            else:
-                link = b""
-            self._record = (_norm(name), kind, _parse_size(h[100:108]) & 0o7777, uid, gid,
-                            size, mtime, link, device, xattrs)
-            self._content = hashlib.sha256()
-            self.entries += 1
-            if kind == b"0":
-                self.file_bytes += size
-        self._left = size
-        self._pad = -size % BLOCK
-        if not size:
-            self._end_member()
-
-    def _end_member(self) -> None:
-        if self._meta is not None:
-            data = bytes(self._meta)
-            self._meta = None
-            if self._meta_type == b"x":
-                self._pax = pax_records(data)
-            elif self._meta_type == b"g":
-                self._gpax.update(pax_records(data))
-            elif self._meta_type == b"L":
-                self._longname = _cstr(data)
-            elif self._meta_type == b"K":
-                self._longlink = _cstr(data)
-            return
-        if self._record is not None:
-            record = repr((*self._record, self._content.hexdigest())).encode()
-            self._h.update(len(record).to_bytes(4, "big") + record)
-            self._record = None
-            self._content = None
-
-    def check_complete(self, where: str) -> None:
-        if not self.ended or self._left or self._meta is not None:
-            raise IntegrityError(
-                f"the tar stream from {where} ended early (no end-of-archive marker)",
-                hint="the connection or the engine broke off the transfer; run it again",
-            )
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-    def raw_sha256(self) -> str | None:
-        """sha256 of the tar stream itself, if asked for (``raw=True``)."""
-        return self._raw.hexdigest() if self._raw is not None else None
-
-
 # -- streams --------------------------------------------------------------------------------
 
-def _tar_chunks(stream: ArchiveStream, digest: TarDigest, bar: Progress | None,
-                wire: list[int], threaded: bool = False) -> Iterator[bytes]:
+def _tar_chunks(stream: ArchiveStream, parser: TarParser, bar: Progress | None,
+                wire: list[int]) -> Iterator[bytes]:
     """The stream's raw chunks, unchanged, while the (inflated) tar goes through
-    ``digest`` (in a thread of its own with ``threaded``, so that hashing overlaps with
-    the consumer's network writes). The last chunk is held back until the archive (and
-    the gzip stream) ended properly, so a consumer never gets a complete-looking but
-    truncated archive."""
-    inflate = zlib.decompressobj(31) if stream.compressed else None
+    ``parser`` in a thread of its own, so that hashing overlaps with the network on both
+    sides. The last chunk is held back until the archive (and the gzip stream) ended
+    properly, so the target never gets a complete-looking but truncated archive."""
+    dec = compress.decompressor("gzip" if stream.compressed else "none")
 
-    def absorb(raw: bytes) -> None:
-        if inflate is None:
-            digest.feed(raw)
+    def inspect(raw: bytes) -> None:
+        for piece in dec.pieces(raw):
+            parser.feed(piece)
             if bar:
-                bar.update(len(raw))
-            return
-        data = raw
-        while data:  # bounded output: 4 MiB of gzip can inflate to gigabytes
-            try:
-                out = inflate.decompress(data, CHUNK)
-            except zlib.error as e:
-                raise IntegrityError(f"the gzip stream from {stream.engine.url} "
-                                     f"is corrupt: {e}") from None
-            digest.feed(out)
-            if bar:
-                bar.update(len(out))
-            data = inflate.unconsumed_tail
+                bar.update(len(piece))
 
-    pump = Pump(stream.read, CHUNK)
-    drain = Drain(absorb) if threaded else None
-    pending = b""
-    try:
-        for raw in pump:
-            wire[0] += len(raw)
-            (drain.write if drain else absorb)(raw)
-            if pending:
-                yield pending
-            pending = raw
-        if drain:
-            drain.close()
-            drain = None
-        if inflate is not None and not inflate.eof:
-            raise IntegrityError(f"the gzip stream from {stream.engine.url} ended early",
-                                 hint="the connection broke off the transfer; run it again")
-        digest.check_complete(f"engine {stream.engine.url}")
-    finally:
-        if drain:
-            drain.abandon()
-        pump.stop()
-    if pending:
-        yield pending
+    def read(n: int) -> bytes:
+        raw = stream.read(n)
+        wire[0] += len(raw)
+        return raw
 
+    def finish() -> None:
+        dec.finish()
+        parser.check_complete()
 
-def _read_digest(engine: Engine, volume: str, gzip: bool, image: str | None,
-                 raw: bool = False, bar: Progress | None = None) -> TarDigest:
-    digest = TarDigest(raw)
-    with helper(engine, [VolumeMount(volume, ROOT)], image) as cid:
-        stream = ArchiveStream(engine, cid, ROOT, gzip)
-        try:
-            for _ in _tar_chunks(stream, digest, bar, [0]):
-                pass
-        finally:
-            stream.close()
-    return digest
+    return checked_chunks(read, inspect, finish, threaded=True)
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -409,7 +208,7 @@ class _Item:
     fill_volume: str = ""  # the new target or a staging volume
     staging: bool = False
     created: bool = False
-    digest: TarDigest | None = None
+    digest: TarParser | None = None
     wire: int = 0
     seconds: float = 0.0
     verify_seconds: float = 0.0
@@ -427,30 +226,6 @@ def connect_engines(from_host: str | None, to_host: str | None) -> tuple[Engine,
         src.close()
         raise
     return src, dst
-
-
-def same_engine(a: Engine, b: Engine) -> bool:
-    """True if both talk to the same daemon, whatever the URL: same engine ID, host name
-    and data root (engines cloned with their key file share an ID)."""
-    if a.url == b.url:
-        return True
-    with contextlib.suppress(Exception):
-        ia, ib = a.api.info(), b.api.info()
-        keys = ("ID", "Name", "DockerRootDir")
-        return bool(ia.get("ID")) and all(ia.get(k) == ib.get(k) for k in keys)
-    return False
-
-
-def _is_same_volume(dst: Engine, name: str, info: dict[str, Any]) -> bool:
-    """Whether volume ``name`` on ``dst`` is the source volume itself (seen through
-    another URL of the same engine): same mount point and creation time."""
-    try:
-        other = dst.api.inspect_volume(name)
-    except docker.errors.NotFound:
-        return False
-    except (docker.errors.APIError, requests.exceptions.RequestException):
-        return True  # cannot tell: be safe
-    return all(other.get(k) == info.get(k) for k in ("Mountpoint", "CreatedAt", "Driver"))
 
 
 def _say(opts: MigrateOptions, text: str) -> None:
@@ -500,20 +275,9 @@ def _stopped(src: Engine, volumes: Sequence[str], opts: MigrateOptions) -> Itera
 
 
 def _remove_volume(engine: Engine, name: str, leftovers: list[str]) -> None:
-    """Remove a volume the migration created; the engine may hold it for a moment after
-    a broken transfer, so wait a little. Failures are collected, not raised."""
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            engine.api.remove_volume(name, force=True)
-            return
-        except docker.errors.NotFound:
-            return
-        except (docker.errors.APIError, requests.exceptions.RequestException, OSError):
-            if time.monotonic() > deadline:
-                leftovers.append(name)
-                return
-            time.sleep(0.3)
+    """Remove a volume the migration created; failures are collected, not raised."""
+    if not remove_volume(engine, name):
+        leftovers.append(name)
 
 
 # -- the transfer ---------------------------------------------------------------------------
@@ -522,7 +286,8 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
     """Stream one source volume into ``item.fill_volume`` on the target."""
     gzip = opts.compression == "gzip"
     total = volume_size(src, item.volume) if opts.progress else None
-    digest = TarDigest()
+    digest = TarParser(digest=True, root=ARCHIVE_ROOT,
+                       what=f"volume '{item.volume}' from engine {src.url}")
     wire = [0]
     t0 = time.monotonic()
     with helper(src, [VolumeMount(item.volume, ROOT)], opts.helper_image) as scid, \
@@ -530,7 +295,7 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
                    opts.helper_image) as dcid, \
             Progress(f"migrate {item.volume}", total, opts.progress) as bar:
         stream = ArchiveStream(src, scid, ROOT, gzip)
-        chunks = _tar_chunks(stream, digest, bar, wire, threaded=True)
+        chunks = _tar_chunks(stream, digest, bar, wire)
         try:
             try:
                 put_archive(dst, dcid, "/", chunks)
@@ -549,8 +314,8 @@ def _verify(dst: Engine, item: _Item, opts: MigrateOptions) -> None:
     assert item.digest is not None
     t0 = time.monotonic()
     with Progress(f"verify {item.target}", item.digest.tar_bytes, opts.progress) as bar:
-        got = _read_digest(dst, item.fill_volume, opts.compression == "gzip",
-                           opts.helper_image, bar=bar)
+        got = read_tree_digest(dst, item.fill_volume, ARCHIVE_ROOT, opts.helper_image,
+                               gzip=opts.compression == "gzip", progress=bar.update)
     item.verify_seconds = time.monotonic() - t0
     if got.hexdigest() != item.digest.hexdigest() or got.entries != item.digest.entries:
         raise IntegrityError(
@@ -572,7 +337,7 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
         raise UsageError(f"unknown wire compression '{opts.compression}' (--compress)",
                          hint="use one of: none, gzip")
     for item in items:
-        _check_volume_name(item.target, "--as")
+        check_volume_name(item.target, "--as")
     for item in items:
         _check_target(dst, item, opts)
     sweep_stale_helpers(src)
@@ -603,7 +368,7 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                         raise TargetExistsError(
                             f"volume '{item.target}' appeared on {dst.url} during the "
                             "migration", hint="run the migration again")
-                _create_volume(dst, item.fill_volume, labels)
+                create_volume(dst, item.fill_volume, labels)
                 item.created = True
                 _say(opts, f"migrating volume {item.volume} -> {item.target} on {dst.url}")
                 _transfer(src, dst, item, opts)
@@ -665,10 +430,10 @@ def migrate_volume(src: Engine, dst: Engine, volume: str, opts: MigrateOptions,
     name) on ``dst``, verified; see the module doc for the safety rules."""
     t0 = time.monotonic()
     target = target or volume
-    _check_volume_name(target, "--as")
+    check_volume_name(target, "--as")
     same = same_engine(src, dst)
     info = _source_volume(src, volume, "VOLUME")
-    if target == volume and (same or _is_same_volume(dst, target, info)):
+    if target == volume and (same or same_volume(dst, target, info)):
         raise UsageError(
             f"the target is the same engine and the same volume '{volume}'",
             hint="to clone a volume on one engine, name the copy with --as NEWNAME",
@@ -695,7 +460,7 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
             url=src.url, what="containers", cmd="ps -a")) from None
     cname = attrs["Name"].lstrip("/")
     new_name = new_name or cname
-    _check_volume_name(new_name, "--as")
+    check_volume_name(new_name, "--as")
     vols = container_volumes(attrs)
     if not vols:
         raise UsageError(
@@ -703,13 +468,7 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
             hint="bind mounts are not migrated; use 'docker inspect' to see its mounts",
         )
     same = same_engine(src, dst)
-    try:
-        dst.api.inspect_container(new_name)
-    except docker.errors.NotFound:
-        pass
-    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-        raise EngineError(f"cannot inspect containers on {dst.url}: {e}") from None
-    else:
+    if container_exists(dst, new_name):
         raise TargetExistsError(
             f"container '{new_name}' already exists on the target engine {dst.url}",
             hint="name the new data-volume container with --as NAME"
@@ -721,24 +480,15 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
     by_source: dict[str, _Item] = {}
     for vol, path in sorted(vols, key=lambda v: v[1]):
         if vol not in by_source:  # one volume mounted at two paths is copied once
-            by_source[vol] = _Item(vol, _volume_for(new_name, path) if renamed else vol,
+            by_source[vol] = _Item(vol, volume_for(new_name, path) if renamed else vol,
                                    _source_volume(src, vol, f"a volume of --container {cname}"),
                                    path)
             items.append(by_source[vol])
         mounts.append((path, by_source[vol].target))
     stopped, undo = _run(src, dst, items, opts)
     try:
-        image = ensure_helper_image(dst, opts.helper_image)
-        host_config = dst.api.create_host_config(
-            mounts=[docker.types.Mount(p, t, type="volume") for p, t in mounts],
-            network_mode="none",
-        )
-        with api_errors(dst, f"creating data-volume container '{new_name}'"):
-            dst.api.create_container(
-                image, name=new_name, command=["/volbak-data-container"],
-                host_config=host_config, labels={MIGRATED_LABEL: cname},
-                network_disabled=True,
-            )
+        create_data_container(dst, new_name, mounts, {MIGRATED_LABEL: cname},
+                              opts.helper_image)
     except BaseException:
         undo()
         raise

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..engine.client import (
+from ..engine import (
     Engine,
-    api_errors,
     container_volumes,
     containers_using,
     inspect_container,
+    volumes_with_label,
 )
 from ..errors import NotFoundError, VolbakError
 from ..repository import BackupInfo, Repository
@@ -47,12 +47,7 @@ def volumes_of(engine: Engine, volumes: Sequence[str], containers: Sequence[str]
 
 
 def volumes_by_label(engine: Engine, labels: Sequence[str]) -> list[str]:
-    names: list[str] = []
-    for label in labels:
-        with api_errors(engine, f"listing volumes with label {label}"):
-            found = engine.api.volumes(filters={"label": label}).get("Volumes") or []
-        names += sorted(v["Name"] for v in found)
-    return names
+    return [name for label in labels for name in volumes_with_label(engine, label)]
 
 
 def guarded_backup(

@@ -1,4 +1,4 @@
-"""Restore: backend -> sha256 -> [age] -> decompress -> tar check -> a *new* target.
+"""Restore: repository -> checked tar stream -> a *new* target, then read back.
 
 Safety rules: a target volume that exists is never written directly. A new target is
 created, filled, and removed again if anything fails. An existing one (empty, or
@@ -9,41 +9,42 @@ Writes go through ``PUT /containers/{id}/archive`` at "/" of a helper whose volu
 is mounted at ``/<archive_root>``: extracting at "/" (not at the mount path) is what
 lets the engine find a hardlink's target again and keep its setuid bit, and it
 restores the volume root's own mode and owner from the archive's first entry.
+
+A restore reports success only after reading the written volume back: the canonical
+per-entry digest (stream/tar.py) of what was sent must equal the target's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import re
-import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import docker.errors
-
-from ..engine.archive import ArchiveStream, put_archive
-from ..engine.client import (
-    MANAGED_LABEL,
+from ..engine import (
     Engine,
     VolumeMount,
-    api_errors,
+    check_volume_name,
+    container_exists,
     containers_using,
+    create_data_container,
+    create_volume,
     ensure_helper_image,
     helper,
-    inspect_volume,
+    put_archive,
+    read_tree_digest,
+    remove_volume,
     sweep_stale_helpers,
     volume_exists,
+    volume_for,
+    volume_is_empty,
 )
-from ..errors import EngineError, IntegrityError, TargetExistsError, UsageError
-from ..repository import BackupInfo, Repository
-from ..stream import compress
-from ..stream.pump import CHUNK, Pump
-from ..stream.tar import TarScanner
+from ..errors import IntegrityError, TargetExistsError
+from ..repository import BackupInfo, BackupReader, Repository
+from ..stream.pipeline import checked_chunks
+from ..stream.tar import TarParser
 from ..util.progress import Progress
-from ..util.signals import deferred
+from .replace import fill_staging, replace_from_staging
 
 RESTORED_LABEL = "volbak.restored-from"
 
@@ -64,160 +65,42 @@ class RestoreResult:
     entries: int
     seconds: float
     replaced: bool = False
+    verified: str = "read-back"
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-class _HashingReader:
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-        self.h = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self.h.update(data)
-        self.size += len(data)
-        return data
-
-
-class BackupSource:
-    """A stored backup opened for reading. Opening checks the encryption header, so
-    a wrong key fails here, before any target exists."""
-
-    def __init__(self, repo: Repository, info: BackupInfo, identities: Sequence[Any]) -> None:
-        self.info = info
-        self.compression = compress.check(info.manifest["compression"])
-        self._raw = repo.backend.open_reader(info.data_name)
-        self._hashed = _HashingReader(self._raw)
-        self._read = self._hashed.read
-        try:
-            if info.manifest.get("encryption"):
-                from ..crypto.age import DecryptReader
-
-                if not identities:
-                    raise UsageError(
-                        f"backup {info.id} is encrypted and no key was given",
-                        hint="pass --identity FILE or --passphrase-file FILE",
-                    )
-                self._read = DecryptReader(self._hashed, list(identities)).read
-        except BaseException:
-            self.close()
-            raise
-        self.scanner = TarScanner()
-        self.tar_bytes = 0
-
-    def chunks(self, bar: Progress | None = None) -> Iterator[bytes]:
-        """The verified tar stream. The last chunk is held back until the stored
-        object's hash, the compression stream and the tar end marker all check out,
-        so a consumer never receives a complete archive that is not the backup.
-
-        Reading, hashing, decryption, decompression and the tar check run in the pump
-        thread, so they overlap with the consumer's upload to the engine."""
-        dec = compress.decompressor(self.compression)
-
-        def plain(n: int) -> bytes:
-            while raw := self._read(n):
-                out = dec.write(raw)
-                if out:
-                    self.scanner.feed(out)
-                    self.tar_bytes += len(out)
-                    return out
-            dec.finish()
-            self._verify()
-            return b""
-
-        pump = Pump(plain, CHUNK)
-        pending = b""
-        try:
-            for out in pump:
-                if bar:
-                    bar.update(len(out))
-                if pending:
-                    yield pending
-                pending = out
-        finally:
-            pump.stop()
-        if pending:
-            yield pending
-
-    def _verify(self) -> None:
-        obj = self.info.manifest["object"]
-        if self._hashed.size != obj["size"] or self._hashed.h.hexdigest() != obj["sha256"]:
-            raise IntegrityError(
-                f"backup {self.info.id} is corrupt: the stored object {obj['name']} "
-                f"({self._hashed.size} bytes) does not match its manifest's sha256/size",
-                hint="the archive was damaged or truncated in storage; restore an older backup",
-            )
-        self.scanner.check_complete()
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._raw.close()
-
-
-def _mount_root(info: BackupInfo) -> str:
-    return "/" + info.manifest.get("archive_root", "data")
-
-
-def volume_is_empty(engine: Engine, name: str, image: str | None = None) -> bool:
-    with helper(engine, [VolumeMount(name, "/data")], image) as cid:
-        src = ArchiveStream(engine, cid, "/data")
-        try:
-            scanner = TarScanner()
-            while scanner.entries < 2 and not scanner.ended:
-                data = src.read(64 * 1024)
-                if not data:
-                    break
-                scanner.feed(data)
-            return scanner.entries < 2
-        finally:
-            src.close()
-
-
-def _create_volume(engine: Engine, name: str, labels: dict[str, str],
-                   driver: str = "local", options: dict[str, str] | None = None) -> None:
-    with api_errors(engine, f"creating volume '{name}'"):
-        engine.api.create_volume(name, driver=driver, driver_opts=options or None, labels=labels)
-
-
-def remove_volume(engine: Engine, name: str) -> None:
-    with deferred():  # cleanup: a signal waits until the volume is gone
-        for _ in range(3):
-            try:
-                engine.api.remove_volume(name, force=True)
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError:
-                time.sleep(0.5)  # a helper may still hold it for a moment
-
-
-def _fill(engine: Engine, source: BackupSource, volume: str, opts: RestoreOptions) -> None:
-    info = source.info
-    total = info.manifest.get("tar", {}).get("size")
-    root = _mount_root(info)
-    with helper(engine, [VolumeMount(volume, root, read_only=False)], opts.helper_image) as cid, \
-            Progress(f"restore {info.volume}", total, opts.progress) as bar:
-        put_archive(engine, cid, "/", source.chunks(bar))
-
-
-def copy_volume(engine: Engine, src: str, dst: str, image: str | None = None) -> None:
-    """Copy one volume's whole tree (root mode and owner included) into another."""
-    with helper(engine, [VolumeMount(src, "/data")], image) as scid, \
-            helper(engine, [VolumeMount(dst, "/data", read_only=False)], image) as dcid:
-        stream = ArchiveStream(engine, scid, "/data")
-        try:
-            put_archive(engine, dcid, "/", iter(lambda: stream.read(CHUNK), b""))
-        finally:
-            stream.close()
+def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
+          opts: RestoreOptions) -> TarParser:
+    """Stream the backup into ``volume``, then read it back and compare."""
+    m = info.manifest
+    root = m.archive_root
+    parser = TarParser(digest=True, root=root, what=f"backup {info.id}")
+    with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)],
+                opts.helper_image) as cid, \
+            Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
+        put_archive(engine, cid, "/", checked_chunks(reader.read, parser.feed,
+                                                     parser.check_complete,
+                                                     progress=bar.update))
+    with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
+        got = read_tree_digest(engine, volume, root, opts.helper_image, progress=bar.update)
+    if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:
+        raise IntegrityError(
+            f"verification failed: volume '{volume}' on {engine.url} does not hold what was "
+            f"read from backup {info.id} ({got.entries} entries, {got.file_bytes} file "
+            f"bytes read back; {parser.entries} entries, {parser.file_bytes} file bytes sent)",
+            hint="the engine did not store the archive faithfully (full disk? a filesystem "
+            "without uid/xattr support? an engine whose archive API differs?); nothing was "
+            "replaced",
+        )
+    return parser
 
 
 def restore_to_volume(
     engine: Engine, repo: Repository, info: BackupInfo, target: str, opts: RestoreOptions
 ) -> RestoreResult:
-    _check_volume_name(target)
+    check_volume_name(target)
     sweep_stale_helpers(engine)
     ensure_helper_image(engine, opts.helper_image)
     t0 = time.monotonic()
@@ -238,86 +121,26 @@ def restore_to_volume(
                 hint="remove those containers first (their volume stays), or restore "
                 "to a new volume name",
             )
-    source = BackupSource(repo, info, opts.identities)
-    try:
-        labels = {RESTORED_LABEL: info.id}
+    labels = {RESTORED_LABEL: info.id}
+    with repo.open_backup(info, opts.identities) as reader:  # a wrong key fails here
         if not exists:
-            _create_volume(engine, target, labels)
+            create_volume(engine, target, labels)
             try:
-                _fill(engine, source, target, opts)
+                parser = _fill(engine, reader, info, target, opts)
             except BaseException:
                 remove_volume(engine, target)
                 raise
         else:
-            _replace_via_staging(engine, source, target, empty, opts)
-    finally:
-        source.close()
-    return RestoreResult(info.id, target, source.tar_bytes, source.scanner.entries,
+            result: list[TarParser] = []
+            staging = fill_staging(
+                engine, lambda vol: result.append(_fill(engine, reader, info, vol, opts)),
+                labels)
+            # From here the backup is fully read and verified; only now is the target
+            # touched.
+            replace_from_staging(engine, staging, target, empty, opts.helper_image)
+            parser = result[0]
+    return RestoreResult(info.id, target, parser.tar_bytes, parser.entries,
                          round(time.monotonic() - t0, 3), replaced=exists and not empty)
-
-
-def _replace_via_staging(engine: Engine, source: BackupSource, target: str, empty: bool,
-                         opts: RestoreOptions) -> None:
-    staging = fill_staging(engine, lambda vol: _fill(engine, source, vol, opts),
-                           {RESTORED_LABEL: source.info.id})
-    # From here the backup is fully read and verified; only now is the target touched.
-    replace_from_staging(engine, staging, target, empty, opts.helper_image)
-
-
-def staging_name() -> str:
-    return f"volbak-staging-{secrets.token_hex(6)}"
-
-
-def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, str]) -> str:
-    """Create a staging volume and ``fill(name)`` it; on any failure it is removed again.
-    Returns the staging volume's name (labelled volbak.managed=staging)."""
-    staging = staging_name()
-    _create_volume(engine, staging, {MANAGED_LABEL: "staging", **labels})
-    try:
-        fill(staging)
-    except BaseException:
-        remove_volume(engine, staging)
-        raise
-    return staging
-
-
-def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
-                         helper_image: str | None = None, flag: str = "--to-volume",
-                         what: str = "restored", rerun: str = "rerun the restore") -> None:
-    """Replace ``target``'s contents with the (complete, verified) staging volume's, then
-    remove the staging volume. A non-empty target is removed and recreated with its
-    labels, driver and options. On failure the staging volume is kept and named."""
-    try:
-        if not empty:
-            old = inspect_volume(engine, target, flag)
-            with api_errors(engine, f"removing volume '{target}' to replace it (--force)"):
-                engine.api.remove_volume(target)
-            _create_volume(engine, target, old.get("Labels") or {}, old.get("Driver") or "local",
-                           old.get("Options") or {})
-        copy_volume(engine, staging, target, helper_image)
-    except BaseException as e:
-        raise EngineError(
-            f"replacing the contents of volume '{target}' failed ({e}); the verified "
-            f"{what} data is kept in volume '{staging}'",
-            hint=f"copy it from '{staging}' by hand or {rerun}",
-        ) from None
-    remove_volume(engine, staging)
-
-
-_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
-
-
-def _check_volume_name(name: str, flag: str = "--to-volume") -> None:
-    if not _NAME_OK.match(name):
-        raise UsageError(
-            f"invalid volume name '{name}' ({flag})",
-            hint="names use letters, digits, '_', '.', '-' and start with a letter or digit",
-        )
-
-
-def _volume_for(container: str, mount_path: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", mount_path.strip("/")) or "root"
-    return f"{container}_{slug}"
 
 
 def restore_to_container(
@@ -325,21 +148,17 @@ def restore_to_container(
 ) -> list[RestoreResult]:
     """Restore a backup, and every backup taken with it from the same container,
     into new volumes mounted at the same paths in a new data-volume container."""
-    _check_volume_name(name, "--to-container")
-    try:
-        engine.api.inspect_container(name)
-    except docker.errors.NotFound:
-        pass
-    else:
+    check_volume_name(name, "--to-container")
+    if container_exists(engine, name):
         raise TargetExistsError(
             f"container '{name}' already exists (--to-container)",
             hint="pick a new container name; the restore creates it",
         )
-    members = sorted(repo.members(info), key=lambda i: i.manifest.get("mount_path") or "")
-    paths = [m.manifest.get("mount_path") or "/data" for m in members]
+    members = sorted(repo.members(info), key=lambda i: i.manifest.mount_path or "")
+    paths = [m.manifest.mount_path or "/data" for m in members]
     if len(set(paths)) != len(paths):
         raise IntegrityError(f"backup set of {info.id} has two volumes at the same path")
-    plan = [(m, p, _volume_for(name, p)) for m, p in zip(members, paths, strict=True)]
+    plan = [(m, p, volume_for(name, p)) for m, p in zip(members, paths, strict=True)]
     # Check every target before writing anything.
     for _, _, vol in plan:
         if volume_exists(engine, vol) and not opts.force:
@@ -355,20 +174,11 @@ def restore_to_container(
             results.append(restore_to_volume(engine, repo, member, vol, opts))
             if new:
                 created.append(vol)
-        image = ensure_helper_image(engine, opts.helper_image)
-        host_config = engine.api.create_host_config(
-            mounts=[docker.types.Mount(p, v, type="volume") for _, p, v in plan],
-            network_mode="none",
-        )
-        with api_errors(engine, f"creating data-volume container '{name}'"):
-            engine.api.create_container(
-                image, name=name, command=["/volbak-data-container"], host_config=host_config,
-                labels={RESTORED_LABEL: info.manifest.get("set") or info.id},
-                network_disabled=True,
-            )
+        create_data_container(engine, name, [(p, v) for _, p, v in plan],
+                              {RESTORED_LABEL: info.manifest.set or info.id},
+                              opts.helper_image)
     except BaseException:
         for vol in created:
             remove_volume(engine, vol)
         raise
     return results
-

@@ -252,7 +252,7 @@ def clean_orphans(
         deleted = False
         if old and not dry_run:
             with contextlib.suppress(NotFoundError, ObjectNotFound):
-                repo.backend.delete(name)
+                repo.delete_orphan(name)
             deleted = True
         out.append(Orphan(name, when, old, deleted))
     return out

@@ -52,7 +52,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from ..engine.client import containers_using
+from ..engine import containers_using
 from ..errors import EngineError, VolbakError
 from ..local import fsync_dir as _fsync_dir
 from ..util.signals import deferred

@@ -9,15 +9,14 @@ checked, and the result says so (``level="hash"``).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import IntegrityError, VolbakError
+from ..errors import VolbakError
 from ..repository import BackupInfo, Repository
-from ..stream.pump import CHUNK
-from .restore import BackupSource
+from ..stream.pipeline import checked_chunks
+from ..stream.tar import TarParser
 
 
 @dataclasses.dataclass
@@ -35,41 +34,20 @@ class VerifyResult:
         return dataclasses.asdict(self)
 
 
-def _check_hash(repo: Repository, info: BackupInfo) -> None:
-    obj = info.manifest["object"]
-    h = hashlib.sha256()
-    size = 0
-    reader = repo.backend.open_reader(info.data_name)
-    try:
-        while data := reader.read(CHUNK):
-            h.update(data)
-            size += len(data)
-    finally:
-        reader.close()
-    if size != obj["size"] or h.hexdigest() != obj["sha256"]:
-        raise IntegrityError(
-            f"backup {info.id} is corrupt: stored object {obj['name']} ({size} bytes) "
-            "does not match its manifest's sha256/size",
-            hint="restore from an older backup; this one cannot be trusted",
-        )
-
-
 def verify_backup(repo: Repository, info: BackupInfo, identities: Sequence[Any] = ()
                   ) -> VerifyResult:
-    full = not info.manifest.get("encryption") or bool(identities)
+    full = not info.manifest.encryption or bool(identities)
     t0 = time.monotonic()
     result = VerifyResult(info.id, True, "full" if full else "hash", 0.0)
     try:
         if full:
-            source = BackupSource(repo, info, identities)
-            try:
-                for _ in source.chunks():
+            parser = TarParser(root=info.manifest.archive_root, what=f"backup {info.id}")
+            with repo.open_backup(info, identities) as reader:
+                for _ in checked_chunks(reader.read, parser.feed, parser.check_complete):
                     pass
-            finally:
-                source.close()
-            result.tar_bytes, result.entries = source.tar_bytes, source.scanner.entries
+            result.tar_bytes, result.entries = parser.tar_bytes, parser.entries
         else:
-            _check_hash(repo, info)
+            repo.check_stored(info)
     except VolbakError as e:
         result.ok, result.error, result.exit_code = False, e.message, e.exit_code
     result.seconds = round(time.monotonic() - t0, 3)

@@ -1,116 +1,80 @@
-"""A repository: backups stored as plain objects in a backend.
+"""A repository: where backups live, and the only way into storage for operations.
 
-Layout, readable by a person with ``ls``::
+Operations ask the repository for a new backup (a writer that takes the tar stream), for
+a stored backup's tar stream (a reader that checks it), for manifests as typed objects,
+and for deletions; they never name storage objects themselves. The storage format sits
+behind that seam (``format.py``): today "archive" (``archive.py``).
 
-    <repo>/<volume>/<stamp>.tar.zst[.age]     the archive (name depends on compression/encryption)
-    <repo>/<volume>/<stamp>.manifest.json      written last: a backup without it is not listed
-
-A backup's ID is ``<volume>@<stamp>`` with ``stamp`` like ``20261129T070001Z``.
-Deleting removes the manifest first, so an interrupted delete never leaves a listed
-backup whose archive is gone.
+A backup's ID is ``<volume>@<stamp>`` with ``stamp`` like ``20261129T070001Z``. Its
+manifest, ``<volume>/<stamp>.manifest.json``, is written last: a backup without one is
+never listed. Deleting removes the manifest first, so an interrupted delete never leaves
+a listed backup whose data is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..backend import Backend
-from ..errors import IntegrityError, NotFoundError
+from ..errors import IntegrityError, NotFoundError, UsageError
+from .format import BackupReader, BackupWriter
+from .manifest import (
+    MANIFEST_SUFFIX,
+    STAMP_FORMAT,
+    BackupInfo,
+    Manifest,
+    make_stamp,
+    parse_time,
+    split_id,
+)
 
-MANIFEST_SUFFIX = ".manifest.json"
-STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-
-
-def make_stamp(when: dt.datetime) -> str:
-    return when.astimezone(dt.UTC).strftime(STAMP_FORMAT)
-
-
-def parse_time(text: str) -> dt.datetime:
-    """Parse the manifest's ISO 8601 ``created`` (always UTC)."""
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(dt.UTC)
-
-
-@dataclasses.dataclass
-class BackupInfo:
-    id: str
-    volume: str
-    stamp: str
-    manifest: dict[str, Any]
-
-    @property
-    def manifest_name(self) -> str:
-        return f"{self.volume}/{self.stamp}{MANIFEST_SUFFIX}"
-
-    @property
-    def data_name(self) -> str:
-        return self.manifest["object"]["name"]
-
-    @property
-    def created(self) -> dt.datetime:
-        return parse_time(self.manifest["created"])
-
-    @property
-    def size(self) -> int:
-        return int(self.manifest["object"]["size"])
-
-    def summary(self) -> dict[str, Any]:
-        """The fields ``volbak list --json`` prints."""
-        m = self.manifest
-        return {
-            "id": self.id,
-            "volume": self.volume,
-            "created": m["created"],
-            "size": self.size,
-            "compression": m["compression"],
-            "encrypted": bool(m.get("encryption")),
-            "container": m.get("container"),
-            "set": m.get("set"),
-            "entries": m.get("tar", {}).get("entries"),
-        }
-
-
-def split_id(backup_id: str) -> tuple[str, str]:
-    volume, sep, stamp = backup_id.rpartition("@")
-    if not sep or not volume or not stamp:
-        raise ValueError(backup_id)
-    return volume, stamp
+__all__ = ["MANIFEST_SUFFIX", "STAMP_FORMAT", "BackupInfo", "BackupReader", "BackupWriter",
+           "Manifest", "Repository", "make_stamp", "parse_time", "split_id"]
 
 
 class Repository:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Manifests that could not be read by the last list(): (object name, message).
+        # One damaged manifest must not hide the rest of the repository.
+        self.damaged: list[tuple[str, str]] = []
 
     @property
     def url(self) -> str:
         return self.backend.url
 
+    def close(self) -> None:
+        self.backend.close()
+
+    # -- manifests ------------------------------------------------------------------------
+
     def _load(self, name: str) -> BackupInfo:
         volume, _, file = name.rpartition("/")
         stamp = file[: -len(MANIFEST_SUFFIX)]
-        raw = self.backend.get_bytes(name)
-        try:
-            manifest = json.loads(raw)
-        except ValueError as e:
-            raise IntegrityError(
-                f"manifest {name} in {self.url} is not valid JSON: {e}",
-                hint="the repository was modified by hand or the disk is damaged",
-            ) from None
+        manifest = Manifest.from_json(self.backend.get_bytes(name), f"{name} in {self.url}")
         return BackupInfo(f"{volume}@{stamp}", volume, stamp, manifest)
 
     def list(self, volume: str | None = None) -> list[BackupInfo]:
-        """Complete backups (those with a manifest), newest first."""
+        """Complete backups (those with a readable manifest), newest first. Damaged
+        manifests are skipped and recorded in ``self.damaged``."""
         prefix = f"{volume}/" if volume else ""
         names = [
             o.name
             for o in self.backend.list(prefix)
             if o.name.endswith(MANIFEST_SUFFIX) and o.name.count("/") == 1
         ]
-        infos = [self._load(n) for n in names]
+        infos = []
+        self.damaged = []
+        for n in names:
+            try:
+                infos.append(self._load(n))
+            except IntegrityError as e:
+                self.damaged.append((n, e.message))
+            except NotFoundError:
+                continue  # deleted while listing
         infos.sort(key=lambda i: (i.created, i.stamp), reverse=True)
         return infos
 
@@ -127,9 +91,8 @@ class Repository:
                     f"malformed backup ID '{ref}'",
                     hint="IDs look like VOLUME@20261129T070001Z; see volbak list",
                 ) from None
-            name = f"{volume}/{stamp}{MANIFEST_SUFFIX}"
             try:
-                return self._load(name)
+                return self._load(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
             except NotFoundError:
                 raise NotFoundError(
                     f"no backup '{ref}' in repository {self.url}",
@@ -145,29 +108,81 @@ class Repository:
 
     def members(self, info: BackupInfo) -> list[BackupInfo]:
         """All backups made in the same run as ``info`` (a container's volumes)."""
-        set_id = info.manifest.get("set")
-        if not set_id:
+        if not info.manifest.set:
             return [info]
-        return [i for i in self.list() if i.manifest.get("set") == set_id]
+        return [i for i in self.list() if i.manifest.set == info.manifest.set]
+
+    def has_manifest(self, volume: str, stamp: str) -> bool:
+        try:
+            self.backend.stat(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
+        except NotFoundError:
+            return False
+        return True
+
+    def write_manifest(self, volume: str, stamp: str, manifest: Manifest) -> BackupInfo:
+        self.backend.put_bytes(f"{volume}/{stamp}{MANIFEST_SUFFIX}", manifest.to_json())
+        return BackupInfo(f"{volume}@{stamp}", volume, stamp, manifest)
+
+    # -- backups --------------------------------------------------------------------------
+
+    def _new_stamp(self, volume: str, when: dt.datetime, suffix: str) -> tuple[str, str]:
+        """A stamp not used yet for this volume, and the archive's object name."""
+        base = make_stamp(when)
+        for n in range(1000):
+            stamp = base if n == 0 else f"{base}-{n}"
+            data = f"{volume}/{stamp}.tar{suffix}"
+            if self.has_manifest(volume, stamp):
+                continue
+            try:
+                self.backend.stat(data)
+            except NotFoundError:
+                return stamp, data
+        raise UsageError(f"too many backups of '{volume}' in the same second")
+
+    def create_backup(self, volume: str, when: dt.datetime, *, compression: str = "zstd",
+                      recipients: Sequence[Any] = ()) -> BackupWriter:
+        """A writer for one volume's tar stream; ``commit(manifest)`` lists the backup."""
+        from ..stream import compress
+        from .archive import ArchiveWriter
+
+        compress.check(compression)
+        suffix = compress.SUFFIX[compression] + (".age" if recipients else "")
+        stamp, data_name = self._new_stamp(volume, when, suffix)
+        return ArchiveWriter(self, volume, stamp, data_name, compression, recipients)
+
+    def open_backup(self, info: BackupInfo, identities: Sequence[Any] = ()) -> BackupReader:
+        """The backup's tar stream, checked as it is read (see format.BackupReader).
+        A wrong or missing key fails here, before anything is read."""
+        from .archive import ArchiveReader
+
+        return ArchiveReader(self, info, identities)
+
+    def check_stored(self, info: BackupInfo) -> None:
+        """What can be checked without any key: the stored data's sizes and hashes."""
+        from .archive import check_stored
+
+        check_stored(self, info)
 
     def delete(self, info: BackupInfo) -> None:
         # Manifest first: from this point the backup is no longer listed, so a crash
-        # before the archive is gone leaves only an unlisted orphan, never a listed
+        # before the data is gone leaves only an unlisted orphan, never a listed
         # backup without data.
         self.backend.delete(info.manifest_name)
-        with contextlib.suppress(NotFoundError):
-            self.backend.delete(info.data_name)
+        if info.manifest.object:
+            with contextlib.suppress(NotFoundError):
+                self.backend.delete(info.manifest.object["name"])
 
-    def write_manifest(self, volume: str, stamp: str, manifest: dict[str, Any]) -> BackupInfo:
-        data = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
-        self.backend.put_bytes(f"{volume}/{stamp}{MANIFEST_SUFFIX}", data)
-        return BackupInfo(f"{volume}@{stamp}", volume, stamp, manifest)
+    # -- garbage --------------------------------------------------------------------------
 
     def orphans(self) -> Iterable[str]:
-        """Archive objects with no manifest: left by a crashed backup or prune."""
+        """Stored objects with no manifest: left by a crashed backup or prune."""
         names = {o.name for o in self.backend.list()}
         listed = {n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)}
         for n in sorted(names):
             vol, _, file = n.rpartition("/")
             if not n.endswith(MANIFEST_SUFFIX) and f"{vol}/{file.split('.', 1)[0]}" not in listed:
                 yield n
+
+    def delete_orphan(self, name: str) -> None:
+        with contextlib.suppress(NotFoundError):
+            self.backend.delete(name)

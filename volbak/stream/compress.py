@@ -8,7 +8,8 @@ outside the GIL, so it overlaps with reading the Docker stream.
 from __future__ import annotations
 
 import zlib
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import zstandard
 
@@ -25,6 +26,7 @@ class Compressor(Protocol):
 
 class Decompressor(Protocol):
     def write(self, data: bytes | memoryview) -> bytes: ...
+    def pieces(self, data: bytes | memoryview, limit: int = ...) -> Iterator[bytes]: ...
     def finish(self) -> None: ...
 
 
@@ -45,17 +47,9 @@ class _Identity:
         return b""
 
 
-class _Zstd:
-    # One libzstd worker with 2 MiB jobs: compression runs beside the reader and
-    # writer threads, and memory stays ~45 MiB (the default job size for level 3 with
-    # two workers measured 160 MiB of RSS for the same throughput on 2 cores).
-    THREADS = 1
-    JOB_SIZE = 2 * 2**20
-
-    def __init__(self, level: int) -> None:
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level, threads=self.THREADS, job_size=self.JOB_SIZE)
-        self._c = zstandard.ZstdCompressor(compression_params=params).compressobj()
+class _Compressor:
+    def __init__(self, obj: Any) -> None:
+        self._c = obj
 
     def write(self, data: bytes | memoryview) -> bytes:
         return self._c.compress(data)
@@ -64,65 +58,61 @@ class _Zstd:
         return self._c.flush()
 
 
-class _Gzip:
-    def __init__(self, level: int) -> None:
-        self._c = zlib.compressobj(level, zlib.DEFLATED, 31)
-
-    def write(self, data: bytes | memoryview) -> bytes:
-        return self._c.compress(data)
-
-    def finish(self) -> bytes:
-        return self._c.flush()
+# One libzstd worker with 2 MiB jobs: compression runs beside the reader and writer
+# threads, and memory stays ~45 MiB (the default job size for level 3 with two workers
+# measured 160 MiB of RSS for the same throughput on 2 cores).
+ZSTD_THREADS = 1
+ZSTD_JOB_SIZE = 2 * 2**20
 
 
 def compressor(name: str, level: int | None = None) -> Compressor:
     if name == "zstd":
-        return _Zstd(ZSTD_LEVEL if level is None else level)
+        params = zstandard.ZstdCompressionParameters.from_level(
+            ZSTD_LEVEL if level is None else level, threads=ZSTD_THREADS,
+            job_size=ZSTD_JOB_SIZE)
+        return _Compressor(zstandard.ZstdCompressor(compression_params=params).compressobj())
     if name == "gzip":
-        return _Gzip(6 if level is None else level)
+        return _Compressor(zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 31))
     return _Identity()
 
 
-def _corrupt(what: str, exc: Exception) -> IntegrityError:
-    return IntegrityError(
-        f"the archive's {what} data is corrupt ({exc})",
-        hint="the stored backup is damaged; restore an older backup",
-    )
+class _Decompressor:
+    """One wrapper for every codec: ``write`` returns what is ready, ``finish`` checks
+    that the stream ended properly (a truncated backup must not pass as whole)."""
 
-
-class _ZstdD:
-    def __init__(self) -> None:
-        self._d = zstandard.ZstdDecompressor().decompressobj()
-        self._done = False
+    def __init__(self, name: str, obj: Any, errors: type[Exception] | tuple[type[Exception], ...]
+                 ) -> None:
+        self._name = name
+        self._d = obj
+        self._errors = errors
 
     def write(self, data: bytes | memoryview) -> bytes:
         try:
             return self._d.decompress(data)
-        except zstandard.ZstdError as e:
-            raise _corrupt("zstd", e) from None
+        except self._errors as e:
+            raise IntegrityError(
+                f"the archive's {self._name} data is corrupt ({e})",
+                hint="the stored backup is damaged; restore an older backup",
+            ) from None
+
+    def pieces(self, data: bytes | memoryview, limit: int = 2**20) -> Iterator[bytes]:
+        """Like ``write``, in pieces of at most ``limit`` bytes where the codec allows
+        it (gzip): a few MiB of gzip can inflate to gigabytes."""
+        if not isinstance(self._d, type(zlib.decompressobj())):
+            yield self.write(data)
+            return
+        while data:
+            try:
+                out = self._d.decompress(data, limit)
+            except zlib.error as e:
+                raise IntegrityError(f"the {self._name} stream is corrupt ({e})") from None
+            yield out
+            data = self._d.unconsumed_tail
 
     def finish(self) -> None:
         if not self._d.eof:
             raise IntegrityError(
-                "the archive's zstd stream ends early (truncated backup)",
-                hint="the stored backup is incomplete; restore an older backup",
-            )
-
-
-class _GzipD:
-    def __init__(self) -> None:
-        self._d = zlib.decompressobj(31)
-
-    def write(self, data: bytes | memoryview) -> bytes:
-        try:
-            return self._d.decompress(data)
-        except zlib.error as e:
-            raise _corrupt("gzip", e) from None
-
-    def finish(self) -> None:
-        if not self._d.eof:
-            raise IntegrityError(
-                "the archive's gzip stream ends early (truncated backup)",
+                f"the archive's {self._name} stream ends early (truncated backup)",
                 hint="the stored backup is incomplete; restore an older backup",
             )
 
@@ -131,13 +121,17 @@ class _IdentityD:
     def write(self, data: bytes | memoryview) -> bytes:
         return bytes(data)
 
+    def pieces(self, data: bytes | memoryview, limit: int = 2**20) -> Iterator[bytes]:
+        yield bytes(data)
+
     def finish(self) -> None:
         pass
 
 
 def decompressor(name: str) -> Decompressor:
     if name == "zstd":
-        return _ZstdD()
+        return _Decompressor("zstd", zstandard.ZstdDecompressor().decompressobj(),
+                             zstandard.ZstdError)
     if name == "gzip":
-        return _GzipD()
+        return _Decompressor("gzip", zlib.decompressobj(31), zlib.error)
     return _IdentityD()

@@ -135,7 +135,12 @@ class Drain:
             raise self._error
 
     def abandon(self) -> None:
-        """Stop without waiting for the sink to catch up (error paths)."""
+        """Stop without waiting for the sink to catch up (error paths). The queue is
+        emptied first so the end marker always fits: otherwise a full queue would leave
+        the worker waiting forever on a queue nobody writes to again."""
         self._error = self._error or RuntimeError("abandoned")
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._q.get_nowait()
         with contextlib.suppress(queue.Full):
             self._q.put_nowait(None)

@@ -1,30 +1,43 @@
-"""Watch a tar stream go by without copying it: count entries, sum file sizes, and
-know whether the archive ended properly.
+"""The one tar parser: watch a tar stream go by without copying it.
 
-Only headers are parsed; file data is skipped by arithmetic, so the cost per MiB of
-payload is near zero. Understands ustar, GNU long names (L/K), PAX headers (x/g,
-including the ``size`` record Go's tar writer uses for files over 8 GiB) and base-256
-sizes.
+Feed it the stream in chunks of any size. It always counts entries and file bytes,
+checks every header's checksum, knows whether the archive ended with its end marker,
+and (with ``root``) refuses entries outside the archive's root directory. With
+``digest=True`` it also computes a canonical per-entry digest (see ``hexdigest``), which
+costs a sha256 pass over the file contents; without it file data is skipped by
+arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
+parsed header (for path checks on the direct restore path).
+
+Understands ustar, GNU long names (L/K), PAX headers (x/g, including the ``size``
+record Go's tar writer uses for files over 8 GiB) and base-256 numbers.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import IntegrityError
 
 BLOCK = 512
 _META_TYPES = {b"x", b"g", b"L", b"K"}
+_FILE_TYPES = {b"0", b"\0", b"7"}
+_NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
+_USTAR = b"ustar\x0000"
 
 
-def _parse_size(field: bytes) -> int:
-    if field and field[0] & 0x80:  # base-256 (GNU/star) for huge sizes
+def parse_number(field: bytes) -> int:
+    if field and field[0] & 0x80:  # base-256 (GNU/star) for huge values
         n = int.from_bytes(field, "big")
         return n - (1 << (8 * len(field) - 1))
     text = field.split(b"\0", 1)[0].strip(b" \0")
     return int(text, 8) if text else 0
 
 
-def _checksum_ok(header: bytes) -> bool:
-    want = _parse_size(header[148:156])
+def checksum_ok(header: bytes) -> bool:
+    want = parse_number(header[148:156])
     got = sum(header[:148]) + 8 * 32 + sum(header[156:])
     return want == got
 
@@ -49,75 +62,196 @@ def pax_records(data: bytes) -> dict[bytes, bytes]:
     return out
 
 
-class TarScanner:
-    """Feed it the stream in chunks of any size; read the counters afterwards."""
+def _cstr(field: bytes) -> bytes:
+    return field.split(b"\0", 1)[0]
 
-    def __init__(self) -> None:
+
+def norm(path: bytes) -> bytes:
+    """An entry name without leading "./" or "/" and trailing "/"."""
+    while path.startswith(b"./"):
+        path = path[2:]
+    return path.strip(b"/") or b"."
+
+
+@dataclasses.dataclass
+class Entry:
+    name: bytes  # normalised (see ``norm``)
+    kind: bytes  # tar type flag; regular files are b"0"
+    mode: int
+    uid: int
+    gid: int
+    size: int  # data bytes (0 for links, dirs, devices)
+    mtime: int
+    link: bytes  # symlink target verbatim, or hardlink target normalised
+    device: tuple[int, int]
+    pax: dict[bytes, bytes]
+
+
+class TarParser:
+    """See the module docstring. Read the counters after feeding."""
+
+    def __init__(self, *, digest: bool = False, root: str | None = None,
+                 on_entry: Callable[[Entry], None] | None = None,
+                 what: str = "the archive") -> None:
         self.entries = 0
         self.file_bytes = 0
+        self.tar_bytes = 0
         self.ended = False  # saw the end-of-archive zero block
-        self._skip = 0  # bytes of data (plus padding) still to skip
+        self._digest = hashlib.sha256() if digest else None
+        self._root = root.strip("/").encode() if root is not None else None
+        self._on_entry = on_entry
+        self._what = what
         self._header = bytearray()
+        self._left = 0  # data bytes of the current member still to come
+        self._pad = 0  # then padding bytes to skip
         self._meta: bytearray | None = None  # collecting a PAX/GNU header's data
-        self._meta_left = 0
-        self._pax_size: int | None = None
+        self._meta_type = b""
+        self._content: Any = None  # sha256 of the current file's data (digest mode)
+        self._record: tuple[Any, ...] | None = None
+        self._pax: dict[bytes, bytes] = {}
+        self._gpax: dict[bytes, bytes] = {}
+        self._longname: bytes | None = None
+        self._longlink: bytes | None = None
 
     def feed(self, chunk: bytes | memoryview) -> None:
+        self.tar_bytes += len(chunk)
         view = memoryview(chunk)
         pos, n = 0, len(view)
-        while pos < n:
-            if self.ended:
-                return  # trailing zero padding after the end marker
-            if self._skip:
-                take = min(self._skip, n - pos)
-                if self._meta is not None and self._meta_left:
-                    m = min(take, self._meta_left)
-                    self._meta += view[pos : pos + m]
-                    self._meta_left -= m
-                self._skip -= take
+        while pos < n and not self.ended:
+            if self._left:
+                take = min(self._left, n - pos)
+                if self._meta is not None:
+                    self._meta += view[pos : pos + take]
+                elif self._content is not None:
+                    self._content.update(view[pos : pos + take])
+                self._left -= take
                 pos += take
-                if not self._skip and self._meta is not None:
-                    found = pax_records(bytes(self._meta)).get(b"size")
-                    if found is not None:
-                        self._pax_size = int(found)
-                    self._meta = None
+                if not self._left:
+                    self._end_member()
                 continue
-            need = BLOCK - len(self._header)
-            take = min(need, n - pos)
+            if self._pad:
+                take = min(self._pad, n - pos)
+                self._pad -= take
+                pos += take
+                continue
+            take = min(BLOCK - len(self._header), n - pos)
             self._header += view[pos : pos + take]
             pos += take
             if len(self._header) == BLOCK:
-                self._on_header(bytes(self._header))
+                header = bytes(self._header)
                 self._header.clear()
+                self._on_header(header)
 
-    def _on_header(self, header: bytes) -> None:
-        if header == bytes(BLOCK):
+    def _corrupt(self, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"the tar stream of {self._what} is corrupt ({why})",
+            hint="the stored backup or the transfer is damaged; restore an older backup "
+            "or run it again",
+        )
+
+    def _on_header(self, h: bytes) -> None:
+        if h == bytes(BLOCK):
             self.ended = True
             return
-        if not _checksum_ok(header):
-            raise IntegrityError(
-                "the archive's tar stream is corrupt (bad header checksum)",
-                hint="the stored backup is damaged; restore an older backup",
-            )
-        size = _parse_size(header[124:136])
-        typ = header[156:157]
+        if not checksum_ok(h):
+            raise self._corrupt("bad header checksum")
+        typ = h[156:157]
+        size = parse_number(h[124:136])
         if typ in _META_TYPES:
-            self._meta = bytearray() if typ == b"x" else None
-            self._meta_left = size if typ == b"x" else 0
+            self._meta = bytearray()
+            self._meta_type = typ
         else:
-            if self._pax_size is not None:
-                size = self._pax_size
-                self._pax_size = None
-            self.entries += 1
-            if typ in (b"0", b"\0", b"7"):
-                self.file_bytes += size
-            else:
-                size = 0 if typ in (b"1", b"2", b"3", b"4", b"5", b"6") else size
-        self._skip = (size + BLOCK - 1) // BLOCK * BLOCK
+            size = self._on_entry_header(h, typ, size)
+        self._left = size
+        self._pad = -size % BLOCK
+        if not size:
+            self._end_member()
+
+    def _on_entry_header(self, h: bytes, typ: bytes, size: int) -> int:
+        pax = {**self._gpax, **self._pax} if self._gpax else self._pax
+        self._pax = {}
+        name = _cstr(h[0:100])
+        if h[257:265] == _USTAR and h[345] != 0:
+            name = _cstr(h[345:500]) + b"/" + name
+        if self._longname is not None:
+            name = self._longname
+        link = self._longlink if self._longlink is not None else _cstr(h[157:257])
+        self._longname = self._longlink = None
+        if pax:
+            name = pax.get(b"path", name)
+            link = pax.get(b"linkpath", link)
+            if b"size" in pax:
+                size = int(pax[b"size"])
+        if typ in _NO_DATA_TYPES:
+            size = 0
+        name = norm(name)
+        if self._root is not None and name != self._root \
+                and not name.startswith(self._root + b"/"):
+            raise IntegrityError(
+                f"{self._what} holds an entry outside its root '{self._root.decode()}/': "
+                f"{name.decode(errors='replace')!r}",
+                hint="the archive was not made by volbak from this volume (or by an engine "
+                "that names entries differently); it is not restored",
+            )
+        self.entries += 1
+        kind = b"0" if typ in _FILE_TYPES else typ
+        if kind == b"0":
+            self.file_bytes += size
+        if self._digest is None and self._on_entry is None:
+            return size
+        mtime = parse_number(h[136:148])
+        if b"mtime" in pax:
+            mtime = int(pax[b"mtime"].split(b".")[0])
+        uid = int(pax[b"uid"]) if b"uid" in pax else parse_number(h[108:116])
+        gid = int(pax[b"gid"]) if b"gid" in pax else parse_number(h[116:124])
+        device = (parse_number(h[329:337]), parse_number(h[337:345])) \
+            if typ in (b"3", b"4") else (0, 0)
+        if kind == b"1":
+            link = norm(link)
+        elif kind != b"2" and b"linkpath" not in pax:
+            link = b""
+        entry = Entry(name, kind, parse_number(h[100:108]) & 0o7777, uid, gid, size, mtime,
+                      link, device, pax)
+        if self._on_entry is not None:
+            self._on_entry(entry)
+        if self._digest is not None:
+            xattrs = sorted((k.split(b".", 2)[2], v) for k, v in pax.items()
+                            if k.startswith(b"SCHILY.xattr."))
+            self._record = (name, kind, entry.mode, uid, gid, size, mtime, link, device, xattrs)
+            self._content = hashlib.sha256()
+        return size
+
+    def _end_member(self) -> None:
+        if self._meta is not None:
+            data = bytes(self._meta)
+            self._meta = None
+            if self._meta_type == b"x":
+                self._pax = pax_records(data)
+            elif self._meta_type == b"g":
+                self._gpax.update(pax_records(data))
+            elif self._meta_type == b"L":
+                self._longname = _cstr(data)
+            elif self._meta_type == b"K":
+                self._longlink = _cstr(data)
+            return
+        if self._record is not None and self._digest is not None:
+            record = repr((*self._record, self._content.hexdigest())).encode()
+            self._digest.update(len(record).to_bytes(4, "big") + record)
+            self._record = None
+            self._content = None
 
     def check_complete(self) -> None:
-        if not self.ended:
+        if not self.ended or self._left or self._meta is not None:
             raise IntegrityError(
-                "the archive ends early: the tar stream has no end marker (truncated backup)",
-                hint="the stored backup is incomplete; restore an older backup",
+                f"{self._what} ends early: the tar stream has no end marker (truncated)",
+                hint="the stored backup is incomplete or the transfer broke off; restore an "
+                "older backup or run it again",
             )
+
+    def hexdigest(self) -> str:
+        """sha256 over one canonical record per entry: path, type, permission bits, uid,
+        gid, size, mtime (seconds), link target, device numbers, exported xattrs and the
+        sha256 of the content, in archive order. User/group names, atime/ctime and
+        header encoding are left out, so two engines' archives of one tree agree."""
+        assert self._digest is not None, "TarParser(digest=True) needed"
+        return self._digest.hexdigest()

@@ -1,0 +1,147 @@
+"""Helper containers: how volbak sees a volume through the engine.
+
+Helpers are created from an image with an empty filesystem that volbak imports by
+itself, so it works on engines with no images and no registry: a created (never
+started) container is enough for the archive API to read and write its volumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import os
+import socket
+import tarfile
+from collections.abc import Iterator
+
+import docker.errors
+import requests.exceptions
+from docker.types import LogConfig, Mount
+
+from ..errors import EngineError
+from .client import Engine, _short, api_errors
+from .retry import retry
+
+HELPER_IMAGE = "volbak-helper:empty"
+HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key
+OWNER_LABEL = "volbak.owner"  # "<hostname>:<pid>" of the volbak process that made it
+
+
+
+def _empty_tar() -> bytes:
+    buf = io.BytesIO()
+    tarfile.open(fileobj=buf, mode="w").close()
+    return buf.getvalue()
+
+
+def ensure_helper_image(engine: Engine, image: str | None = None) -> str:
+    """The image helpers are created from: the user's --helper-image, or an empty one
+    volbak imports itself (no registry needed)."""
+    if image:
+        with api_errors(engine, f"helper image '{image}' (--helper-image)"):
+            engine.api.inspect_image(image)
+        return image
+    try:
+        engine.api.inspect_image(HELPER_IMAGE)
+    except docker.errors.ImageNotFound:
+        repo, tag = HELPER_IMAGE.split(":")
+        with api_errors(engine, "importing the helper image"):
+            engine.api.import_image_from_data(
+                _empty_tar(), repository=repo, tag=tag, changes=["LABEL volbak.helper=1"]
+            )
+    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+        raise EngineError(f"cannot inspect images on engine {engine.url}: {_short(e)}") from None
+    return HELPER_IMAGE
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeMount:
+    volume: str
+    path: str
+    read_only: bool = True
+
+
+@contextlib.contextmanager
+def helper(
+    engine: Engine, mounts: list[VolumeMount], image: str | None = None
+) -> Iterator[str]:
+    """A created, never started container that sees the given volumes. It has no
+    network and no logs, and is removed on every way out (its named volumes stay)."""
+    image = ensure_helper_image(engine, image)
+    host_config = engine.api.create_host_config(
+        mounts=[Mount(m.path, m.volume, type="volume", read_only=m.read_only) for m in mounts],
+        network_mode="none",
+        log_config=LogConfig(type="none"),
+    )
+    with api_errors(engine, "creating the helper container"):
+        cid = engine.api.create_container(
+            image,
+            command=["/volbak-helper-is-never-started"],
+            host_config=host_config,
+            labels={HELPER_LABEL: "helper", OWNER_LABEL: _owner()},
+            network_disabled=True,
+        )["Id"]
+    try:
+        yield cid
+    finally:
+        remove_container(engine, cid)
+
+
+def remove_container(engine: Engine, cid: str) -> bool:
+    """Remove a helper; never its volumes (v=False). Signals wait until it is gone.
+
+    Right after an aborted transfer the engine may still be finishing its tar process
+    and refuse the removal for a moment, so failures are retried for about 10 s."""
+    done, _ = retry(lambda: engine.api.remove_container(cid, v=False, force=True))
+    return done
+
+
+def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> list[str]:
+    """Remove helpers left by a volbak process on this host that died (kill -9).
+
+    Best effort, with a short timeout: after a client vanished mid-transfer, the 20.10
+    engine can keep its tar process blocked and refuse to remove that container (seen
+    here); that must not hold up the backup that is starting now."""
+    removed = []
+    host = socket.gethostname()
+    api = engine.api
+    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
+        for c in api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"}):
+            owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
+            ohost, _, pid = owner.rpartition(":")
+            if ohost == host and pid.isdigit() and not _alive(int(pid)) \
+                    and _remove_with_timeout(engine, c["Id"], timeout):
+                removed.append(c["Id"])
+    return removed
+
+
+def _remove_with_timeout(engine: Engine, cid: str, timeout: float) -> bool:
+    """docker-py's remove_container has no per-call timeout; its private request
+    helpers do. If they change, fall back to the public call (client-wide timeout)."""
+    api = engine.api
+    with contextlib.suppress(requests.exceptions.RequestException, docker.errors.APIError):
+        try:
+            res = api._delete(api._url("/containers/{0}", cid),
+                              params={"v": False, "force": True}, timeout=timeout)
+        except (AttributeError, TypeError):
+            api.remove_container(cid, v=False, force=True)
+            return True
+        return res.status_code < 300
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+

@@ -1,0 +1,192 @@
+"""Repository format "archive": one object per backup, readable with plain tools.
+
+    <volume>/<stamp>.tar[.zst|.gz][.age]     tar -> compress -> [age] ; sha256 in the manifest
+    <volume>/<stamp>.manifest.json           written last
+
+So ``age -d | zstd -d | tar x`` restores a backup when volbak is not at hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import IntegrityError, NotFoundError, UsageError
+from ..stream import compress
+from ..stream.pump import CHUNK, Drain, HashSink
+from ..util.signals import deferred
+from .format import BackupReader, BackupWriter
+
+if TYPE_CHECKING:
+    from . import Repository
+    from .manifest import BackupInfo, Manifest
+
+
+def encryption_record(recipients: Sequence[Any]) -> dict[str, Any] | None:
+    """What the manifest says about encryption: public recipients only, never a secret."""
+    if not recipients:
+        return None
+    from ..crypto.age import ScryptRecipient
+
+    return {
+        "format": "age-v1",
+        "recipients": [str(r) for r in recipients if not isinstance(r, ScryptRecipient)],
+        "passphrase": any(isinstance(r, ScryptRecipient) for r in recipients),
+    }
+
+
+class ArchiveWriter(BackupWriter):
+    """Compresses in the caller's thread; a drain thread encrypts, hashes and writes, so
+    the three overlap."""
+
+    def __init__(self, repo: Repository, volume: str, stamp: str, data_name: str,
+                 compression: str, recipients: Sequence[Any]) -> None:
+        self._repo = repo
+        self._volume = volume
+        self._stamp = stamp
+        self.data_name = data_name
+        self._compression = compression
+        self._recipients = list(recipients)
+        self._comp = compress.compressor(compression)
+        self._writer = repo.backend.create_writer(data_name)
+        self._sink = HashSink(self._writer.write)
+        self._encrypt = None
+        if recipients:
+            from ..crypto.age import EncryptWriter
+
+            self._encrypt = EncryptWriter(self._sink, self._recipients)
+        self._drain = Drain(self._encrypt.write if self._encrypt else self._sink.write)
+        self._done = False
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._drain.write(self._comp.write(data))
+
+    def commit(self, manifest: Manifest) -> BackupInfo:
+        try:
+            self._drain.write(self._comp.finish())
+            self._drain.close()
+            if self._encrypt:
+                self._encrypt.close()
+            stored = self._writer.commit()
+            manifest.repo_format = "archive"
+            manifest.compression = self._compression
+            manifest.encryption = encryption_record(self._recipients)
+            manifest.object = {"name": self.data_name, "size": stored.size,
+                               "sha256": self._sink.hexdigest()}
+            info = self._repo.write_manifest(self._volume, self._stamp, manifest)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return info
+
+    def abort(self) -> None:
+        """Any way out before the manifest is written (an error, Ctrl-C, SIGTERM even
+        just after the archive's commit) removes the archive: a backup is there whole or
+        not at all. The name is this run's own, so nobody else's data is touched."""
+        if self._done:
+            return
+        self._done = True
+        self._drain.abandon()
+        self._writer.abort()
+        with deferred(), contextlib.suppress(Exception):
+            if not self._repo.has_manifest(self._volume, self._stamp):
+                self._repo.backend.delete(self.data_name)
+
+
+class _HashingReader:
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self.h.update(data)
+        self.size += len(data)
+        return data
+
+
+def _corrupt(info: BackupInfo, size: int) -> IntegrityError:
+    obj = info.manifest.object or {}
+    return IntegrityError(
+        f"backup {info.id} is corrupt: the stored object {obj.get('name')} ({size} bytes) "
+        "does not match its manifest's sha256/size",
+        hint="the archive was damaged or truncated in storage; restore an older backup",
+    )
+
+
+class ArchiveReader(BackupReader):
+    """stored object -> sha256 -> [age] -> decompress. Opening checks the encryption
+    header, so a wrong key fails before any target exists."""
+
+    def __init__(self, repo: Repository, info: BackupInfo, identities: Sequence[Any]) -> None:
+        self.info = info
+        m = info.manifest
+        self._dec = compress.decompressor(compress.check(m.compression))
+        try:
+            self._raw = repo.backend.open_reader(info.manifest.object["name"])  # type: ignore[index]
+        except NotFoundError:
+            raise IntegrityError(
+                f"backup {info.id} is listed but its archive "
+                f"{(m.object or {}).get('name')} is missing from {repo.url}",
+                hint="the repository was modified by hand or damaged; restore another backup",
+            ) from None
+        self._hashed = _HashingReader(self._raw)
+        self._read = self._hashed.read
+        self._eof = False
+        try:
+            if m.encryption:
+                from ..crypto.age import DecryptReader
+
+                if not identities:
+                    raise UsageError(
+                        f"backup {info.id} is encrypted and no key was given",
+                        hint="pass --identity FILE or --passphrase-file FILE",
+                    )
+                self._read = DecryptReader(self._hashed, list(identities)).read
+        except BaseException:
+            self.close()
+            raise
+
+    def read(self, n: int) -> bytes:
+        while not self._eof:
+            raw = self._read(n)
+            if not raw:
+                self._eof = True
+                self._dec.finish()
+                obj = self.info.manifest.object or {}
+                if self._hashed.size != obj.get("size") or \
+                        self._hashed.h.hexdigest() != obj.get("sha256"):
+                    raise _corrupt(self.info, self._hashed.size)
+                return b""
+            out = self._dec.write(raw)
+            if out:
+                return out
+        return b""
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._raw.close()
+
+
+def check_stored(repo: Repository, info: BackupInfo) -> None:
+    """The stored object's size and sha256, without any key."""
+    obj = info.manifest.object or {}
+    h = hashlib.sha256()
+    size = 0
+    try:
+        reader = repo.backend.open_reader(obj["name"])
+    except NotFoundError:
+        raise IntegrityError(f"backup {info.id} is listed but its archive {obj['name']} "
+                             "is missing", hint="restore another backup") from None
+    try:
+        while data := reader.read(CHUNK):
+            h.update(data)
+            size += len(data)
+    finally:
+        reader.close()
+    if size != obj["size"] or h.hexdigest() != obj["sha256"]:
+        raise _corrupt(info, size)
