@@ -273,7 +273,7 @@ def test_signal_mid_backup_cleans_up(sig, code, resources, docker_client, docker
         for _ in range(48):
             f.write(os.urandom(8 * 2**20))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "volbak.cli", "backup", src, "-H", docker_host,
+        [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host,
          "--repo", str(repo), "--compress", "gzip"],  # gzip: slow enough to interrupt
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
@@ -291,7 +291,7 @@ def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client,
                                                        repo, monkeypatch):
     """A signal can land between the archive's commit and the manifest: the archive must
     go too, or the repository keeps an unlisted orphan."""
-    from volbak.engine.client import connect
+    from volbak.engine import connect
     from volbak.local import LocalBackend
     from volbak.ops.backup import BackupOptions, backup_volume
     from volbak.repository import Repository

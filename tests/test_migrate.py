@@ -25,7 +25,7 @@ from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
 from volbak.engine import read_tree_digest
-from volbak.engine.client import connect
+from volbak.engine import connect
 from volbak.errors import IntegrityError
 from volbak.stream.tar import TarParser
 
@@ -597,8 +597,8 @@ def test_cli_help_lists_the_forms():
 
 
 def test_module_entry_point_runs(docker_host):
-    """`python -m volbak.cli` (used for signal tests) must import the migrate command."""
-    out = subprocess.run([sys.executable, "-m", "volbak.cli", "migrate", "--help"],
+    """`python -m volbak` (used for signal tests) must import the migrate command."""
+    out = subprocess.run([sys.executable, "-m", "volbak", "migrate", "--help"],
                          capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.returncode == 0, out.stderr
@@ -613,7 +613,7 @@ def test_signal_mid_transfer_cleans_up_both_engines(sig, code, resources, resour
     before = listing(volume_path(docker_client, src))
     target = resources2.track_volume(resources2.name("volbak-sig"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "volbak.cli", "migrate", src, "--from", docker_host,
+        [sys.executable, "-m", "volbak", "migrate", src, "--from", docker_host,
          "--to", docker_host2, "--as", target, "--compress", "gzip"],  # gzip: slow enough
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30

@@ -19,7 +19,7 @@ from fidelity import volume_path
 
 from volbak.cli import main
 from volbak.local import LocalBackend
-from volbak.repository import Repository
+from volbak.repository import Manifest, Repository
 
 pytestmark = pytest.mark.docker
 
@@ -32,7 +32,7 @@ def isolated_state(tmp_path, monkeypatch):
 
 
 def _spawn(docker_host: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "volbak.cli", *args, "-H", docker_host],
+    return subprocess.Popen([sys.executable, "-m", "volbak", *args, "-H", docker_host],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -126,7 +126,7 @@ def test_recover_after_kill_9(resources, docker_client, busybox_image, docker_ho
 
 def test_helpers_of_dead_processes_are_swept(resources, docker_client, docker_host):
     """A helper whose volbak process died (kill -9) is removed by the next run."""
-    from volbak.engine.client import (
+    from volbak.engine import (
         HELPER_LABEL,
         OWNER_LABEL,
         connect,
@@ -181,9 +181,9 @@ def _synthetic_history(repo: Path, volume: str, times: list[dt.datetime]) -> lis
         stamp = t.strftime("%Y%m%dT%H%M%SZ")
         name = f"{volume}/{stamp}.tar.zst"
         r.backend.put_bytes(name, b"x")
-        r.write_manifest(volume, stamp, {
-            "created": t.isoformat().replace("+00:00", "Z"), "compression": "zstd",
-            "object": {"name": name, "size": 1, "sha256": "0" * 64}, "tar": {}})
+        r.write_manifest(volume, stamp, Manifest(
+            volume={"name": volume}, created=t.isoformat().replace("+00:00", "Z"),
+            object={"name": name, "size": 1, "sha256": "0" * 64}))
         ids.append(f"{volume}@{stamp}")
     return ids
 
