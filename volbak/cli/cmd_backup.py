@@ -67,6 +67,8 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     summary = {**info.summary(), "tar_size": tar_size, "seconds": secs,
                "sha256": (m.object or {}).get("sha256"), "repo": ctx.repo().url}
     ctx.emit(summary)
+    for warning in m.warnings:
+        ctx.warn(f"{info.id}: {warning}")
     ctx.say(f"{info.id}  {fmt_size(tar_size)} read, {fmt_size(info.size)} stored "
             f"({m.compression}{', encrypted' if m.encryption else ''}), "
             f"{m.entries} entries, {secs:.1f} s, "

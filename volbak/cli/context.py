@@ -30,6 +30,7 @@ class Ctx:
         self.repo_options = _parse_options(repo_options)
         self.json = as_json
         self.quiet = quiet or as_json
+        self.silent = quiet  # -q itself: not even warnings
         self._engine: Any = None
         self._repo: Any = None
         self.recovered: list[str] = []
@@ -72,6 +73,11 @@ class Ctx:
         self.recovered = recover(
             client_for, on_event=self.event,
             on_error=lambda msg: click.echo(f"volbak: warning: {msg}", err=True))
+
+    def warn(self, text: str) -> None:
+        """Warnings reach stderr even with --json (cron mails stderr); only -q hides them."""
+        if not self.silent:
+            click.echo(f"volbak: warning: {text}", err=True)
 
     def say(self, text: str) -> None:
         if not self.quiet:

@@ -17,9 +17,10 @@ from typing import Any
 from .. import FORMAT_VERSION, __version__
 from ..engine import (
     ARCHIVE_ROOT,
-    ArchiveStream,
+    PODMAN_LOSSES,
     Engine,
     VolumeMount,
+    VolumeTar,
     container_volumes,
     containers_using,
     describe_container,
@@ -78,7 +79,7 @@ def backup_volume(
             repo.create_backup(volume, started, compression=opts.compression,
                                recipients=opts.recipients) as writer, \
             Progress(f"backup {volume}", total, opts.progress) as bar:
-        src = ArchiveStream(engine, cid, "/" + ARCHIVE_ROOT)
+        src = VolumeTar(engine, cid, ARCHIVE_ROOT)
         try:
             pump_into(src.read, writer.write, parser.feed, bar.update)
         finally:
@@ -102,6 +103,7 @@ def backup_volume(
             set=set_id,
             source_engine={"url": engine.url, "host": socket.gethostname()},
             source="api",
+            warnings=[] if src.owners_kept else [PODMAN_LOSSES],
             format=FORMAT_VERSION,
             volbak_version=__version__,
         )

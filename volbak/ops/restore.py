@@ -31,7 +31,7 @@ from ..engine import (
     create_volume,
     ensure_helper_image,
     helper,
-    put_archive,
+    put_volume_tar,
     read_tree_digest,
     remove_volume,
     sweep_stale_helpers,
@@ -76,13 +76,15 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
     """Stream the backup into ``volume``, then read it back and compare."""
     m = info.manifest
     root = m.archive_root
-    parser = TarParser(digest=True, root=root, what=f"backup {info.id}")
+    # Podman's archive API replaces owners on read-back: they cannot be compared there.
+    parser = TarParser(digest=True, root=root, owners=not engine.is_podman,
+                       what=f"backup {info.id}")
     with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)],
                 opts.helper_image) as cid, \
             Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
-        put_archive(engine, cid, "/", checked_chunks(reader.read, parser.feed,
-                                                     parser.check_complete,
-                                                     progress=bar.update))
+        put_volume_tar(engine, cid, root, checked_chunks(reader.read, parser.feed,
+                                                         parser.check_complete,
+                                                         progress=bar.update))
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
         got = read_tree_digest(engine, volume, root, opts.helper_image, progress=bar.update)
     if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:

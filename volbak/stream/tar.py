@@ -14,6 +14,7 @@ record Go's tar writer uses for files over 8 GiB) and base-256 numbers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -92,7 +93,7 @@ class TarParser:
 
     def __init__(self, *, digest: bool = False, root: str | None = None,
                  on_entry: Callable[[Entry], None] | None = None,
-                 what: str = "the archive") -> None:
+                 what: str = "the archive", owners: bool = True) -> None:
         self.entries = 0
         self.file_bytes = 0
         self.tar_bytes = 0
@@ -101,6 +102,7 @@ class TarParser:
         self._root = root.strip("/").encode() if root is not None else None
         self._on_entry = on_entry
         self._what = what
+        self._owners = owners  # digest uid/gid (not where an engine replaces them)
         self._header = bytearray()
         self._left = 0  # data bytes of the current member still to come
         self._pad = 0  # then padding bytes to skip
@@ -217,7 +219,8 @@ class TarParser:
         if self._digest is not None:
             xattrs = sorted((k.split(b".", 2)[2], v) for k, v in pax.items()
                             if k.startswith(b"SCHILY.xattr."))
-            self._record = (name, kind, entry.mode, uid, gid, size, mtime, link, device, xattrs)
+            owner = (uid, gid) if self._owners else ()
+            self._record = (name, kind, entry.mode, *owner, size, mtime, link, device, xattrs)
             self._content = hashlib.sha256()
         return size
 
@@ -255,3 +258,104 @@ class TarParser:
         header encoding are left out, so two engines' archives of one tree agree."""
         assert self._digest is not None, "TarParser(digest=True) needed"
         return self._digest.hexdigest()
+
+
+class Renamed:
+    """A tar stream with every entry renamed by ``rename`` (names and hardlink
+    targets), re-encoded as PAX; for engines whose archive API names entries
+    differently (Podman: "/a" instead of "data/a"). Read it like the source:
+    ``read(n)``. It runs Python's tarfile in a thread with a bounded queue, so memory
+    stays flat whatever the file sizes."""
+
+    def __init__(self, read: Callable[[int], bytes], rename: Callable[[str], str],
+                 owners: Callable[[Any], None] | None = None) -> None:
+        import queue
+        import threading
+
+        self._q: Any = queue.Queue(8)
+        self._buf = b""
+        self._done = False
+        self._stop = threading.Event()
+        self._read, self._rename, self._owners = read, rename, owners
+        self._t = threading.Thread(target=self._run, name="volbak-rename", daemon=True)
+        self._t.start()
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise EOFError("reader closed")
+
+    def _run(self) -> None:
+        import tarfile
+
+        outer = self
+
+        class _In:
+            def read(self, n: int = -1) -> bytes:
+                return outer._read(n if n > 0 else 2**20)
+
+        class _Out:
+            def write(self, data: bytes) -> int:
+                if data:
+                    outer._put(bytes(data))
+                return len(data)
+
+        try:
+            with tarfile.open(fileobj=_In(), mode="r|") as tin, \
+                    tarfile.open(fileobj=_Out(), mode="w|", format=tarfile.PAX_FORMAT) as tout:
+                for m in tin:
+                    m.name = self._rename(m.name)
+                    if m.islnk():
+                        m.linkname = self._rename(m.linkname)
+                    if self._owners:
+                        self._owners(m)
+                    tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
+            self._put(None)
+        except BaseException as e:
+            if isinstance(e, tarfile.TarError):
+                e = IntegrityError(f"the tar stream cannot be re-read: {e}")
+            with contextlib.suppress(EOFError):
+                self._put(e)
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and not self._done:
+            item = self._q.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._done = True
+                raise item
+            else:
+                self._buf += item
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def under_root(root: str) -> Callable[[str], str]:
+    """Podman's archive names ("", "/a") -> volbak's ("data", "data/a")."""
+    def rename(name: str) -> str:
+        rest = name.strip("/")
+        while rest.startswith("./"):
+            rest = rest[2:]
+        return f"{root}/{rest}" if rest and rest != "." else root
+    return rename
+
+
+def relative_to(root: str) -> Callable[[str], str]:
+    """volbak's names ("data", "data/a") -> names relative to the mount (".", "a")."""
+    def rename(name: str) -> str:
+        rest = name.strip("/")
+        if rest == root:
+            return "."
+        return rest[len(root) + 1:] if rest.startswith(root + "/") else rest
+    return rename
