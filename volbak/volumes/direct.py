@@ -36,10 +36,12 @@ warnings, and a per-file hook where a dedup file cache can skip unchanged files.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
 import stat
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -593,18 +595,24 @@ class DirectTarget:
                 if not self._left:
                     self._state, self._need = self._HEADER, BLOCK
                 continue
-            take = min(self._need - len(self._buf), len(view))
-            self._buf += view[:take]
-            view = view[take:]
-            if len(self._buf) == self._need:
+            need = self._need
+            if not self._buf and len(view) >= need:  # the usual case: no copy to a buffer
+                block = bytes(view[:need])
+                view = view[need:]
+            else:
+                take = min(need - len(self._buf), len(view))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) < need:
+                    continue
                 block = bytes(self._buf)
                 self._buf.clear()
-                if self._state == self._HEADER:
-                    self._on_header(block)
-                elif self._state == self._META:
-                    self._on_meta(block)
-                else:
-                    self._on_sparse_map(block)
+            if self._state == self._HEADER:
+                self._on_header(block)
+            elif self._state == self._META:
+                self._on_meta(block)
+            else:
+                self._on_sparse_map(block)
 
     def extract(self, chunks: Iterable[bytes]) -> Report:
         try:
@@ -876,10 +884,13 @@ class DirectTarget:
             raise self._refuse_path(entry, "would replace the target directory")
         parent = self._dir_fd(parts[:-1], entry)
         name = parts[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            self._make_room(parent, name, entry)
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=parent)
+            try:
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+            except FileExistsError:  # O_EXCL: never follows a symlink that is there
+                self._make_room(parent, name, entry)
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
         except OSError as e:
             raise self._oserror(entry.name, e) from None
         if entry.sparse is not None:
@@ -1110,9 +1121,6 @@ def _xattrs(records: list[tuple[bytes, bytes]]
             ) -> tuple[list[tuple[str, bytes]], bytes | None, bytes | None]:
     """xattrs (SCHILY and libarchive records) and ACL texts of one entry. A raw
     ``system.posix_acl_*`` xattr (GNU tar stores both) wins over the text: it holds ids."""
-    import base64
-    import urllib.parse
-
     xattrs: dict[str, bytes] = {}
     acls: dict[str, bytes] = {}
     for key, value in records:
