@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from ..errors import UsageError
-from .context import Ctx, common, encryption_options, fmt_size
+from .context import Ctx, common, encryption_options, fmt_size, source_option
 
 
 @click.command()
@@ -27,13 +27,14 @@ from .context import Ctx, common, encryption_options, fmt_size
 @click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
               help="Wait this long for another volbak run holding the same volume or "
               "repository (default: fail at once, exit 9).")
+@source_option
 @click.option("--helper-image", metavar="IMAGE",
               help="Image for the helper container (default: an empty image volbak imports).")
 @encryption_options
 @common
 def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], compression: str,
            stop: bool, pre_backup: str | None, post_backup: str | None, lock_wait: float,
-           helper_image: str | None, recipient: tuple[str, ...],
+           helper_image: str | None, source: str, recipient: tuple[str, ...],
            recipients_file: tuple[str, ...], passphrase_file: str | None,
            ask_passphrase: bool) -> None:
     """Back up volumes into the repository.
@@ -53,7 +54,8 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...], comp
     if not volumes and not containers:
         raise UsageError("nothing to back up", hint="name a VOLUME or pass --container NAME")
     opts = BackupOptions(compression, recipients(recipient, recipients_file, passphrase_file,
-                                                 ask_passphrase), helper_image, ctx.progress)
+                                                 ask_passphrase), helper_image, ctx.progress,
+                         source)
     how = Consistency(stop, pre_backup, post_backup, lock_wait)
     for info in guarded_backup(ctx.engine(), ctx.repo(), volumes, containers, opts, how,
                                ctx.event):

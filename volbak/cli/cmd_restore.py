@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .context import Ctx, common, decryption_options, fmt_size
+from .context import Ctx, common, decryption_options, fmt_size, source_option
 
 
 @click.command()
@@ -16,11 +16,12 @@ from .context import Ctx, common, decryption_options, fmt_size
 @click.option("--force", is_flag=True,
               help="Replace an existing volume's contents, only after the whole backup "
               "was read and verified.")
+@source_option
 @click.option("--helper-image", metavar="IMAGE", help="Image for helper containers.")
 @decryption_options
 @common
 def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str | None,
-            force: bool, helper_image: str | None, identity: tuple[str, ...],
+            force: bool, helper_image: str | None, source: str, identity: tuple[str, ...],
             passphrase_file: str | None) -> None:
     """Restore a backup into a new volume or a new data-volume container.
 
@@ -41,7 +42,7 @@ def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str |
                          hint="pass exactly one of --to-volume NAME or --to-container NAME")
     info = ctx.repo().get(backup_id)
     opts = RestoreOptions(identities(identity, passphrase_file, info.manifest.encryption), force,
-                          helper_image, ctx.progress)
+                          helper_image, ctx.progress, source, ctx.warn)
     engine = ctx.engine()
     if to_volume:
         results = [restore_to_volume(engine, ctx.repo(), info, to_volume, opts)]

@@ -161,3 +161,10 @@ def decryption_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def source_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--source", type=click.Choice(["auto", "direct", "api"]), default="auto",
+        show_default=True,
+        help="How the volume is read/written: 'direct' on its directory on this host "
+        "(local engine, root: every attribute, faster), 'api' through the engine's "
+        "archive API (remote engines), 'auto' direct where possible.")(f)

@@ -219,7 +219,8 @@ def copy_volume(engine: Engine, src: str, dst: str, image: str | None = None) ->
 
 def read_tree_digest(engine: Engine, volume: str, root: str = ARCHIVE_ROOT,
                      image: str | None = None, gzip: bool = False,
-                     progress: Any = None, owners: bool | None = None) -> Any:
+                     progress: Any = None, owners: bool | None = None,
+                     all_xattrs: bool = False) -> Any:
     """Read a volume back through the archive API and return the finished TarParser
     (digest mode): what restore and migrate compare with what they wrote."""
     from ..stream import compress
@@ -230,7 +231,7 @@ def read_tree_digest(engine: Engine, volume: str, root: str = ARCHIVE_ROOT,
 
     if owners is None:
         owners = not engine.is_podman
-    parser = TarParser(digest=True, root=root, owners=owners,
+    parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=all_xattrs,
                        what=f"volume '{volume}' as read back from {engine.url}")
     with helper(engine, [VolumeMount(volume, "/" + root)], image) as cid:
         stream = VolumeTar(engine, cid, root, gzip)

@@ -287,6 +287,7 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
     gzip = opts.compression == "gzip"
     total = volume_size(src, item.volume) if opts.progress else None
     digest = TarParser(digest=True, root=ARCHIVE_ROOT, owners=_owners_comparable(src, dst),
+                       all_xattrs=False,
                        what=f"volume '{item.volume}' from engine {src.url}")
     wire = [0]
     t0 = time.monotonic()
