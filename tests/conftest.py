@@ -306,11 +306,11 @@ def ensure_busybox_image(client: docker.DockerClient, ref: str = BUSYBOX_IMAGE) 
         return False
     except docker.errors.ImageNotFound:
         pass
-    repo, _, tag = ref.rpartition(":")
+    # `repository=name:tag` and no `tag`: Podman ignores the tag parameter (the image
+    # would become name:latest); dockerd takes either form.
     client.api.import_image_from_data(
         busybox_rootfs_tar(),
-        repository=repo,
-        tag=tag,
+        repository=ref,
         changes=[f"LABEL {TEST_LABEL}=1", 'CMD ["sh"]'],
     )
     client.images.get(ref)
