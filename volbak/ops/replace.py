@@ -11,7 +11,6 @@ from collections.abc import Callable
 from ..engine import (
     MANAGED_LABEL,
     Engine,
-    copy_volume,
     create_volume,
     delete_volume,
     inspect_volume,
@@ -19,6 +18,7 @@ from ..engine import (
     staging_name,
 )
 from ..errors import EngineError
+from ..volumes import copy_tree
 
 
 def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, str]) -> str:
@@ -46,7 +46,7 @@ def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
             delete_volume(engine, target, "to replace it (--force)")
             create_volume(engine, target, old.get("Labels") or {}, old.get("Driver") or "local",
                           old.get("Options") or {})
-        copy_volume(engine, staging, target, helper_image)
+        copy_tree(engine, staging, target, image=helper_image)
     except BaseException as e:
         raise EngineError(
             f"replacing the contents of volume '{target}' failed ({e}); the verified "

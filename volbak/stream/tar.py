@@ -406,6 +406,9 @@ class Renamed:
             with tarfile.open(fileobj=_In(), mode="r|") as tin, \
                     tarfile.open(fileobj=_Out(), mode="w|", format=tarfile.PAX_FORMAT) as tout:
                 for m in tin:
+                    # tarfile writes a member's old PAX path/linkpath over its new name
+                    m.pax_headers.pop("path", None)
+                    m.pax_headers.pop("linkpath", None)
                     m.name = self._rename(m.name)
                     if m.islnk():
                         m.linkname = self._rename(m.linkname)
