@@ -127,7 +127,10 @@ class Manifest:
                 obj = m.object
                 if not isinstance(obj, dict) or not {"name", "size", "sha256"} <= obj.keys():
                     raise TypeError("'object' (name, size, sha256) missing")
-        except (KeyError, TypeError, ValueError) as e:
+                if not isinstance(obj["name"], str) or not isinstance(obj["size"], int):
+                    raise TypeError("'object' name or size of the wrong type")
+        # AttributeError: a "created" that is not a string (parse_time calls .replace).
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise IntegrityError(
                 f"manifest {where} is malformed ({e})",
                 hint="the repository was modified by hand or the disk is damaged; "

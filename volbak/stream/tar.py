@@ -30,6 +30,8 @@ _USTAR = b"ustar\x0000"
 
 
 def parse_number(field: bytes) -> int:
+    if field and field[0] == 0xFF:  # base-256, negative (GNU: mtimes before 1970)
+        return int.from_bytes(field, "big", signed=True)
     if field and field[0] & 0x80:  # base-256 (GNU/star) for huge values
         n = int.from_bytes(field, "big")
         return n - (1 << (8 * len(field) - 1))
@@ -239,15 +241,20 @@ class TarParser:
         if h == bytes(BLOCK):
             self.ended = True
             return
-        if not checksum_ok(h):
-            raise self._corrupt("bad header checksum")
-        typ = h[156:157]
-        size = parse_number(h[124:136])
-        if typ in _META_TYPES:
-            self._meta = bytearray()
-            self._meta_type = typ
-        else:
-            size = self._on_entry_header(h, typ, size)
+        # A damaged header must be an IntegrityError, not the ValueError of a
+        # non-octal field or PAX value.
+        try:
+            if not checksum_ok(h):
+                raise self._corrupt("bad header checksum")
+            typ = h[156:157]
+            size = parse_number(h[124:136])
+            if typ in _META_TYPES:
+                self._meta = bytearray()
+                self._meta_type = typ
+            else:
+                size = self._on_entry_header(h, typ, size)
+        except ValueError as e:
+            raise self._corrupt(f"unreadable header field: {e}") from None
         self._left = size
         self._pad = -size % BLOCK
         if not size:
@@ -272,11 +279,18 @@ class TarParser:
         if typ in _NO_DATA_TYPES:
             size = 0
         name = norm(name)
-        if self._root is not None and name != self._root \
-                and not name.startswith(self._root + b"/"):
+        # ".." would climb out of the root after the prefix check; a hardlink's target
+        # must be inside too, or the engine links to a file of the helper's own tree.
+        outside = None
+        if self._root is not None:
+            root = self._root
+            outside = next((p for p in (name, norm(link) if typ == b"1" else root)
+                            if (p != root and not p.startswith(root + b"/"))
+                            or b".." in p.split(b"/")), None)
+        if outside is not None:
             raise IntegrityError(
-                f"{self._what} holds an entry outside its root '{self._root.decode()}/': "
-                f"{name.decode(errors='replace')!r}",
+                f"{self._what} holds an entry outside its root '{root.decode()}/': "
+                f"{outside.decode(errors='replace')!r}",
                 hint="the archive was not made by volbak from this volume (or by an engine "
                 "that names entries differently); it is not restored",
             )

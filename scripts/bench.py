@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and memory of volbak against `docker cp`, measured in the same run.
 
-    scripts/bench [--host URL] [--size-mib 1024] [--files 50000] [--repeat 2] [--s3]
+    scripts/bench.py [--host URL] [--size-mib 1024] [--files 50000] [--repeat 2] [--s3]
 
 For two volumes (SIZE MiB of random data; FILES small files) it measures:
   backup   volbak backup (zstd, sha256, local repository)  vs  docker cp CTR:/data - > file
@@ -38,11 +38,11 @@ LABEL = {"volbak-bench": "1"}  # not "volbak-test": test sweeps must not take th
 def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
     """One measured operation; prints {"seconds", "bytes", "rss_mib"} as JSON."""
     sys.path.insert(0, str(ROOT))
-    from volbak.ops.backup import BackupOptions, backup_volume
-    from volbak.engine.client import VolumeMount, connect, helper
+    from volbak.engine import VolumeMount, connect, helper
     from volbak.local import LocalBackend
-    from volbak.repository import Repository
+    from volbak.ops.backup import BackupOptions, backup_volume
     from volbak.ops.restore import RestoreOptions, restore_to_volume
+    from volbak.repository import Repository
     from volbak.stream.pump import CHUNK
 
     engine = connect(host)
@@ -83,7 +83,7 @@ def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
 
             recipients = [X25519Identity.generate().recipient()]
         info = backup_volume(engine, repository, volume, BackupOptions(recipients=recipients))
-        nbytes = info.manifest["tar"]["size"]
+        nbytes = info.manifest.tar["size"]
     elif kind == "restore":
         info = repository.list(volume)[0]
         res = restore_to_volume(engine, repository, info, arg, RestoreOptions())

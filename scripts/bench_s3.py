@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Throughput and memory of volbak's S3 writer against boto3's own upload_fileobj.
 
-    scripts/bench-s3 [--size 1GiB] [--part-size 8MiB] [--concurrency 4] [--repeat 1]
+    scripts/bench_s3.py [--size 1GiB] [--part-size 8MiB] [--concurrency 4] [--repeat 1]
 
 Writes the same SIZE bytes twice into a bucket on a local S3 endpoint: once through
 S3Backend's writer (write() of 1 MiB chunks, then commit()), once with boto3's
@@ -164,10 +164,10 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             return proc, f"http://127.0.0.1:{port}"
         except OSError:
             if proc.poll() is not None:
-                sys.exit("bench-s3: the moto server did not start (pip install 'moto[server]')")
+                sys.exit("bench_s3.py: the moto server did not start (pip install 'moto[server]')")
             time.sleep(0.1)
     proc.kill()
-    sys.exit("bench-s3: the moto server did not start within 30 s")
+    sys.exit("bench_s3.py: the moto server did not start within 30 s")
 
 
 def run_child(args: argparse.Namespace, which: str, bucket: str, endpoint: str) -> dict:

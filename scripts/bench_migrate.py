@@ -2,10 +2,10 @@
 """Benchmark: `volbak migrate` of a random-data volume between two engines, against
 `docker -H SRC cp SRCCTR:/data - | docker -H DST cp - DSTCTR:/` in the same run.
 
-    scripts/bench-migrate                       # starts (and stops) two private engines
-    scripts/bench-migrate --src URL --dst URL   # use running engines (volumes must be
+    scripts/bench_migrate.py                       # starts (and stops) two private engines
+    scripts/bench_migrate.py --src URL --dst URL   # use running engines (volumes must be
                                                 # local: the data is written on this host)
-    scripts/bench-migrate --size-mib 256 --runs 2 --compress gzip
+    scripts/bench_migrate.py --size-mib 256 --runs 2 --compress gzip
 
 Prints MB/s (10^6 bytes of tar stream per second) of both, the ratios, and volbak's
 peak RSS. volbak runs as a subprocess (`python -m volbak migrate ... --json`), so
