@@ -42,7 +42,14 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
     with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(
             f"waiting for the lock on {k}")):
         decisions = do_prune(repo, policy, volume, dry_run)
+        from ..ops.cleanup import collect
+
+        garbage = collect(repo, dry_run=dry_run)  # what killed runs left, older than 24 h
     for d in decisions:
         ctx.emit({**d.summary(), "dry_run": dry_run})
         verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
         ctx.say(f"{verb}  {d.info.id}  {', '.join(d.reasons)}".rstrip())
+    if garbage.found:
+        ctx.emit({"garbage": garbage.summary()})
+        ctx.say(f"{'would remove' if dry_run else 'removed'} {len(garbage.orphans)} orphan "
+                f"archive(s) and {len(garbage.incomplete)} unfinished write(s) older than 24 h")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ..errors import UsageError, VerifyFailed
@@ -47,8 +49,29 @@ def verify(ctx: Ctx, refs: tuple[str, ...], all_: bool, identity: tuple[str, ...
         else:
             failed = failed or res
             click.echo(f"FAILED  {res.id}  {res.error}", err=True)
+    if all_:
+        _report_damage(ctx, repo)
     if failed:
         err = VerifyFailed(f"verification failed for {failed.id} (and possibly others above)",
                            hint="restore from a backup that verifies; see 'volbak list'")
         err.exit_code = failed.exit_code
         raise err
+
+
+def _report_damage(ctx: Ctx, repo: Any) -> None:
+    """Damaged manifests fail verify; garbage is reported (``volbak cleanup`` removes it)."""
+    from ..ops.cleanup import collect
+
+    for name, message in repo.damaged:
+        click.echo(f"FAILED  {name}  {message}", err=True)
+    if repo.damaged:
+        raise VerifyFailed(f"{len(repo.damaged)} damaged manifest(s) in {repo.url}",
+                           hint="the backups they describe cannot be restored by ID; "
+                           "remove the damaged files or restore another backup")
+    garbage = collect(repo, dry_run=True)
+    young = len(garbage.orphans_kept)
+    if garbage.found or young:
+        ctx.emit({"garbage": garbage.summary()})
+        ctx.say(f"note    {len(garbage.orphans)} orphan archive(s) and "
+                f"{len(garbage.incomplete)} unfinished write(s) older than 24 h, {young} "
+                "younger (maybe live runs); 'volbak cleanup' removes the old ones")
