@@ -113,7 +113,7 @@ def test_container_backup_restores_as_data_volume_container(
     run("restore", backups[0]["id"], "--to-container", web2, expect=8)
 
 
-def test_list_and_show(resources, docker_client, run, busybox_image):
+def test_list_and_show(resources, docker_client, run, busybox_image, engine_kind):
     src = resources.volume(labels={"app": "db"}).name
     (volume_path(docker_client, src) / "f").write_text("x")
     resources.container(busybox_image, ["true"], name=resources.name("volbak-user"),
@@ -134,7 +134,8 @@ def test_list_and_show(resources, docker_client, run, busybox_image):
     (user,) = shown["containers"]
     # Podman names images in full (docker.io/library/...)
     assert user["image"].endswith(busybox_image) and user["network_mode"] == "none"
-    assert "5432/tcp" in user["ports"]
+    if engine_kind == "docker":  # Podman reports no port bindings for a created container
+        assert "5432/tcp" in user["ports"]
     text = run("list")[0]
     assert second["id"] in text and "ID" in text
 

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..util.signals import deferred
+
 CHUNK = 2**20  # 1 MiB pieces: large enough to amortise per-call costs, small for RSS
 QUEUE_DEPTH = 4  # chunks in flight between the reader thread and the pipeline
 
@@ -43,7 +45,8 @@ class Pump:
         self._q: queue.Queue[Any] = queue.Queue(depth)
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, name="volbak-pump", daemon=True)
-        self._t.start()
+        with deferred():  # a signal here would leave a running thread nobody stops
+            self._t.start()
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
@@ -108,7 +111,8 @@ class Drain:
         self._q: queue.Queue[Any] = queue.Queue(depth)
         self._error: BaseException | None = None
         self._t = threading.Thread(target=self._run, name="volbak-drain", daemon=True)
-        self._t.start()
+        with deferred():
+            self._t.start()
 
     def _run(self) -> None:
         while True:

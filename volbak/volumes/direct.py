@@ -165,7 +165,10 @@ class DirectSource:
         if self._closed:
             return
         self._closed = True
-        self._gen.close()
+        # A reader thread may still be inside the generator (closing on a signal):
+        # it then fails on the closed handles below, which is what stopping means.
+        with contextlib.suppress(ValueError):
+            self._gen.close()
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
