@@ -7,6 +7,7 @@ cleanup in ``finally`` blocks (helpers removed, containers restarted) has run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -46,10 +47,37 @@ class Terminated(KeyboardInterrupt):
 _terminated = False
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    global _terminated
-    _terminated = True
-    raise Terminated()
+_held: int | None = None  # a signal that landed inside an import, raised a bit later
+
+
+def _in_import(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> Terminated, raised in the main thread.
+
+    Not inside the import machinery: raised in a module lock's weakref callback, the
+    exception is printed as "Exception ignored" and lost (the run went on and exited 0).
+    There the signal is held and raised again 50 ms later (SIGALRM)."""
+    global _terminated, _held
+    if signum == signal.SIGALRM:
+        if _held is None:
+            return
+        signum = _held
+    if _in_import(frame):
+        _held = signum
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    _held = None
+    if signum == signal.SIGTERM:
+        _terminated = True
+        raise Terminated()
+    raise KeyboardInterrupt()
 
 
 def default_repo() -> str:
@@ -70,6 +98,7 @@ class Ctx:
         self._engine: Any = None
         self._repo: Any = None
         self.recovered: list[str] = []
+        self.recovery: Any = None
 
     @property
     def progress(self) -> bool:
@@ -97,18 +126,15 @@ class Ctx:
         if not self.quiet:
             click.echo(f"volbak: {text}", err=True)
 
-    def recover(self) -> None:
-        """Start containers a dead volbak process left stopped (see stopper)."""
-        from ..ops.stopper import recover
+    def recover(self, engines: tuple[str, ...] = ()) -> None:
+        """Finish or undo what dead volbak processes left (see ops.recovery)."""
+        from ..engine.client import connect
+        from ..ops.recovery import recover_all
 
-        def client_for(url: str) -> Any:
-            from ..engine.client import connect
-
-            return connect(url).client
-
-        self.recovered = recover(
-            client_for, on_event=self.event,
+        self.recovery = recover_all(
+            connect, on_event=self.event, engines=engines,
             on_error=lambda msg: click.echo(f"volbak: warning: {msg}", err=True))
+        self.recovered = self.recovery.started
 
     def say(self, text: str) -> None:
         if not self.quiet:
@@ -562,26 +588,40 @@ class _JobFailed(VolbakError):
 @cli.command()
 @common
 def recover(ctx: Ctx) -> None:
-    """Start the containers that a volbak process which died (kill -9, reboot) had
-    stopped for a backup. Every volbak command does this first; this command only
-    does that.
+    """Finish what volbak processes that died (kill -9, reboot) left: start the
+    containers they stopped, complete their volume replacements, remove their
+    unfinished targets, helpers and staging volumes. Every volbak command does this
+    first; this command also sweeps the engine given with -H (or the default one).
 
     \b
     Examples:
       volbak recover
     """
-    from ..ops.stopper import pending
+    from ..engine.client import resolve_host
+    from ..ops.journal import entries
+    from ..ops.recovery import pending_entries
 
-    ctx.emit({"started": ctx.recovered, "live_runs": sum(1 for p in pending() if p["live"])})
-    for name in ctx.recovered:
+    with contextlib.suppress(VolbakError):
+        ctx.recover((resolve_host(ctx.host)[0],))
+    rep = ctx.recovery
+    ctx.emit({**rep.summary(), "live_runs": sum(1 for p in entries() if p["live"])})
+    for name in rep.started:
         ctx.say(f"started {name}")
-    left = [p for p in pending() if not p["live"]]
+    for name in rep.replaced:
+        ctx.say(f"completed the replacement of volume {name}")
+    for name in rep.removed_targets:
+        ctx.say(f"removed unfinished target {name}")
+    for name in rep.removed_staging:
+        ctx.say(f"removed staging volume {name}")
+    if rep.removed_helpers:
+        ctx.say(f"removed {rep.removed_helpers} helper container(s)")
+    left = pending_entries()
     if left:
         raise VolbakError(f"{len(left)} journal entr{'y' if len(left) == 1 else 'ies'} could "
                           "not be recovered (see the warnings above)",
                           hint="check that their engines are reachable, then run "
                           "'volbak recover' again")
-    if not ctx.recovered:
+    if not rep.anything:
         ctx.say("nothing to recover")
 
 
@@ -613,8 +653,24 @@ def _register_commands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    global _held
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, _on_signal)
     try:
+        rc = _main(argv)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if _held is not None and rc == 0:  # held in a last import: the user still asked to stop
+        term, _held = _held == signal.SIGTERM, None
+        click.echo(f"volbak: {'terminated' if term else 'interrupted'}; cleanup done", err=True)
+        return 143 if term else Interrupted.exit_code
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        # volbak.entry blocks them until here; one that arrived meanwhile raises now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         cli.main(args=argv, prog_name="volbak", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code

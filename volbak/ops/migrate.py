@@ -61,7 +61,6 @@ import requests.exceptions
 from ..engine.archive import ArchiveStream, put_archive
 from ..engine.client import (
     ARCHIVE_ROOT,
-    MANAGED_LABEL,
     Engine,
     VolumeMount,
     api_errors,
@@ -86,6 +85,7 @@ from ..errors import (
 from ..stream.pump import CHUNK, Drain, Pump
 from ..stream.tar import BLOCK, _checksum_ok, _parse_size, pax_records
 from ..util.progress import Progress
+from . import recovery
 from .restore import (
     _check_volume_name,
     _create_volume,
@@ -577,6 +577,9 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
         _check_target(dst, item, opts)
     sweep_stale_helpers(src)
     sweep_stale_helpers(dst)
+    recovery.note_engine(src)
+    recovery.note_engine(dst)
+    nt = recovery.current_targets()
     ensure_helper_image(src, opts.helper_image)
     ensure_helper_image(dst, opts.helper_image)
 
@@ -596,14 +599,17 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                 if item.exists:  # filled only from a complete, verified staging copy
                     item.staging = True
                     item.fill_volume = staging_name()
-                    labels = {MANAGED_LABEL: "staging", MIGRATED_LABEL: item.volume}
+                    labels = recovery.staging_labels({MIGRATED_LABEL: item.volume})
                 else:
                     item.fill_volume = item.target
                     if volume_exists(dst, item.target):  # made by someone since the check
                         raise TargetExistsError(
                             f"volume '{item.target}' appeared on {dst.url} during the "
                             "migration", hint="run the migration again")
-                _create_volume(dst, item.fill_volume, labels)
+                if item.staging:
+                    _create_volume(dst, item.fill_volume, labels)
+                else:
+                    nt.volume(dst, item.fill_volume, labels)
                 item.created = True
                 _say(opts, f"migrating volume {item.volume} -> {item.target} on {dst.url}")
                 _transfer(src, dst, item, opts)
@@ -674,7 +680,8 @@ def migrate_volume(src: Engine, dst: Engine, volume: str, opts: MigrateOptions,
             hint="to clone a volume on one engine, name the copy with --as NEWNAME",
         )
     item = _Item(volume, target, info)
-    stopped, _ = _run(src, dst, [item], opts)
+    with recovery.new_targets():
+        stopped, _ = _run(src, dst, [item], opts)
     return Migration(src.url, dst.url, opts.compression, [_result(item)],
                      round(time.monotonic() - t0, 3), same, stopped=stopped)
 
@@ -726,13 +733,23 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
                                    path)
             items.append(by_source[vol])
         mounts.append((path, by_source[vol].target))
-    stopped, undo = _run(src, dst, items, opts)
+    with recovery.new_targets() as nt:
+        stopped, undo = _run(src, dst, items, opts)
+        _create_data_container(dst, nt, new_name, mounts, cname, undo, opts)
+    return Migration(src.url, dst.url, opts.compression, [_result(i) for i in items],
+                     round(time.monotonic() - t0, 3), same, container=cname,
+                     target_container=new_name, stopped=stopped)
+
+
+def _create_data_container(dst: Engine, nt: Any, new_name: str, mounts: list[tuple[str, str]],
+                           cname: str, undo: Callable[[], None], opts: MigrateOptions) -> None:
     try:
         image = ensure_helper_image(dst, opts.helper_image)
         host_config = dst.api.create_host_config(
             mounts=[docker.types.Mount(p, t, type="volume") for p, t in mounts],
             network_mode="none",
         )
+        nt.container(dst, new_name, {MIGRATED_LABEL: cname})
         with api_errors(dst, f"creating data-volume container '{new_name}'"):
             dst.api.create_container(
                 image, name=new_name, command=["/volbak-data-container"],
@@ -742,6 +759,3 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
     except BaseException:
         undo()
         raise
-    return Migration(src.url, dst.url, opts.compression, [_result(i) for i in items],
-                     round(time.monotonic() - t0, 3), same, container=cname,
-                     target_container=new_name, stopped=stopped)

@@ -17,33 +17,30 @@ import contextlib
 import dataclasses
 import hashlib
 import re
-import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import docker.errors
 
 from ..engine.archive import ArchiveStream, put_archive
 from ..engine.client import (
-    MANAGED_LABEL,
     Engine,
     VolumeMount,
     api_errors,
     containers_using,
     ensure_helper_image,
     helper,
-    inspect_volume,
     sweep_stale_helpers,
     volume_exists,
 )
-from ..errors import EngineError, IntegrityError, TargetExistsError, UsageError
+from ..errors import IntegrityError, TargetExistsError, UsageError
 from ..repository import BackupInfo, Repository
 from ..stream import compress
 from ..stream.pump import CHUNK, Pump
 from ..stream.tar import TarScanner
 from ..util.progress import Progress
-from ..util.signals import deferred
+from . import recovery
 
 RESTORED_LABEL = "volbak.restored-from"
 
@@ -183,15 +180,7 @@ def _create_volume(engine: Engine, name: str, labels: dict[str, str],
 
 
 def remove_volume(engine: Engine, name: str) -> None:
-    with deferred():  # cleanup: a signal waits until the volume is gone
-        for _ in range(3):
-            try:
-                engine.api.remove_volume(name, force=True)
-                return
-            except docker.errors.NotFound:
-                return
-            except docker.errors.APIError:
-                time.sleep(0.5)  # a helper may still hold it for a moment
+    recovery.remove_volume(engine, name)  # never raises: a lost engine is left to recovery
 
 
 def _fill(engine: Engine, source: BackupSource, volume: str, opts: RestoreOptions) -> None:
@@ -219,6 +208,7 @@ def restore_to_volume(
 ) -> RestoreResult:
     _check_volume_name(target)
     sweep_stale_helpers(engine)
+    recovery.note_engine(engine)
     ensure_helper_image(engine, opts.helper_image)
     t0 = time.monotonic()
     exists = volume_exists(engine, target)
@@ -242,12 +232,9 @@ def restore_to_volume(
     try:
         labels = {RESTORED_LABEL: info.id}
         if not exists:
-            _create_volume(engine, target, labels)
-            try:
+            with recovery.new_targets() as nt:
+                nt.volume(engine, target, labels)
                 _fill(engine, source, target, opts)
-            except BaseException:
-                remove_volume(engine, target)
-                raise
         else:
             _replace_via_staging(engine, source, target, empty, opts)
     finally:
@@ -264,44 +251,9 @@ def _replace_via_staging(engine: Engine, source: BackupSource, target: str, empt
     replace_from_staging(engine, staging, target, empty, opts.helper_image)
 
 
-def staging_name() -> str:
-    return f"volbak-staging-{secrets.token_hex(6)}"
-
-
-def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, str]) -> str:
-    """Create a staging volume and ``fill(name)`` it; on any failure it is removed again.
-    Returns the staging volume's name (labelled volbak.managed=staging)."""
-    staging = staging_name()
-    _create_volume(engine, staging, {MANAGED_LABEL: "staging", **labels})
-    try:
-        fill(staging)
-    except BaseException:
-        remove_volume(engine, staging)
-        raise
-    return staging
-
-
-def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
-                         helper_image: str | None = None, flag: str = "--to-volume",
-                         what: str = "restored", rerun: str = "rerun the restore") -> None:
-    """Replace ``target``'s contents with the (complete, verified) staging volume's, then
-    remove the staging volume. A non-empty target is removed and recreated with its
-    labels, driver and options. On failure the staging volume is kept and named."""
-    try:
-        if not empty:
-            old = inspect_volume(engine, target, flag)
-            with api_errors(engine, f"removing volume '{target}' to replace it (--force)"):
-                engine.api.remove_volume(target)
-            _create_volume(engine, target, old.get("Labels") or {}, old.get("Driver") or "local",
-                           old.get("Options") or {})
-        copy_volume(engine, staging, target, helper_image)
-    except BaseException as e:
-        raise EngineError(
-            f"replacing the contents of volume '{target}' failed ({e}); the verified "
-            f"{what} data is kept in volume '{staging}'",
-            hint=f"copy it from '{staging}' by hand or {rerun}",
-        ) from None
-    remove_volume(engine, staging)
+staging_name = recovery.staging_name
+fill_staging = recovery.fill_staging
+replace_from_staging = recovery.replace_from_staging
 
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
@@ -350,22 +302,24 @@ def restore_to_container(
     created: list[str] = []
     results = []
     try:
-        for member, _path, vol in plan:
-            new = not volume_exists(engine, vol)
-            results.append(restore_to_volume(engine, repo, member, vol, opts))
-            if new:
-                created.append(vol)
-        image = ensure_helper_image(engine, opts.helper_image)
-        host_config = engine.api.create_host_config(
-            mounts=[docker.types.Mount(p, v, type="volume") for _, p, v in plan],
-            network_mode="none",
-        )
-        with api_errors(engine, f"creating data-volume container '{name}'"):
-            engine.api.create_container(
-                image, name=name, command=["/volbak-data-container"], host_config=host_config,
-                labels={RESTORED_LABEL: info.manifest.get("set") or info.id},
-                network_disabled=True,
+        with recovery.new_targets() as nt:
+            for member, _path, vol in plan:
+                new = not volume_exists(engine, vol)
+                results.append(restore_to_volume(engine, repo, member, vol, opts))
+                if new:
+                    created.append(vol)
+            image = ensure_helper_image(engine, opts.helper_image)
+            host_config = engine.api.create_host_config(
+                mounts=[docker.types.Mount(p, v, type="volume") for _, p, v in plan],
+                network_mode="none",
             )
+            nt.container(engine, name, {RESTORED_LABEL: info.manifest.get("set") or info.id})
+            with api_errors(engine, f"creating data-volume container '{name}'"):
+                engine.api.create_container(
+                    image, name=name, command=["/volbak-data-container"], host_config=host_config,
+                    labels={RESTORED_LABEL: info.manifest.get("set") or info.id},
+                    network_disabled=True,
+                )
     except BaseException:
         for vol in created:
             remove_volume(engine, vol)

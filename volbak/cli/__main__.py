@@ -1,0 +1,7 @@
+"""`python -m volbak.cli` (the tests' signal runs use it)."""
+
+import sys
+
+from ..entry import main
+
+sys.exit(main())
