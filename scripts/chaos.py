@@ -88,6 +88,12 @@ def fill(path: Path, rng: random.Random, files: int, big: int, tag: str) -> None
     with contextlib.suppress(FileExistsError):
         (path / f"{tag}-link").symlink_to(f"d0/e0/{tag}-0.dat")
     os.chmod(path, 0o750)
+    # fixed times: a tree rebuilt later must list the same
+    when = 1_600_000_000 + sum(tag.encode())
+    for dirpath, dirs, files in os.walk(path, topdown=False):
+        for name in [*files, *dirs]:
+            os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
+    os.utime(path, (when, when))
 
 
 def listing(path: Path) -> Listing:
@@ -119,6 +125,19 @@ def describe(have: Listing | None, known: dict[str, Listing]) -> str:
         if have == want:
             return name
     return f"mixed ({len(have)} entries)"
+
+
+def _diff(have: Listing | None, known: dict[str, Listing], allowed: list[str]) -> str:
+    """The first differences from the closest allowed content, for the report."""
+    if have is None:
+        return ""
+    best = min((k for k in allowed if k in known),
+               key=lambda k: len(set(have) ^ set(known[k])), default=None)
+    if best is None:
+        return ""
+    extra = sorted(set(have) - set(known[best]))[:2]
+    missing = sorted(set(known[best]) - set(have))[:2]
+    return f"; vs {best}: extra {extra}, missing {missing}"
 
 
 # -- the world ----------------------------------------------------------------------------------
@@ -318,7 +337,7 @@ class World:
         got = describe(have, self.known)
         if got not in allowed:
             res.violations.append(f"{kind}: target {name} is {got}, allowed {allowed} "
-                                  f"(exit {code})")
+                                  f"(exit {code}){_diff(have, self.known, allowed)}")
         elif code == 0 and got != "new":
             res.violations.append(f"{kind}: exit 0 but target {name} is {got}")
 
@@ -380,7 +399,7 @@ def _restore(kind: str, force: bool, w: World, n: int, res: Result) -> None:
     def reset() -> None:
         if force:
             if w.vlisting(w.c1, target) != w.known["old"]:
-                w.make_tree(w.c1, target, "old")
+                w.known["old"] = w.make_tree(w.c1, target, "old")
         else:
             w.remove_volume(w.c1, target)
 
@@ -413,7 +432,7 @@ def _migrate(kind: str, force: bool, w: World, n: int, res: Result) -> None:
     def reset() -> None:
         if force:
             if w.vlisting(w.c2, target) != w.known["old2"]:
-                w.make_tree(w.c2, target, "old2")
+                w.known["old2"] = w.make_tree(w.c2, target, "old2")
         else:
             w.remove_volume(w.c2, target)
 
