@@ -601,9 +601,10 @@ def recover(ctx: Ctx) -> None:
     from ..ops.journal import entries
     from ..ops.recovery import pending_entries
 
+    rep = ctx.recovery  # what the run before every command did; now also sweep -H
     with contextlib.suppress(VolbakError):
         ctx.recover((resolve_host(ctx.host)[0],))
-    rep = ctx.recovery
+        rep = rep.merge(ctx.recovery)
     ctx.emit({**rep.summary(), "live_runs": sum(1 for p in entries() if p["live"])})
     for name in rep.started:
         ctx.say(f"started {name}")

@@ -83,24 +83,36 @@ def create_volume(engine: Engine, name: str, labels: dict[str, str], driver: str
                                         labels=labels)
 
 
-def remove_volume(engine: Engine, name: str, patience: float = 10) -> bool:
-    """Remove a volume volbak made; True once it is gone. A helper may hold it for a
-    moment after a broken transfer, so refusals are retried for ``patience`` seconds;
-    a lost engine is not retried. Signals wait until the attempt is over."""
+def remove_volume(engine: Engine, name: str, patience: float = 15) -> bool:
+    """Remove a volume volbak made; True once it is gone. A helper (or the engine's
+    extraction process after a broken transfer) may hold it for a moment, so refusals
+    are retried for ``patience`` seconds; a lost engine is not retried. Signals wait
+    until the attempt is over.
+
+    Gone means inspect says NotFound: a forced removal the driver could not carry out
+    drops only the engine's record, and the local driver brings the volume (with its
+    half-written content) back on the next lookup. So force is the last resort."""
     deadline = time.monotonic() + patience
     with deferred():
         while True:
+            last = time.monotonic() > deadline
             try:
-                engine.api.remove_volume(name, force=True)
-                return True
+                engine.api.remove_volume(name, force=last)
             except docker.errors.NotFound:
-                return True
+                pass
             except docker.errors.APIError:
-                if time.monotonic() > deadline:
-                    return False
-                time.sleep(0.3)
+                pass
             except _ENGINE_ERRORS:
                 return False
+            try:
+                engine.api.inspect_volume(name)
+            except docker.errors.NotFound:
+                return True
+            except _ENGINE_ERRORS:
+                return False
+            if last:
+                return False
+            time.sleep(0.3)
 
 
 def _remove_container(engine: Engine, name: str) -> bool:
@@ -294,10 +306,9 @@ def _roll_forward(engine: Engine, rec: dict[str, Any], fresh: bool,
     # An empty target is filled in place (it may be mounted by a container that waits
     # for it); anything else is recreated empty with its own labels, driver, options.
     if not (fresh and rec.get("empty")):
-        if _inspect_volume(engine, target) is not None:
-            with api_errors(engine, f"removing volume '{target}' to replace it"), \
-                    contextlib.suppress(docker.errors.NotFound):
-                engine.api.remove_volume(target, force=True)
+        if _inspect_volume(engine, target) is not None and not remove_volume(engine, target):
+            raise EngineError(f"cannot remove volume '{target}' on {engine.url} to replace "
+                              "its content (in use?)", hint="'volbak recover' retries")
         create_volume(engine, target, rec.get("labels") or {}, rec.get("driver") or "local",
                       rec.get("options") or {})
     elif _inspect_volume(engine, target) is None:
@@ -373,6 +384,14 @@ class RecoveryReport:
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def merge(self, other: RecoveryReport) -> RecoveryReport:
+        return RecoveryReport(
+            self.started + other.started, self.replaced + other.replaced,
+            self.removed_targets + other.removed_targets,
+            self.removed_staging + other.removed_staging,
+            self.removed_helpers + other.removed_helpers, self.errors + other.errors,
+            round(self.seconds + other.seconds, 3))
 
 
 def sweep_staging(engine: Engine, keep: Iterable[str] = ()) -> list[str]:
