@@ -172,6 +172,7 @@ class World:
         self.known: dict[str, Listing] = {}
         self.backup_id = ""
         self.duration: dict[str, float] = {}
+        self.verified: set[str] = set()
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -320,7 +321,12 @@ class World:
             else:
                 res.violations.append(f"{kind}: {len(temps)} temp file(s) left after {what}")
         if verify:
-            r = self.volbak("verify", "--all")
+            # the backups verified before are unchanged: check the new ones only
+            ls = self.volbak("list", "--json")
+            ids = [b["id"] for b in json.loads(ls.stdout or "[]")] if ls.returncode == 0 else []
+            new = [i for i in ids if i not in self.verified]
+            r = self.volbak("verify", *new) if new else ls
+            self.verified.update(new if r.returncode == 0 else [])
             if r.returncode not in (0,) or "Traceback" in r.stderr:
                 res.violations.append(f"{kind}: verify --all exited {r.returncode}: "
                                       f"{r.stderr.strip()[-300:]}")
@@ -658,6 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     print(f"chaos: seed {seed}, {iterations} iteration(s) of {', '.join(kinds)}; "
           f"volumes of {files} files + {big >> 20} MiB", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on the way out
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="volbak-chaos."))
     w = World(a.host, a.host2, work, rng, files, big, a.verbose)
