@@ -65,6 +65,10 @@ KINDS = ["backup", "backup-stop", "restore-new", "restore-force", "migrate", "mi
          "dockerd-restore", "repo-full", "corrupt"]
 
 Listing = list[tuple[Any, ...]]
+# The console script, as users run it (``python -m`` adds runpy's imports before any
+# volbak code can hold signals back)
+_SCRIPT = Path(sys.executable).parent / "volbak"
+VOLBAK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "volbak"]
 
 
 # -- volumes ----------------------------------------------------------------------------------
@@ -184,10 +188,11 @@ class World:
         client.api.create_volume(name, labels=LABELS)
 
     def remove_volume(self, client: docker.DockerClient, name: str) -> None:
-        for _ in range(50):
+        # never force: a forced removal the driver cannot carry out leaves the data,
+        # and the next volume of that name comes back with it
+        for _ in range(100):
             try:
-                client.api.remove_volume(name, force=True)
-                return
+                client.api.remove_volume(name)
             except docker.errors.NotFound:
                 return
             except docker.errors.APIError:
@@ -237,7 +242,7 @@ class World:
     # -- volbak
 
     def cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "volbak", *args, "--repo", str(self.repo)]
+        return [*VOLBAK, *args, "--repo", str(self.repo)]
 
     def volbak(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.cmd(*args), env=self.env, capture_output=True, text=True,
@@ -518,7 +523,7 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(mnt)],
                    check=True)
     try:
-        cmd = [sys.executable, "-m", "volbak", "backup", w.src, "-H", w.host1,
+        cmd = [*VOLBAK, "backup", w.src, "-H", w.host1,
                "--repo", str(mnt / "repo")]
         if n == 0:
             t0 = time.monotonic()
@@ -540,12 +545,12 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
         if code not in (0, 5):
             res.violations.append(f"repo-full: exit {code} after {what}: {err.strip()[-300:]}")
         t0 = time.monotonic()
-        r = subprocess.run([*cmd[:3], "recover", "-H", w.host1, "--repo", str(mnt / "repo")],
+        r = subprocess.run([*VOLBAK, "recover", "-H", w.host1, "--repo", str(mnt / "repo")],
                            env=w.env, capture_output=True, text=True)
         res.recover_s.append(time.monotonic() - t0)
         if r.returncode != 0:
             res.violations.append(f"repo-full: recover exited {r.returncode}")
-        v = subprocess.run([*cmd[:3], "verify", "--all", "--repo", str(mnt / "repo")],
+        v = subprocess.run([*VOLBAK, "verify", "--all", "--repo", str(mnt / "repo")],
                            env=w.env, capture_output=True, text=True)
         if v.returncode not in (0, 2) or "Traceback" in v.stderr:
             # 2: nothing listed is a usage error for verify --all? accept only clean ones
