@@ -103,7 +103,7 @@ def test_failed_restart_keeps_journal_and_recover_retries(tmp_path):
     assert "volbak recover" in ei.value.hint
     [entry] = pending(tmp_path)
     assert entry["engine"] == "unix:///x" and entry["live"] is False
-    assert entry["containers"] == [{"id": "id0", "name": "db"}]
+    assert [(c["id"], c["name"]) for c in entry["containers"]] == [("id0", "db")]
     urls = []
     assert recover(lambda url: urls.append(url) or client, tmp_path) == ["db"]
     assert urls == ["unix:///x"] and c.status == "running"

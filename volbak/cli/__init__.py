@@ -19,10 +19,37 @@ from ..errors import EXIT_CODES, Interrupted, Terminated, VolbakError
 _terminated = False
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    global _terminated
-    _terminated = True
-    raise Terminated()
+_held: int | None = None  # a signal that landed inside an import, raised a bit later
+
+
+def _in_import(frame: Any) -> bool:
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT -> KeyboardInterrupt, SIGTERM -> Terminated, raised in the main thread.
+
+    Not inside the import machinery: raised in a module lock's weakref callback, the
+    exception is printed as "Exception ignored" and lost (the run went on and exited 0).
+    There the signal is held and raised again 50 ms later (SIGALRM)."""
+    global _terminated, _held
+    if signum == signal.SIGALRM:
+        if _held is None:
+            return
+        signum = _held
+    if _in_import(frame):
+        _held = signum
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        return
+    _held = None
+    if signum == signal.SIGTERM:
+        _terminated = True
+        raise Terminated()
+    raise KeyboardInterrupt()
 
 
 def _exit_codes_epilog() -> str:
@@ -71,8 +98,24 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    global _held
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+        signal.signal(sig, _on_signal)
     try:
+        rc = _main(argv)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    if _held is not None and rc == 0:  # held in a last import: the user still asked to stop
+        term, _held = _held == signal.SIGTERM, None
+        click.echo(f"volbak: {'terminated' if term else 'interrupted'}; cleanup done", err=True)
+        return Terminated.exit_code if term else Interrupted.exit_code
+    return rc
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        # volbak.entry blocks them until here; one that arrived meanwhile raises now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         cli.main(args=argv, prog_name="volbak", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
@@ -99,5 +142,3 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     return 0
-
-

@@ -34,6 +34,7 @@ class Ctx:
         self._engine: Any = None
         self._repo: Any = None
         self.recovered: list[str] = []
+        self.recovery: Any = None
 
     @property
     def progress(self) -> bool:
@@ -61,18 +62,15 @@ class Ctx:
         if not self.quiet:
             click.echo(f"volbak: {text}", err=True)
 
-    def recover(self) -> None:
-        """Start containers a dead volbak process left stopped (see stopper)."""
-        from ..ops.stopper import recover
+    def recover(self, engines: tuple[str, ...] = ()) -> None:
+        """Finish or undo what dead volbak processes left (see ops.recovery)."""
+        from ..engine import connect
+        from ..ops.recovery import recover_all
 
-        def client_for(url: str) -> Any:
-            from ..engine.client import connect
-
-            return connect(url).client
-
-        self.recovered = recover(
-            client_for, on_event=self.event,
+        self.recovery = recover_all(
+            connect, on_event=self.event, engines=engines,
             on_error=lambda msg: click.echo(f"volbak: warning: {msg}", err=True))
+        self.recovered = self.recovery.started
 
     def warn(self, text: str) -> None:
         """Warnings reach stderr even with --json (cron mails stderr); only -q hides them."""

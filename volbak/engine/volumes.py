@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
+import time
 from typing import Any
 
 import docker
@@ -13,8 +14,9 @@ import docker.errors
 import requests.exceptions
 
 from ..errors import EngineError, NotFoundError, UsageError
+from ..util.signals import deferred
 from .client import Engine, _short, api_errors
-from .retry import retry
+from .retry import TRANSIENT
 
 MANAGED_LABEL = "volbak.managed"  # volumes/containers volbak created (staging, restores)
 ARCHIVE_ROOT = "data"  # helpers mount the volume at /data: tar entries are "data/..."
@@ -147,12 +149,34 @@ def create_volume(engine: Engine, name: str, labels: dict[str, str],
         engine.api.create_volume(name, driver=driver, driver_opts=options or None, labels=labels)
 
 
-def remove_volume(engine: Engine, name: str, seconds: float = 15) -> bool:
-    """Remove a volume volbak created; True once it is gone. A helper may still hold it
-    for a moment after a broken transfer, and the engine may be restarting, so failures
-    are retried; a failure after ``seconds`` returns False, never raises."""
-    done, _ = retry(lambda: engine.api.remove_volume(name, force=True), seconds=seconds)
-    return done
+def remove_volume(engine: Engine, name: str, patience: float = 15) -> bool:
+    """Remove a volume volbak made; True once it is gone, never raises. A helper (or the
+    engine's extraction process after a broken transfer) may hold it for a moment, so
+    refusals are retried for ``patience`` seconds; a lost engine is not retried. Signals
+    wait until the attempt is over.
+
+    Gone means inspect says NotFound: a forced removal the driver could not carry out
+    drops only the engine's record, and the local driver brings the volume (with its
+    half-written content) back on the next lookup. So force is the last resort."""
+    deadline = time.monotonic() + patience
+    with deferred():
+        while True:
+            last = time.monotonic() > deadline
+            try:
+                engine.api.remove_volume(name, force=last)
+            except docker.errors.APIError:
+                pass  # NotFound included: the inspect below decides
+            except TRANSIENT:
+                return False
+            try:
+                engine.api.inspect_volume(name)
+            except docker.errors.NotFound:
+                return True
+            except TRANSIENT:
+                return False
+            if last:
+                return False
+            time.sleep(0.3)
 
 
 def container_exists(engine: Engine, name: str) -> bool:

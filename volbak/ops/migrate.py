@@ -55,7 +55,6 @@ from typing import Any
 
 from ..engine import (
     ARCHIVE_ROOT,
-    MANAGED_LABEL,
     Engine,
     VolumeMount,
     VolumeTar,
@@ -93,7 +92,8 @@ from ..stream import compress
 from ..stream.pipeline import checked_chunks
 from ..stream.tar import TarParser
 from ..util.progress import Progress
-from .replace import replace_from_staging
+from . import recovery
+from .recovery import replace_from_staging
 
 MIGRATED_LABEL = "volbak.migrated-from"
 COMPRESSIONS = ("none", "gzip")
@@ -349,6 +349,9 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
         _check_target(dst, item, opts)
     sweep_stale_helpers(src)
     sweep_stale_helpers(dst)
+    recovery.note_engine(src)
+    recovery.note_engine(dst)
+    nt = recovery.current_targets()
     ensure_helper_image(src, opts.helper_image)
     ensure_helper_image(dst, opts.helper_image)
 
@@ -368,14 +371,17 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                 if item.exists:  # filled only from a complete, verified staging copy
                     item.staging = True
                     item.fill_volume = staging_name()
-                    labels = {MANAGED_LABEL: "staging", MIGRATED_LABEL: item.volume}
+                    labels = recovery.staging_labels({MIGRATED_LABEL: item.volume})
                 else:
                     item.fill_volume = item.target
                     if volume_exists(dst, item.target):  # made by someone since the check
                         raise TargetExistsError(
                             f"volume '{item.target}' appeared on {dst.url} during the "
                             "migration", hint="run the migration again")
-                create_volume(dst, item.fill_volume, labels)
+                if item.staging:
+                    create_volume(dst, item.fill_volume, labels)
+                else:
+                    nt.volume(dst, item.fill_volume, labels)
                 item.created = True
                 _say(opts, f"migrating volume {item.volume} -> {item.target} on {dst.url}")
                 _transfer(src, dst, item, opts)
@@ -446,7 +452,8 @@ def migrate_volume(src: Engine, dst: Engine, volume: str, opts: MigrateOptions,
             hint="to clone a volume on one engine, name the copy with --as NEWNAME",
         )
     item = _Item(volume, target, info)
-    stopped, _ = _run(src, dst, [item], opts)
+    with recovery.new_targets():
+        stopped, _ = _run(src, dst, [item], opts)
     return Migration(src.url, dst.url, opts.compression, [_result(item)],
                      round(time.monotonic() - t0, 3), same, stopped=stopped)
 
@@ -492,13 +499,15 @@ def migrate_container(src: Engine, dst: Engine, name: str, opts: MigrateOptions,
                                    path)
             items.append(by_source[vol])
         mounts.append((path, by_source[vol].target))
-    stopped, undo = _run(src, dst, items, opts)
-    try:
-        create_data_container(dst, new_name, mounts, {MIGRATED_LABEL: cname},
-                              opts.helper_image)
-    except BaseException:
-        undo()
-        raise
+    with recovery.new_targets() as nt:
+        stopped, undo = _run(src, dst, items, opts)
+        try:
+            nt.container(dst, new_name, {MIGRATED_LABEL: cname})
+            create_data_container(dst, new_name, mounts, {MIGRATED_LABEL: cname},
+                                  opts.helper_image)
+        except BaseException:
+            undo()
+            raise
     return Migration(src.url, dst.url, opts.compression, [_result(i) for i in items],
                      round(time.monotonic() - t0, 3), same, container=cname,
                      target_container=new_name, stopped=stopped)

@@ -25,6 +25,7 @@ from ..repository import BackupInfo, Repository
 from . import lock
 from .backup import BackupOptions, backup_container, backup_volume
 from .hooks import hooks
+from .recovery import note_engine
 from .stopper import containers_to_stop, stopped
 
 Event = Callable[[str], None]
@@ -62,6 +63,7 @@ def guarded_backup(
             on_event(f"waiting for the lock on {key} (held by pid {holder.get('pid', '?')})")
 
     client = engine.client
+    note_engine(engine)  # helpers of this run are swept if it dies
     with lock.acquire(keys, how.lock_wait, on_wait=waiting):
         users = list({c.id: c for v in all_volumes for c in containers_using(client, v)}.values())
         victims = containers_to_stop(client, all_volumes, force=how.stop)

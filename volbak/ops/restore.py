@@ -27,10 +27,8 @@ from ..engine import (
     container_exists,
     containers_using,
     create_data_container,
-    create_volume,
     ensure_helper_image,
     inspect_volume,
-    remove_volume,
     sweep_stale_helpers,
     volume_exists,
     volume_for,
@@ -43,7 +41,8 @@ from ..stream.tar import TarParser
 from ..util.progress import Progress
 from ..volumes import owners_comparable, read_back, write_tree
 from ..volumes.select import choose
-from .replace import fill_staging, replace_from_staging
+from . import recovery
+from .recovery import fill_staging, replace_from_staging
 
 RESTORED_LABEL = "volbak.restored-from"
 
@@ -110,6 +109,7 @@ def restore_to_volume(
 ) -> RestoreResult:
     check_volume_name(target)
     sweep_stale_helpers(engine)
+    recovery.note_engine(engine)
     ensure_helper_image(engine, opts.helper_image)
     t0 = time.monotonic()
     exists = volume_exists(engine, target)
@@ -132,12 +132,10 @@ def restore_to_volume(
     labels = {RESTORED_LABEL: info.id}
     with repo.open_backup(info, opts.identities) as reader:  # a wrong key fails here
         if not exists:
-            create_volume(engine, target, labels)
-            try:
+            # journalled first: if this run dies, recovery removes the half-made volume
+            with recovery.new_targets() as nt:
+                nt.volume(engine, target, labels)
                 parser = _fill(engine, reader, info, target, opts)
-            except BaseException:
-                remove_volume(engine, target)
-                raise
         else:
             result: list[TarParser] = []
             staging = fill_staging(
@@ -174,19 +172,12 @@ def restore_to_container(
                 f"volume '{vol}' for container '{name}' already exists (--to-container)",
                 hint="pick another container name, or --force to replace its contents",
             )
-    created: list[str] = []
     results = []
-    try:
+    with recovery.new_targets() as nt:  # every new volume stays journalled until the end
         for member, _path, vol in plan:
-            new = not volume_exists(engine, vol)
             results.append(restore_to_volume(engine, repo, member, vol, opts))
-            if new:
-                created.append(vol)
-        create_data_container(engine, name, [(p, v) for _, p, v in plan],
-                              {RESTORED_LABEL: info.manifest.set or info.id},
+        labels = {RESTORED_LABEL: info.manifest.set or info.id}
+        nt.container(engine, name, labels)
+        create_data_container(engine, name, [(p, v) for _, p, v in plan], labels,
                               opts.helper_image)
-    except BaseException:
-        for vol in created:
-            remove_volume(engine, vol)
-        raise
     return results

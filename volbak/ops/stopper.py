@@ -37,13 +37,7 @@ root; else ``$XDG_STATE_HOME/volbak/journal`` (default ``~/.local/state``).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import errno
-import fcntl
-import json
-import os
-import socket
-import uuid
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,28 +48,15 @@ import requests.exceptions
 
 from ..engine import containers_using
 from ..errors import EngineError, VolbakError
-from ..local import fsync_dir as _fsync_dir
 from ..util.signals import deferred
+from . import journal
+from .journal import default_journal_dir, state_dir  # noqa: F401 - public names
 
 STOP_LABEL = "volbak.stop"
 TRUE_VALUES = {"true", "1", "yes", "on"}
 _DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 Event = Callable[[str], None]
-
-
-def state_dir() -> Path:
-    env = os.environ.get("VOLBAK_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/volbak")
-    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(xdg) / "volbak"
-
-
-def default_journal_dir() -> Path:
-    return state_dir() / "journal"
 
 
 def engine_url_of(client: docker.DockerClient) -> str:
@@ -129,60 +110,58 @@ def containers_to_stop(client: docker.DockerClient, volumes: Iterable[str],
 # ---------------------------------------------------------------- journal
 
 
-class _Entry:
-    """One journal entry, created and flocked by its owner."""
-
-    def __init__(self, directory: Path, record: dict[str, Any]) -> None:
-        try:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise VolbakError(
-                f"cannot create the stop journal in {directory}: {e.strerror or e}",
-                hint="set VOLBAK_STATE_DIR to a writable directory",
-            ) from None
-        self.path = directory / f"{uuid.uuid4().hex}.json"
-        tmp = directory / f".{self.path.stem}.partial"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            os.write(fd, json.dumps(record, indent=1).encode() + b"\n")
-            os.fsync(fd)
-            os.rename(tmp, self.path)
-            _fsync_dir(directory)
-        except BaseException:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        self.fd: int | None = fd
-
-    def remove(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        with contextlib.suppress(OSError):
-            _fsync_dir(self.path.parent)
-        self.close()
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+_GRACE = 15.0  # seconds past a stop's timeout before a dead run's stop counts as over
 
 
-def _start_all(client: docker.DockerClient, items: list[dict[str, str]],
+def _effective_timeout(c: Any, timeout: int | None) -> int:
+    if timeout is not None:
+        return timeout
+    own = (c.attrs.get("Config") or {}).get("StopTimeout")
+    return int(own) if isinstance(own, int) and own >= 0 else 10
+
+
+def _settle(client: docker.DockerClient, item: dict[str, Any], on_event: Event | None) -> Any:
+    """The container, once any stop that may still be under way for it is over.
+
+    A ``docker stop`` whose caller died (or was interrupted) goes on in the engine: the
+    container is still running, with the same StartedAt, until its timeout. Starting
+    it is only right after that, so wait (bounded) while it may still be stopping."""
+    c = client.containers.get(item["id"])
+    since = item.get("stopping_since")
+    if since is None or c.status != "running":
+        return c
+    deadline = float(since) + float(item.get("timeout", 10)) + _GRACE
+    said = False
+    while c.status == "running" and time.time() < deadline:
+        if (c.attrs.get("State") or {}).get("StartedAt") != item.get("started_at"):
+            break  # started again since: not the run we stopped
+        if on_event and not said:
+            on_event(f"waiting for the stop of container {item.get('name')} to finish")
+            said = True
+        time.sleep(0.2)
+        c.reload()
+    return c
+
+
+def _start_all(client: docker.DockerClient, items: list[dict[str, Any]],
                on_event: Event | None) -> tuple[list[str], list[str]]:
-    """Start containers in reverse order. Returns (started names, failure messages)."""
+    """Start containers in reverse order and see them running. Returns (started
+    names, failure messages)."""
     started: list[str] = []
     failed: list[str] = []
     for item in reversed(items):
         name = item.get("name") or item["id"][:12]
         try:
-            c = client.containers.get(item["id"])
-            if c.status == "running":
+            c = _settle(client, item, on_event)
+            if c.status in ("running", "restarting"):
                 continue
             if on_event:
                 on_event(f"starting container {name}")
             c.start()
+            c.reload()
+            if c.status not in ("running", "restarting", "exited"):
+                failed.append(f"{name}: is {c.status} after start")
+                continue
             started.append(name)
         except docker.errors.NotFound:
             if on_event:
@@ -222,21 +201,21 @@ def stopped(
         yield []
         return
 
-    items = [{"id": c.id, "name": _name(c)} for c in running]
-    record = {
-        "version": 1,
-        "engine": engine_url or engine_url_of(client),
-        "containers": items,
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    entry = _Entry(journal_dir or default_journal_dir(), record)
+    items: list[dict[str, Any]] = [
+        {"id": c.id, "name": _name(c), "timeout": _effective_timeout(c, timeout),
+         "started_at": (c.attrs.get("State") or {}).get("StartedAt")}
+        for c in running]
+    record = {"engine": engine_url or engine_url_of(client), "containers": items}
+    entry = journal.Entry("stop", record, journal_dir)
     body_error: BaseException | None = None
     try:
-        for c in running:
+        for n, c in enumerate(running):
             if on_event:
                 on_event(f"stopping container {_name(c)}")
+            # Recovery must know a stop may still be under way in the engine when this
+            # process dies in the middle of it (the engine finishes the stop anyway).
+            items[n]["stopping_since"] = time.time()
+            entry.update(containers=items)
             try:
                 if timeout is None:
                     c.stop()
@@ -254,7 +233,7 @@ def stopped(
         with deferred():
             _, failed = _start_all(client, items, on_event)
             if failed:
-                entry.close()  # keep the entry: recover() retries
+                entry.release()  # keep the entry: recover() retries
             else:
                 entry.remove()
         if failed:
@@ -270,29 +249,26 @@ def stopped(
 
 
 def pending(journal_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Journal entries (their records, plus 'path' and 'live') without touching anything.
+    """Stop entries (their records, plus 'path' and 'live') without touching anything.
     ``live`` is True while the run that wrote the entry is still going."""
-    d = journal_dir or default_journal_dir()
-    out = []
-    for path in sorted(d.glob("*.json")) if d.is_dir() else []:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                live = False
-            except OSError:
-                live = True
-            try:
-                rec = json.loads(os.pread(fd, 1 << 20, 0))
-            except ValueError:
-                rec = {}
-            out.append({**rec, "path": str(path), "live": live})
-        finally:
-            os.close(fd)
-    return out
+    return [e for e in journal.entries(journal_dir) if e["kind"] == "stop"]
+
+
+def recover_entry(rec: dict[str, Any], client_factory: Callable[[str], docker.DockerClient],
+                  clients: dict[str, Any], on_event: Event | None) -> tuple[list[str], list[str]]:
+    """Start the containers of one claimed stop entry. Returns (started, errors); the
+    caller forgets the entry when there are no errors."""
+    try:
+        engine = rec["engine"]
+        items = list(rec["containers"])
+    except (KeyError, TypeError) as e:
+        return [], [f"journal entry {rec.get('path')} is unreadable ({e}); remove it by hand"]
+    try:
+        client = clients.get(engine) or client_factory(engine)
+        clients[engine] = client
+    except (VolbakError, *_DOCKER_ERRORS) as e:
+        return [], [f"cannot reach engine {engine}: {e}"]
+    return _start_all(client, items, on_event)
 
 
 def recover(
@@ -304,58 +280,25 @@ def recover(
 ) -> list[str]:
     """Start the containers an earlier, dead volbak process left stopped.
 
-    Goes through the journal entries whose owner is gone, starts their containers
-    (reverse order; missing containers are skipped) and removes each entry once done.
-    Returns the names of the containers it started. Failures (engine unreachable...)
-    keep the entry; they are passed to ``on_error`` if given, else raised together as
-    one EngineError after all entries were tried.
+    Goes through the stop entries whose owner is gone, starts their containers
+    (reverse order; missing containers are skipped) and removes each entry once they
+    are seen running. Returns the names of the containers it started. Failures (engine
+    unreachable...) keep the entry; they are passed to ``on_error`` if given, else
+    raised together as one EngineError after all entries were tried.
     """
-    d = journal_dir or default_journal_dir()
-    if not d.is_dir():
-        return []
     started: list[str] = []
     errors: list[str] = []
-    clients: dict[str, docker.DockerClient] = {}
-    for path in sorted(d.glob("*.json")):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    continue  # its owner is alive and will restart them itself
-                raise
-            try:
-                if os.fstat(fd).st_ino != os.stat(path).st_ino:
-                    continue  # removed (and maybe replaced) while we waited
-            except FileNotFoundError:
+    clients: dict[str, Any] = {}
+    for path in journal.paths(journal_dir):
+        with journal.claim(path) as rec:
+            if rec is None or rec["kind"] != "stop":
                 continue
-            try:
-                rec = json.loads(os.pread(fd, 1 << 20, 0))
-                engine = rec["engine"]
-                items = rec["containers"]
-            except (ValueError, KeyError, TypeError) as e:
-                errors.append(f"journal entry {path} is unreadable ({e}); remove it by hand")
-                continue
-            try:
-                client = clients.get(engine) or client_factory(engine)
-                clients[engine] = client
-            except (VolbakError, *_DOCKER_ERRORS) as e:
-                errors.append(f"cannot reach engine {engine}: {e}")
-                continue
-            ok, failed = _start_all(client, items, on_event)
+            ok, failed = recover_entry(rec, client_factory, clients, on_event)
             started.extend(ok)
             if failed:
                 errors.extend(failed)
-                continue
-            path.unlink()
-            with contextlib.suppress(OSError):
-                _fsync_dir(d)
-        finally:
-            os.close(fd)
+            else:
+                journal.forget(path)
     if errors:
         if on_error:
             for e in errors:

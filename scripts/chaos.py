@@ -1,0 +1,701 @@
+#!/usr/bin/env python3
+"""Fault suite: kill volbak (and what it depends on) at random instants, then check
+that ``volbak recover`` leaves every promise kept.
+
+    scripts/chaos.py --quick                    # a few iterations per kind (~3 min)
+    scripts/chaos.py --full --seed 7            # 30 iterations per kind
+    scripts/chaos.py --kinds restore-force,migrate --iterations 5
+
+Engines: --host/--host2, else VOLBAK_TEST_DOCKER_HOST/VOLBAK_TEST_DOCKER_HOST2 (two
+engines on this machine; volumes are filled and listed through their host directories,
+so run as root). The test image volbak-test-busybox:latest must exist on engine 1 (see
+tests/conftest.py import-busybox). The dockerd kind kills and restarts engine 2 and
+needs it to be a ``scripts/engine`` engine (socket /run/volbak-NAME/docker.sock).
+
+Each iteration of a kind: set up (source, old target content), start a volbak CLI
+subprocess, hit it at a random instant (SIGKILL, SIGTERM or SIGINT to volbak; SIGKILL to
+dockerd; a full or read-only repository; a corrupted repository file), wait for it,
+run ``volbak recover``, then check the invariants:
+
+- the CLI exited with a documented code (or was killed), with no traceback on stderr;
+- ``volbak recover`` succeeded, and no dead run's journal entry is left;
+- no helper container, staging volume or stopped service container is left;
+- no temp file in the repository after a clean exit (a SIGKILL leaves them to the
+  age-gated garbage collection: counted, not a violation);
+- every listed backup verifies;
+- a new target is either absent or holds exactly the source's content; a --force
+  target holds exactly its old or exactly the new content; a migration's source is
+  unchanged.
+
+Prints one row per kind: runs, violations, exit codes seen, mean and max recovery time.
+Exit status 1 if there was any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = "volbak-test-busybox:latest"
+LABEL = "volbak-chaos"
+LABELS = {LABEL: "1", "volbak-test": "1"}
+DOCUMENTED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 130, 143}
+SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
+KINDS = ["backup", "backup-stop", "restore-new", "restore-force", "migrate", "migrate-force",
+         "dockerd-restore", "repo-full", "corrupt"]
+
+Listing = list[tuple[Any, ...]]
+# The console script, as users run it (``python -m`` adds runpy's imports before any
+# volbak code can hold signals back)
+_SCRIPT = Path(sys.executable).parent / "volbak"
+VOLBAK = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "volbak"]
+
+
+# -- volumes ----------------------------------------------------------------------------------
+
+
+def mountpoint(client: docker.DockerClient, name: str) -> Path:
+    return Path(client.api.inspect_volume(name)["Mountpoint"])
+
+
+def fill(path: Path, rng: random.Random, files: int, big: int, tag: str) -> None:
+    """A tree: ``files`` small files in a few directories, one ``big``-byte file, a
+    symlink, odd modes and owners. ``tag`` makes two trees differ everywhere."""
+    for n in range(files):
+        d = path / f"d{n % 7}" / f"e{n % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        f = d / f"{tag}-{n}.dat"
+        f.write_bytes(rng.randbytes(rng.randint(0, 6000)))
+        os.chmod(f, rng.choice([0o644, 0o600, 0o755, 0o4755]))
+        os.chown(f, rng.choice([0, 999, 1000]), rng.choice([0, 50, 1000]))
+    (path / f"{tag}-big.bin").write_bytes(rng.randbytes(big))
+    with contextlib.suppress(FileExistsError):
+        (path / f"{tag}-link").symlink_to(f"d0/e0/{tag}-0.dat")
+    os.chmod(path, 0o750)
+    # fixed times: a tree rebuilt later must list the same
+    when = 1_600_000_000 + sum(tag.encode())
+    for dirpath, dirs, files in os.walk(path, topdown=False):
+        for name in [*files, *dirs]:
+            os.utime(os.path.join(dirpath, name), (when, when), follow_symlinks=False)
+    os.utime(path, (when, when))
+
+
+def listing(path: Path) -> Listing:
+    """Every entry of a tree: path, type, mode, owner, mtime, size, content hash."""
+    out: Listing = []
+    for dirpath, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in [".", *sorted(dirs), *sorted(files)]:
+            p = Path(dirpath) if name == "." else Path(dirpath, name)
+            if name == "." and p != path:
+                continue
+            st = p.lstat()
+            rel = str(p.relative_to(path))
+            if stat.S_ISLNK(st.st_mode):
+                body: Any = os.readlink(p)
+            elif stat.S_ISREG(st.st_mode):
+                body = hashlib.sha256(p.read_bytes()).hexdigest()
+            else:
+                body = None
+            out.append((rel, stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
+                        st.st_gid, int(st.st_mtime), st.st_size if body else 0, body))
+    return out
+
+
+def describe(have: Listing | None, known: dict[str, Listing]) -> str:
+    if have is None:
+        return "absent"
+    for name, want in known.items():
+        if have == want:
+            return name
+    return f"mixed ({len(have)} entries)"
+
+
+def _diff(have: Listing | None, known: dict[str, Listing], allowed: list[str]) -> str:
+    """The first differences from the closest allowed content, for the report."""
+    if have is None:
+        return ""
+    best = min((k for k in allowed if k in known),
+               key=lambda k: len(set(have) ^ set(known[k])), default=None)
+    if best is None:
+        return ""
+    extra = sorted(set(have) - set(known[best]))[:2]
+    missing = sorted(set(known[best]) - set(have))[:2]
+    return f"; vs {best}: extra {extra}, missing {missing}"
+
+
+# -- the world ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    runs: int = 0
+    violations: list[str] = dataclasses.field(default_factory=list)
+    codes: dict[str, int] = dataclasses.field(default_factory=dict)
+    recover_s: list[float] = dataclasses.field(default_factory=list)
+    garbage: int = 0
+
+
+class World:
+    def __init__(self, host1: str, host2: str, work: Path, rng: random.Random,
+                 files: int, big: int, verbose: bool) -> None:
+        self.host1, self.host2 = host1, host2
+        self.c1 = docker.DockerClient(base_url=host1, version="auto", timeout=120)
+        self.c2 = docker.DockerClient(base_url=host2, version="auto", timeout=120)
+        self.work = work
+        self.rng = rng
+        self.files, self.big = files, big
+        self.verbose = verbose
+        self.state = work / "state"
+        self.repo = work / "repo"
+        self.repo.mkdir(parents=True, exist_ok=True)
+        self.token = f"{os.getpid()}-{rng.randrange(1 << 30):x}"
+        self.src = f"chaos-src-{self.token}"
+        self.env = {**os.environ, "VOLBAK_STATE_DIR": str(self.state), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("DOCKER_HOST", None)
+        self.known: dict[str, Listing] = {}
+        self.backup_id = ""
+        self.duration: dict[str, float] = {}
+        self.verified: set[str] = set()
+
+    def say(self, text: str) -> None:
+        if self.verbose:
+            print(text, file=sys.stderr, flush=True)
+
+    # -- resources
+
+    def volume(self, client: docker.DockerClient, name: str) -> None:
+        client.api.create_volume(name, labels=LABELS)
+
+    def remove_volume(self, client: docker.DockerClient, name: str) -> None:
+        # never force: a forced removal the driver cannot carry out leaves the data,
+        # and the next volume of that name comes back with it
+        for _ in range(100):
+            try:
+                client.api.remove_volume(name)
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError:
+                time.sleep(0.2)
+        raise RuntimeError(f"cannot remove volume {name}")
+
+    def vlisting(self, client: docker.DockerClient, name: str) -> Listing | None:
+        try:
+            return listing(mountpoint(client, name))
+        except docker.errors.NotFound:
+            return None
+
+    def make_tree(self, client: docker.DockerClient, name: str, tag: str) -> Listing:
+        self.remove_volume(client, name)
+        self.volume(client, name)
+        fill(mountpoint(client, name), random.Random(tag), self.files, self.big, tag)
+        return listing(mountpoint(client, name))
+
+    def setup(self) -> None:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import ensure_busybox_image  # the suite's own test image
+
+        self.imported = ensure_busybox_image(self.c1)
+        self.known["new"] = self.make_tree(self.c1, self.src, "new")
+        r = self.volbak("backup", self.src, "-H", self.host1, "--json")
+        if r.returncode != 0:
+            raise SystemExit(f"chaos: the setup backup failed: {r.stderr}")
+        self.backup_id = json.loads(r.stdout.splitlines()[-1])["id"]
+
+    def cleanup(self) -> None:
+        for client in (self.c1, self.c2):
+            with contextlib.suppress(Exception):
+                for c in client.api.containers(all=True, filters={"label": LABEL}):
+                    client.api.remove_container(c["Id"], force=True)
+            with contextlib.suppress(Exception):
+                for v in client.api.volumes(filters={"label": LABEL}).get("Volumes") or []:
+                    self.remove_volume(client, v["Name"])
+            # targets volbak made carry its own labels, not ours
+            with contextlib.suppress(Exception):
+                for v in client.api.volumes().get("Volumes") or []:
+                    if self.token in v["Name"]:
+                        self.remove_volume(client, v["Name"])
+        if getattr(self, "imported", False):
+            with contextlib.suppress(Exception):
+                self.c1.api.remove_image(IMAGE)
+
+    # -- volbak
+
+    def cmd(self, *args: str) -> list[str]:
+        return [*VOLBAK, *args, "--repo", str(self.repo)]
+
+    def volbak(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.cmd(*args), env=self.env, capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def hit(self, kind: str, args: list[str], fault: Callable[[subprocess.Popen[str]], str],
+            res: Result) -> tuple[int, str, str]:
+        """Run volbak, apply ``fault`` at a random instant; returns (code, fault, stderr)."""
+        t_max = self.duration.get(kind, 5.0) * 1.3 + 0.2
+        delay = self.rng.uniform(0, t_max)
+        with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
+            proc = subprocess.Popen(self.cmd(*args), env=self.env, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, text=True)
+            what = "none"
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                what = fault(proc)
+            try:
+                code = proc.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+                res.violations.append(f"{kind}: volbak hung after {what}")
+            err.seek(0)
+            stderr = err.read()
+        res.codes[str(code)] = res.codes.get(str(code), 0) + 1
+        self.say(f"  {kind}: {what} at {delay:.2f}s -> exit {code}")
+        return code, what, stderr
+
+    def recover(self, kind: str, res: Result) -> None:
+        t0 = time.monotonic()
+        r = self.volbak("recover", "-H", self.host1, timeout=300)
+        res.recover_s.append(time.monotonic() - t0)
+        if r.returncode != 0:
+            res.violations.append(f"{kind}: recover exited {r.returncode}: {r.stderr.strip()}")
+        if "Traceback" in r.stderr:
+            res.violations.append(f"{kind}: traceback from recover: {r.stderr[-500:]}")
+        if self.verbose and r.stdout.strip():
+            self.say("  recover: " + r.stdout.strip().replace("\n", "; "))
+
+    def calibrate(self, kind: str, args: list[str], reset: Callable[[], None]) -> None:
+        """One clean run: how long the operation takes (the window to hit)."""
+        reset()
+        t0 = time.monotonic()
+        r = self.volbak(*args)
+        self.duration[kind] = time.monotonic() - t0
+        if r.returncode not in (0, 5):
+            raise SystemExit(f"chaos: clean {kind} run failed ({r.returncode}): {r.stderr}")
+        self.say(f"{kind}: a clean run takes {self.duration[kind]:.2f}s")
+
+    # -- invariants
+
+    def check_common(self, kind: str, code: int, what: str, stderr: str, res: Result,
+                     verify: bool = False) -> None:
+        if "Traceback" in stderr or "Exception ignored" in stderr:
+            res.violations.append(f"{kind}: traceback after {what}: {stderr[-600:]}")
+        if code not in DOCUMENTED and code >= 0:
+            res.violations.append(f"{kind}: undocumented exit {code} after {what}: "
+                                  f"{stderr.strip()[-300:]}")
+        left = [e for e in self.journal() if not e["live"]]
+        if left:
+            res.violations.append(f"{kind}: journal entries left after recover: "
+                                  f"{[e.get('kind') for e in left]}")
+        for client, url in ((self.c1, self.host1), (self.c2, self.host2)):
+            helpers = client.api.containers(all=True, filters={"label": "volbak=helper"})
+            if helpers:
+                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url}")
+            staging = client.api.volumes(
+                filters={"label": "volbak.managed=staging"}).get("Volumes") or []
+            if staging:
+                res.violations.append(f"{kind}: staging volume(s) left on {url}: "
+                                      f"{[v['Name'] for v in staging]}")
+        temps = [p for p in self.repo.rglob(".volbak-tmp-*")]
+        if temps:
+            if what.startswith("SIGKILL") or what.startswith("read-only"):
+                res.garbage += len(temps)  # age-gated garbage, see recovery.repository_garbage
+                for p in temps:
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+            else:
+                res.violations.append(f"{kind}: {len(temps)} temp file(s) left after {what}")
+        if verify:
+            # the backups verified before are unchanged: check the new ones only
+            ls = self.volbak("list", "--json")
+            ids = [b["id"] for b in json.loads(ls.stdout or "[]")] if ls.returncode == 0 else []
+            new = [i for i in ids if i not in self.verified]
+            r = self.volbak("verify", *new) if new else ls
+            self.verified.update(new if r.returncode == 0 else [])
+            if r.returncode not in (0,) or "Traceback" in r.stderr:
+                res.violations.append(f"{kind}: verify --all exited {r.returncode}: "
+                                      f"{r.stderr.strip()[-300:]}")
+
+    def journal(self) -> list[dict[str, Any]]:
+        sys.path.insert(0, str(ROOT))
+        from volbak.ops import journal
+
+        return journal.entries(self.state / "journal")
+
+    def check_target(self, kind: str, client: docker.DockerClient, name: str, code: int,
+                     allowed: list[str], res: Result) -> None:
+        have = self.vlisting(client, name)
+        got = describe(have, self.known)
+        if got not in allowed:
+            res.violations.append(f"{kind}: target {name} is {got}, allowed {allowed} "
+                                  f"(exit {code}){_diff(have, self.known, allowed)}")
+        elif code == 0 and got != "new":
+            res.violations.append(f"{kind}: exit 0 but target {name} is {got}")
+
+    def check_source(self, kind: str, res: Result) -> None:
+        if self.vlisting(self.c1, self.src) != self.known["new"]:
+            res.violations.append(f"{kind}: the source volume changed")
+
+    # -- faults
+
+    def signal_fault(self, proc: subprocess.Popen[str]) -> str:
+        sig = self.rng.choice(SIGNALS)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        return sig.name
+
+
+# -- kinds ------------------------------------------------------------------------------------
+
+
+def kind_backup(w: World, n: int, res: Result) -> None:
+    args = ["backup", w.src, "-H", w.host1]
+    if n == 0:
+        w.calibrate("backup", args, lambda: None)
+    code, what, err = w.hit("backup", args, w.signal_fault, res)
+    w.recover("backup", res)
+    w.check_common("backup", code, what, err, res, verify=True)
+
+
+def kind_backup_stop(w: World, n: int, res: Result) -> None:
+    name = f"chaos-svc-{w.token}"
+
+    def reset() -> None:
+        with contextlib.suppress(docker.errors.NotFound):
+            w.c1.api.remove_container(name, force=True)
+        c = w.c1.api.create_container(
+            IMAGE, ["sleep", "3600"], name=name, labels=LABELS, stop_timeout=2,
+            host_config=w.c1.api.create_host_config(binds={w.src: {"bind": "/data",
+                                                                   "mode": "rw"}},
+                                                    network_mode="none"))
+        w.c1.api.start(c["Id"])
+
+    args = ["backup", w.src, "-H", w.host1, "--stop"]
+    if n == 0:
+        w.calibrate("backup-stop", args, reset)
+    reset()
+    code, what, err = w.hit("backup-stop", args, w.signal_fault, res)
+    w.recover("backup-stop", res)
+    w.check_common("backup-stop", code, what, err, res, verify=True)
+    state = w.c1.api.inspect_container(name)["State"]
+    if not state.get("Running"):
+        res.violations.append(f"backup-stop: service left {state.get('Status')} after {what}")
+
+
+def _restore(kind: str, force: bool, w: World, n: int, res: Result) -> None:
+    target = f"chaos-t-{w.token}"
+    if force and "old" not in w.known:
+        w.known["old"] = w.make_tree(w.c1, target, "old")
+
+    def reset() -> None:
+        if force:
+            if w.vlisting(w.c1, target) != w.known["old"]:
+                w.known["old"] = w.make_tree(w.c1, target, "old")
+        else:
+            w.remove_volume(w.c1, target)
+
+    args = ["restore", w.backup_id, "--to-volume", target, "-H", w.host1]
+    if force:
+        args.append("--force")
+    if n == 0:
+        w.calibrate(kind, args, reset)
+    reset()
+    code, what, err = w.hit(kind, args, w.signal_fault, res)
+    w.recover(kind, res)
+    w.check_common(kind, code, what, err, res)
+    w.check_target(kind, w.c1, target, code, ["old", "new"] if force else ["absent", "new"],
+                   res)
+
+
+def kind_restore_new(w: World, n: int, res: Result) -> None:
+    _restore("restore-new", False, w, n, res)
+
+
+def kind_restore_force(w: World, n: int, res: Result) -> None:
+    _restore("restore-force", True, w, n, res)
+
+
+def _migrate(kind: str, force: bool, w: World, n: int, res: Result) -> None:
+    target = f"chaos-m-{w.token}"
+    if force and "old2" not in w.known:
+        w.known["old2"] = w.make_tree(w.c2, target, "old2")
+
+    def reset() -> None:
+        if force:
+            if w.vlisting(w.c2, target) != w.known["old2"]:
+                w.known["old2"] = w.make_tree(w.c2, target, "old2")
+        else:
+            w.remove_volume(w.c2, target)
+
+    args = ["migrate", w.src, "--from", w.host1, "--to", w.host2, "--as", target]
+    if force:
+        args.append("--force")
+    if n == 0:
+        w.calibrate(kind, args, reset)
+    reset()
+    code, what, err = w.hit(kind, args, w.signal_fault, res)
+    w.recover(kind, res)
+    w.check_common(kind, code, what, err, res)
+    w.check_target(kind, w.c2, target, code, ["old2", "new"] if force else ["absent", "new"],
+                   res)
+    w.check_source(kind, res)
+
+
+def kind_migrate(w: World, n: int, res: Result) -> None:
+    _migrate("migrate", False, w, n, res)
+
+
+def kind_migrate_force(w: World, n: int, res: Result) -> None:
+    _migrate("migrate-force", True, w, n, res)
+
+
+def engine_name(url: str) -> str | None:
+    m = re.fullmatch(r"unix:///run/volbak-([A-Za-z0-9][A-Za-z0-9_.-]*)/docker\.sock", url)
+    return m.group(1) if m else None
+
+
+def kind_dockerd_restore(w: World, n: int, res: Result) -> None:
+    """Restore into engine 2 and SIGKILL its dockerd at a random instant."""
+    name = engine_name(w.host2)
+    assert name is not None
+    target = f"chaos-d-{w.token}"
+    args = ["restore", w.backup_id, "--to-volume", target, "-H", w.host2]
+    if n == 0:
+        w.calibrate("dockerd-restore", args, lambda: w.remove_volume(w.c2, target))
+    w.remove_volume(w.c2, target)
+
+    def kill_dockerd(proc: subprocess.Popen[str]) -> str:
+        pid = int(Path(f"/run/volbak-{name}/dockerd.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        # until it is reaped, scripts/engine would take it for a hung dockerd and wipe
+        # the engine's data root to restart it
+        for _ in range(100):
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    time.sleep(0.05)
+                    continue
+            except (OSError, IndexError):
+                break
+            time.sleep(0.05)
+        return "SIGKILL dockerd"
+
+    code, what, err = w.hit("dockerd-restore", args, kill_dockerd, res)
+    if what != "none":
+        subprocess.run([str(ROOT / "scripts/engine"), "start", name], check=True,
+                       capture_output=True)
+    w.recover("dockerd-restore", res)
+    # recover -H names engine 1; engine 2 is swept because the dead run noted it, or
+    # by the next command on it: run one, as a user would
+    w.volbak("recover", "-H", w.host2)
+    w.check_common("dockerd-restore", code, what, err, res)
+    w.check_target("dockerd-restore", w.c2, target, code, ["absent", "new"], res)
+    if code not in (0, 4, 130, 143) and what != "none":
+        res.violations.append(f"dockerd-restore: exit {code} (expected 4) after {what}")
+
+
+def kind_repo_full(w: World, n: int, res: Result) -> None:
+    """Back up into a small tmpfs (full), or one remounted read-only mid-backup."""
+    mnt = w.work / "small"
+    mnt.mkdir(exist_ok=True)
+    readonly = n % 2 == 1
+    size = w.rng.randint(64, max(65, (w.big + w.files * 3000) // 1024)) if not readonly \
+        else 256 * 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(mnt)],
+                   check=True)
+    try:
+        cmd = [*VOLBAK, "backup", w.src, "-H", w.host1,
+               "--repo", str(mnt / "repo")]
+        if n == 0:
+            t0 = time.monotonic()
+            subprocess.run(cmd, env=w.env, capture_output=True, stdin=subprocess.DEVNULL)
+            w.duration["repo-full"] = time.monotonic() - t0
+        delay = w.rng.uniform(0, w.duration.get("repo-full", 2.0))
+        proc = subprocess.Popen(cmd, env=w.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL, text=True)
+        what = f"full ({size} KiB)"
+        if readonly:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=delay)
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+            what = "read-only"
+        _out, err = proc.communicate(timeout=300)
+        code = proc.returncode
+        res.codes[str(code)] = res.codes.get(str(code), 0) + 1
+        w.say(f"  repo-full: {what} -> exit {code}")
+        if code not in (0, 5):
+            res.violations.append(f"repo-full: exit {code} after {what}: {err.strip()[-300:]}")
+        t0 = time.monotonic()
+        r = subprocess.run([*VOLBAK, "recover", "-H", w.host1, "--repo", str(mnt / "repo")],
+                           env=w.env, capture_output=True, text=True)
+        res.recover_s.append(time.monotonic() - t0)
+        if r.returncode != 0:
+            res.violations.append(f"repo-full: recover exited {r.returncode}")
+        v = subprocess.run([*VOLBAK, "verify", "--all", "--repo", str(mnt / "repo")],
+                           env=w.env, capture_output=True, text=True)
+        if v.returncode not in (0, 2) or "Traceback" in v.stderr:
+            # 2: nothing listed is a usage error for verify --all? accept only clean ones
+            res.violations.append(f"repo-full: verify --all exited {v.returncode}: "
+                                  f"{v.stderr.strip()[-200:]}")
+        temps = list((mnt / "repo").rglob(".volbak-tmp-*")) if (mnt / "repo").exists() else []
+        if temps and not readonly:
+            res.violations.append(f"repo-full: {len(temps)} temp file(s) left ({what})")
+        res.garbage += len(temps) if readonly else 0
+        if "Traceback" in err:
+            res.violations.append(f"repo-full: traceback: {err[-500:]}")
+        w.check_common("repo-full", code, "SIGKILL-free", "", res)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def kind_corrupt(w: World, n: int, res: Result) -> None:
+    """Damage one repository file of a backup that was listed, then list and verify."""
+    r = w.volbak("backup", w.src, "-H", w.host1, "--json")
+    if r.returncode != 0:
+        res.violations.append(f"corrupt: setup backup failed {r.returncode}")
+        return
+    bid = json.loads(r.stdout.splitlines()[-1])["id"]
+    vol, stamp = bid.split("@")
+    manifest = w.repo / vol / f"{stamp}.manifest.json"
+    data = json.loads(manifest.read_text())
+    archive = w.repo / data["object"]["name"]
+    how = w.rng.choice(["truncate-manifest", "empty-object", "empty-array", "garbage",
+                        "flip-archive", "truncate-archive"])
+    if how == "truncate-manifest":
+        manifest.write_bytes(manifest.read_bytes()[: w.rng.randint(0, 40)])
+    elif how == "empty-object":
+        manifest.write_text("{}")
+    elif how == "empty-array":
+        manifest.write_text("[]")
+    elif how == "garbage":
+        manifest.write_bytes(w.rng.randbytes(64))
+    elif how == "flip-archive":
+        b = bytearray(archive.read_bytes())
+        b[w.rng.randrange(len(b))] ^= 0xFF
+        archive.write_bytes(bytes(b))
+    else:
+        archive.write_bytes(archive.read_bytes()[: len(archive.read_bytes()) // 2])
+    codes = []
+    for args in (["list"], ["verify", "--all"], ["verify", bid]):
+        r = w.volbak(*args)
+        codes.append(r.returncode)
+        res.codes[str(r.returncode)] = res.codes.get(str(r.returncode), 0) + 1
+        if "Traceback" in r.stderr or r.returncode not in DOCUMENTED:
+            res.violations.append(f"corrupt ({how}): {' '.join(args)} exited {r.returncode}"
+                                  f"{' with a traceback' if 'Traceback' in r.stderr else ''}: "
+                                  f"{r.stderr.strip()[-200:]}")
+        if args[0] == "verify" and r.returncode == 0:
+            res.violations.append(f"corrupt ({how}): {' '.join(args)} passed a damaged backup")
+        if args == ["list"] and w.backup_id not in r.stdout:
+            res.violations.append(f"corrupt ({how}): list hides the intact backups "
+                                  f"(exit {r.returncode})")
+    w.say(f"  corrupt: {how} -> list/verify --all/verify {codes}")
+    # take the damaged backup away again: the next kinds' "listed backups verify"
+    manifest.unlink(missing_ok=True)
+    archive.unlink(missing_ok=True)
+    res.recover_s.append(0.0)
+
+
+RUNNERS: dict[str, Callable[[World, int, Result], None]] = {
+    "backup": kind_backup, "backup-stop": kind_backup_stop, "restore-new": kind_restore_new,
+    "restore-force": kind_restore_force, "migrate": kind_migrate,
+    "migrate-force": kind_migrate_force, "dockerd-restore": kind_dockerd_restore,
+    "repo-full": kind_repo_full, "corrupt": kind_corrupt,
+}
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def table(results: dict[str, Result]) -> str:
+    rows = [("kind", "runs", "violations", "exit codes", "recover mean/max s", "garbage")]
+    for kind, r in results.items():
+        codes = " ".join(f"{c}x{n}" for c, n in sorted(r.codes.items(), key=lambda x: int(x[0])))
+        rec = (f"{sum(r.recover_s) / len(r.recover_s):.2f}/{max(r.recover_s):.2f}"
+               if r.recover_s else "-")
+        rows.append((kind, str(r.runs), str(len(r.violations)), codes, rec, str(r.garbage)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="2 iterations, small volumes")
+    mode.add_argument("--full", action="store_true", help="30 iterations, larger volumes")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"of: {', '.join(KINDS)}")
+    ap.add_argument("--host", default=os.environ.get("VOLBAK_TEST_DOCKER_HOST"))
+    ap.add_argument("--host2", default=os.environ.get("VOLBAK_TEST_DOCKER_HOST2"))
+    ap.add_argument("--files", type=int, default=None, help="small files per volume")
+    ap.add_argument("--big-mb", type=float, default=None, help="size of the one big file")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON too")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    if not a.host or not a.host2:
+        ap.error("two engines needed: --host/--host2 or VOLBAK_TEST_DOCKER_HOST[2]")
+    kinds = [k.strip() for k in a.kinds.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in RUNNERS]
+    if bad:
+        ap.error(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
+    if "dockerd-restore" in kinds and engine_name(a.host2) is None:
+        print("chaos: skipping dockerd-restore: --host2 is not a scripts/engine engine",
+              file=sys.stderr)
+        kinds.remove("dockerd-restore")
+    iterations = a.iterations or (30 if a.full else 2 if a.quick else 5)
+    files = a.files if a.files is not None else (2000 if a.full else 40)
+    big = int((a.big_mb if a.big_mb is not None else (48 if a.full else 2)) * 2**20)
+    seed = a.seed if a.seed is not None else random.randrange(1 << 30)
+    print(f"chaos: seed {seed}, {iterations} iteration(s) of {', '.join(kinds)}; "
+          f"volumes of {files} files + {big >> 20} MiB", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on the way out
+    rng = random.Random(seed)
+    work = Path(tempfile.mkdtemp(prefix="volbak-chaos."))
+    w = World(a.host, a.host2, work, rng, files, big, a.verbose)
+    results = {k: Result() for k in kinds}
+    t0 = time.monotonic()
+    try:
+        w.setup()
+        for kind in kinds:
+            for n in range(iterations):
+                results[kind].runs += 1
+                try:
+                    RUNNERS[kind](w, n, results[kind])
+                except (docker.errors.DockerException, OSError, subprocess.SubprocessError,
+                        RuntimeError) as e:
+                    results[kind].violations.append(f"{kind}: harness error: {e!r}")
+            for v in results[kind].violations:
+                print(f"VIOLATION {v}", file=sys.stderr, flush=True)
+    finally:
+        w.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+    print(table(results))
+    print(f"chaos: {time.monotonic() - t0:.0f} s, seed {seed}", file=sys.stderr)
+    if a.json:
+        print(json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}))
+    return 1 if any(r.violations for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

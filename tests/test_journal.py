@@ -1,0 +1,64 @@
+"""The intent journal: entries are fsynced files whose owner's flock tells liveness."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from volbak.ops import journal
+
+
+def test_entry_lifecycle(tmp_path):
+    e = journal.Entry("replace", {"target": "t"}, tmp_path)
+    [rec] = journal.entries(tmp_path)
+    assert rec["kind"] == "replace" and rec["live"] and rec["pid"] == os.getpid()
+    with journal.claim(e.path) as claimed:
+        assert claimed is None  # its owner (us) is alive
+    e.update(staging="s")
+    [rec] = journal.entries(tmp_path)
+    assert rec["staging"] == "s" and rec["live"]  # the lock moved with the rewrite
+    assert not list(tmp_path.glob(".*partial"))
+    e.remove()
+    assert journal.entries(tmp_path) == []
+
+
+def test_released_entry_is_claimed_once(tmp_path):
+    e = journal.Entry("new-target", {"name": "v"}, tmp_path)
+    e.release()
+    [rec] = journal.entries(tmp_path)
+    assert not rec["live"]
+    with journal.claim(e.path) as claimed:
+        assert claimed is not None and claimed["name"] == "v"
+        with journal.claim(e.path) as again:
+            assert again is None  # a concurrent recovery keeps off
+        journal.forget(claimed["path"])
+    assert journal.entries(tmp_path) == []
+
+
+def test_dead_owner(tmp_path):
+    code = ("import sys, os; from pathlib import Path; from volbak.ops import journal;"
+            f"journal.Entry('stop', {{'engine': 'x', 'containers': []}}, Path({str(tmp_path)!r}));"
+            "os._exit(0)")  # dies holding the entry, as kill -9 would
+    subprocess.run([sys.executable, "-c", code], check=True)
+    [rec] = journal.entries(tmp_path)
+    assert rec["kind"] == "stop" and not rec["live"]
+
+
+def test_old_entries_are_stop_entries(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"engine": "x", "containers": []}))
+    (tmp_path / "b.json").write_text("[]")
+    kinds = sorted(r["kind"] for r in journal.entries(tmp_path))
+    assert kinds == ["stop", "unreadable"]
+
+
+def test_owner_alive():
+    host = socket.gethostname()
+    assert journal.owner_alive(journal.owner())
+    assert journal.owner_alive("otherhost:1")  # unknown: never taken
+    assert journal.owner_alive(None)
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    assert not journal.owner_alive(f"{host}:{p.pid}")

@@ -1,0 +1,607 @@
+"""Crash safety for restore and migrate targets, and recovery after a dead run.
+
+Three promises, each kept with a journal entry (``volbak.ops.journal``) written
+before the step and removed after it:
+
+- **new targets** (``new-target``): a volume or data-volume container a run creates
+  as a restore/migrate target is journalled before it is created, and the entry is
+  removed once the target is complete and verified. A dead run's target is removed by
+  recovery, if it still carries the labels the run gave it (and, for volumes, the
+  same creation time): a user's volume of the same name is never touched.
+- **replacement** (``replace``): an existing volume's content is replaced only from a
+  staging volume that already holds the complete, verified data, and only after the
+  intent (target, staging, the target's labels, driver, options) is on disk. From
+  then on the replacement only ever rolls *forward*: recovery makes the target hold
+  exactly the staging content (recreating it if it is gone, emptying it, copying,
+  comparing both canonical digests through the archive API), then removes the staging
+  volume, then the entry. A crash before the entry exists leaves the target untouched;
+  the staging volume is then garbage.
+- **garbage**: helpers and staging volumes carry their owner (``<host>:<pid>``);
+  those of dead owners on this host are removed on every engine a dead run noted
+  (``journal.touch_engine``) and on the engines the caller names.
+
+The API restore and migrate use::
+
+    with new_targets() as nt:                       # nests: the outermost group decides
+        nt.volume(engine, "pgdata2", {RESTORED_LABEL: info.id})   # journal, then create
+        fill(...)                                   # a failure removes what nt created
+        nt.container(engine, "web2", {RESTORED_LABEL: set_id})    # journal; caller creates
+    # here the targets are complete and their entries gone
+
+    staging = fill_staging(engine, fill, labels)    # owner-labelled staging volume
+    replace_from_staging(engine, staging, target, empty, helper_image)  # crash-safe
+
+    report = recover_all(connect, on_event, on_error)   # at the start of every command
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+
+from ..engine import (
+    MANAGED_LABEL,
+    OWNER_LABEL,
+    Engine,
+    api_errors,
+    remove_volume,
+    sweep_stale_helpers,
+)
+from ..errors import EngineError, IntegrityError, VolbakError
+from ..util.signals import deferred
+from . import journal, stopper
+
+Event = Callable[[str], None]
+STAGING_PREFIX = "volbak-staging-"
+_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+# -- volumes -----------------------------------------------------------------------------------
+
+
+def _inspect_volume(engine: Engine, name: str) -> dict[str, Any] | None:
+    try:
+        return engine.api.inspect_volume(name)
+    except docker.errors.NotFound:
+        return None
+    except _ENGINE_ERRORS as e:
+        raise EngineError(f"cannot inspect volume '{name}' on {engine.url}: {e}") from None
+
+
+def create_volume(engine: Engine, name: str, labels: dict[str, str], driver: str = "local",
+                  options: dict[str, str] | None = None) -> dict[str, Any]:
+    with api_errors(engine, f"creating volume '{name}'"):
+        return engine.api.create_volume(name, driver=driver, driver_opts=options or None,
+                                        labels=labels)
+
+
+def _remove_container(engine: Engine, name: str) -> bool:
+    with deferred():
+        try:
+            engine.api.remove_container(name, v=False, force=True)
+        except docker.errors.NotFound:
+            pass
+        except _ENGINE_ERRORS:
+            return False
+    return True
+
+
+def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
+    have = have or {}
+    return bool(want) and all(have.get(k) == v for k, v in want.items())
+
+
+def note_engine(engine: Engine) -> None:
+    """Call before creating helpers on an engine: if this run dies, recovery sweeps
+    that engine for what it left."""
+    journal.touch_engine(engine.url)
+
+
+# -- new targets -------------------------------------------------------------------------------
+
+
+class NewTargets:
+    """The targets one run creates; see the module doc. Use ``new_targets()``."""
+
+    def __init__(self, journal_dir: Path | None = None) -> None:
+        self._dir = journal_dir
+        self._items: list[tuple[journal.Entry, Engine]] = []
+
+    def volume(self, engine: Engine, name: str, labels: dict[str, str], driver: str = "local",
+               options: dict[str, str] | None = None) -> None:
+        """Journal, then create a new target volume with ``labels`` (which must include
+        a volbak label: recovery removes the volume only if it still carries them)."""
+        journal.touch_engine(engine.url, self._dir)
+        entry = journal.Entry("new-target", {"engine": engine.url, "type": "volume",
+                                             "name": name, "labels": labels}, self._dir)
+        try:
+            create_volume(engine, name, labels, driver, options)
+        except BaseException:
+            entry.remove()
+            raise
+        self._items.append((entry, engine))
+        info = _inspect_volume(engine, name)
+        if info and info.get("CreatedAt"):
+            entry.update(created_at=info["CreatedAt"])
+
+    def container(self, engine: Engine, name: str, labels: dict[str, str]) -> None:
+        """Journal a data-volume container the caller creates right after this call."""
+        entry = journal.Entry("new-target", {"engine": engine.url, "type": "container",
+                                             "name": name, "labels": labels}, self._dir)
+        self._items.append((entry, engine))
+
+    def done(self) -> None:
+        """Every target is complete and verified: forget them."""
+        for entry, _ in self._items:
+            entry.remove()
+        self._items.clear()
+
+    def undo(self) -> list[str]:
+        """Remove what was created (containers first: they hold the volumes). Returns
+        the targets that could not be removed; their entries are left to recovery."""
+        left = []
+        with deferred():
+            for entry, engine in reversed(self._items):
+                try:
+                    gone = _undo_target(engine, entry.record)
+                except VolbakError:
+                    gone = False
+                if gone:
+                    entry.remove()
+                else:
+                    entry.release()
+                    left.append(entry.record["name"])
+            self._items.clear()
+        return left
+
+
+_current: NewTargets | None = None
+
+
+@contextlib.contextmanager
+def new_targets(journal_dir: Path | None = None) -> Iterator[NewTargets]:
+    """A group of new targets: complete when the outermost block ends normally, undone
+    (removed) when it raises. Inner blocks join the outer group, so a restore into a
+    new container keeps every new volume journalled until the container exists."""
+    global _current
+    if _current is not None:
+        yield _current
+        return
+    group = _current = NewTargets(journal_dir)
+    try:
+        yield group
+    except BaseException:
+        group.undo()
+        raise
+    else:
+        group.done()
+    finally:
+        _current = None
+
+
+def current_targets() -> NewTargets:
+    """The group of the enclosing ``new_targets()`` block."""
+    if _current is None:
+        raise RuntimeError("no new_targets() block is active")
+    return _current
+
+
+def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
+    """Remove a dead (or failed) run's target if it is still the one it made."""
+    name, want = rec["name"], rec.get("labels") or {}
+    if rec.get("type") == "container":
+        try:
+            attrs = engine.api.inspect_container(name)
+        except docker.errors.NotFound:
+            return True
+        except _ENGINE_ERRORS:
+            return False
+        if not _labels_match((attrs.get("Config") or {}).get("Labels"), want):
+            return True  # not ours (any more): leave it
+        return _remove_container(engine, attrs["Id"])
+    info = _inspect_volume(engine, name)
+    if info is None:
+        return True
+    if not _labels_match(info.get("Labels"), want):
+        return True
+    if rec.get("created_at") and info.get("CreatedAt") != rec["created_at"]:
+        return True  # same name and labels, but made later by someone else
+    return remove_volume(engine, name)
+
+
+# -- staging and replacement -------------------------------------------------------------------
+
+
+def staging_name() -> str:
+    return f"{STAGING_PREFIX}{secrets.token_hex(6)}"
+
+
+def staging_labels(labels: dict[str, str] | None = None) -> dict[str, str]:
+    """Labels of a staging volume: managed, and owned by this process (recovery removes
+    only dead owners' staging volumes)."""
+    return {**(labels or {}), MANAGED_LABEL: "staging", OWNER_LABEL: journal.owner()}
+
+
+def create_staging(engine: Engine, labels: dict[str, str] | None = None) -> str:
+    journal.touch_engine(engine.url)
+    name = staging_name()
+    create_volume(engine, name, staging_labels(labels))
+    return name
+
+
+def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, str]) -> str:
+    """Create a staging volume and ``fill(name)`` it; on any failure it is removed again.
+    Returns the staging volume's name."""
+    staging = create_staging(engine, labels)
+    try:
+        fill(staging)
+    except BaseException:
+        remove_volume(engine, staging)
+        raise
+    return staging
+
+
+def _digest(engine: Engine, volume: str, image: str | None) -> Any:
+    """The canonical digest of a volume, read the best way this host allows."""
+    from ..engine import inspect_volume
+    from ..volumes import owners_comparable, read_back
+    from ..volumes.select import choose
+
+    kind, _ = choose(engine.url, inspect_volume(engine, volume), "auto")
+    return read_back(engine, volume, "data", kind, owners=owners_comparable(engine, kind),
+                     all_xattrs=kind == "direct", image=image)
+
+
+def _copy(engine: Engine, src: str, dst: str, image: str | None) -> None:
+    from ..volumes import copy_tree
+
+    copy_tree(engine, src, dst, image=image)
+
+
+def _roll_forward(engine: Engine, rec: dict[str, Any], fresh: bool,
+                  on_event: Event | None = None) -> None:
+    """Make ``target`` hold exactly ``staging``'s content, then remove ``staging``.
+    ``fresh``: called by the run that wrote the entry, with the target as checked."""
+    staging, target = rec["staging"], rec["target"]
+    image = rec.get("helper_image")
+    if _inspect_volume(engine, staging) is None:
+        return  # staging goes only after the target was verified: nothing left to do
+    if on_event and not fresh:
+        on_event(f"completing the replacement of volume '{target}' from '{staging}'")
+    # An empty target is filled in place (it may be mounted by a container that waits
+    # for it); anything else is recreated empty with its own labels, driver, options.
+    if not (fresh and rec.get("empty")):
+        if _inspect_volume(engine, target) is not None and not remove_volume(engine, target):
+            raise EngineError(f"cannot remove volume '{target}' on {engine.url} to replace "
+                              "its content (in use?)", hint="'volbak recover' retries")
+        create_volume(engine, target, rec.get("labels") or {}, rec.get("driver") or "local",
+                      rec.get("options") or {})
+    elif _inspect_volume(engine, target) is None:
+        create_volume(engine, target, rec.get("labels") or {}, rec.get("driver") or "local",
+                      rec.get("options") or {})
+    _copy(engine, staging, target, image)
+    want = _digest(engine, staging, image)
+    got = _digest(engine, target, image)
+    if got.hexdigest() != want.hexdigest() or got.entries != want.entries:
+        raise IntegrityError(
+            f"volume '{target}' does not hold what staging volume '{staging}' holds after "
+            f"the copy ({got.entries} entries, {got.file_bytes} file bytes; staging "
+            f"{want.entries} entries, {want.file_bytes} file bytes)",
+            hint="the engine did not store the copy faithfully (full disk?); the verified "
+            f"data stays in '{staging}' and 'volbak recover' retries",
+        )
+    if not remove_volume(engine, staging):
+        raise EngineError(f"could not remove staging volume '{staging}' on {engine.url}",
+                          hint="'volbak recover' retries")
+
+
+def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
+                         helper_image: str | None = None, flag: str = "--to-volume",
+                         what: str = "restored", rerun: str = "rerun the restore",
+                         journal_dir: Path | None = None) -> None:
+    """Replace ``target``'s content with the complete, verified ``staging`` volume's,
+    crash-safe (see the module doc), then remove ``staging``.
+
+    If this fails or is interrupted, the entry is left for recovery, which finishes the
+    replacement: the target never ends up with a mix, and the data is never lost."""
+    info = _inspect_volume(engine, target)
+    if info is None:
+        from ..errors import NotFoundError
+
+        raise NotFoundError(f"no volume '{target}' on engine {engine.url} ({flag})")
+    journal.touch_engine(engine.url, journal_dir)
+    rec = {"engine": engine.url, "target": target, "staging": staging, "empty": empty,
+           "labels": info.get("Labels") or {}, "driver": info.get("Driver") or "local",
+           "options": info.get("Options") or {}, "helper_image": helper_image}
+    entry = journal.Entry("replace", rec, journal_dir)
+    try:
+        _roll_forward(engine, entry.record, fresh=True)
+    except BaseException as e:
+        entry.release()  # recovery rolls forward from here
+        if not isinstance(e, Exception):
+            raise
+        raise EngineError(
+            f"replacing the contents of volume '{target}' failed ({e}); the verified "
+            f"{what} data is kept in volume '{staging}'",
+            hint="'volbak recover' (or any later volbak command) completes the replacement "
+            f"once the engine works; or {rerun}",
+        ) from None
+    entry.remove()
+
+
+# -- recovery ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RecoveryReport:
+    started: list[str] = dataclasses.field(default_factory=list)  # containers
+    replaced: list[str] = dataclasses.field(default_factory=list)  # target volumes
+    removed_targets: list[str] = dataclasses.field(default_factory=list)
+    removed_staging: list[str] = dataclasses.field(default_factory=list)
+    removed_helpers: int = 0
+    errors: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def anything(self) -> bool:
+        return bool(self.started or self.replaced or self.removed_targets
+                    or self.removed_staging or self.removed_helpers)
+
+    def summary(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merge(self, other: RecoveryReport) -> RecoveryReport:
+        return RecoveryReport(
+            self.started + other.started, self.replaced + other.replaced,
+            self.removed_targets + other.removed_targets,
+            self.removed_staging + other.removed_staging,
+            self.removed_helpers + other.removed_helpers, self.errors + other.errors,
+            round(self.seconds + other.seconds, 3))
+
+
+def sweep_staging(engine: Engine, keep: Iterable[str] = ()) -> list[str]:
+    """Remove staging volumes whose owner is a dead process on this host, except those
+    named in ``keep`` (still the data of a pending replacement)."""
+    keep = set(keep)
+    removed = []
+    try:
+        vols = engine.api.volumes(filters={"label": f"{MANAGED_LABEL}=staging"})
+    except _ENGINE_ERRORS as e:
+        raise EngineError(f"cannot list volumes on {engine.url}: {e}") from None
+    for v in vols.get("Volumes") or []:
+        labels = v.get("Labels") or {}
+        owner = labels.get(OWNER_LABEL)
+        if v["Name"] in keep or not owner or journal.owner_alive(owner):
+            continue
+        if remove_volume(engine, v["Name"], patience=3):
+            removed.append(v["Name"])
+    return removed
+
+
+def recover_all(connect: Callable[[str], Engine], on_event: Event | None = None,
+                on_error: Callable[[str], None] | None = None, engines: Iterable[str] = (),
+                journal_dir: Path | None = None) -> RecoveryReport:
+    """Finish or undo what dead volbak runs left: start the containers they stopped,
+    roll their replacements forward, remove their unfinished targets, and sweep their
+    helpers and staging volumes on every engine they noted (and on ``engines``).
+    Entries of live runs are left alone; failures keep their entries and go to
+    ``on_error`` (or are raised as one EngineError if there is none)."""
+    t0 = time.monotonic()
+    report = RecoveryReport()
+    conns: dict[str, Engine | None] = {}
+
+    def engine_for(url: str) -> Engine | None:
+        if url not in conns:
+            try:
+                conns[url] = connect(url)
+            except VolbakError as e:
+                report.errors.append(f"cannot reach engine {url}: {e}")
+                conns[url] = None
+        return conns[url]
+
+    clients: dict[str, Any] = {}
+
+    def client_for(url: str) -> Any:
+        eng = engine_for(url)
+        if eng is None:
+            raise EngineError(f"engine {url} is unreachable")
+        return eng.client
+
+    all_entries = journal.entries(journal_dir)
+    dead = [e for e in all_entries if not e["live"]]
+    try:
+        # Services first: a stopped container is an outage.
+        for e in dead:
+            if e["kind"] != "stop":
+                continue
+            with journal.claim(Path(e["path"])) as rec:
+                if rec is None or rec["kind"] != "stop":
+                    continue
+                ok, failed = stopper.recover_entry(rec, client_for, clients, on_event)
+                report.started.extend(ok)
+                report.errors.extend(failed)
+                if not failed:
+                    journal.forget(rec["path"])
+
+        # Dead runs' helpers hold volumes (staging, targets): remove them before those.
+        urls = list(dict.fromkeys(
+            [*(u for e in dead for u in _engines_of(e)), *engines]))
+        swept: set[str] = set()
+        for url in urls:
+            eng = engine_for(url)
+            if eng is None:
+                continue
+            report.removed_helpers += len(sweep_stale_helpers(eng))
+            swept.add(url)
+
+        for e in dead:
+            if e["kind"] != "replace":
+                continue
+            with journal.claim(Path(e["path"])) as rec:
+                if rec is None or rec["kind"] != "replace":
+                    continue
+                eng = engine_for(rec["engine"])
+                if eng is None:
+                    continue
+                try:
+                    _roll_forward(eng, rec, fresh=False, on_event=on_event)
+                except VolbakError as err:
+                    report.errors.append(f"replacing volume '{rec['target']}': {err}")
+                    continue
+                report.replaced.append(rec["target"])
+                journal.forget(rec["path"])
+
+        # Containers before volumes: a data-volume container holds its volumes.
+        targets = [e for e in dead if e["kind"] == "new-target"]
+        targets.sort(key=lambda e: e.get("type") != "container")
+        for e in targets:
+            with journal.claim(Path(e["path"])) as rec:
+                if rec is None or rec["kind"] != "new-target":
+                    continue
+                eng = engine_for(rec["engine"])
+                if eng is None:
+                    continue
+                try:
+                    gone = _undo_target(eng, rec)
+                except VolbakError as err:
+                    report.errors.append(str(err))
+                    continue
+                if not gone:
+                    report.errors.append(f"could not remove the unfinished {rec.get('type')} "
+                                         f"'{rec['name']}' on {rec['engine']}")
+                    continue
+                if on_event:
+                    on_event(f"removed the unfinished {rec.get('type')} '{rec['name']}' "
+                             "an interrupted run had created")
+                report.removed_targets.append(rec["name"])
+                journal.forget(rec["path"])
+
+        pending = {e.get("staging") for e in journal.entries(journal_dir)
+                   if e["kind"] == "replace"}
+        for url in swept:
+            eng = conns.get(url)
+            assert eng is not None
+            try:
+                report.removed_staging += sweep_staging(eng, keep=pending - {None})
+            except VolbakError as err:
+                report.errors.append(str(err))
+
+        for e in dead:
+            if e["kind"] == "engines" and all(u in swept for u in _engines_of(e)):
+                with journal.claim(Path(e["path"])) as rec:
+                    if rec is not None:
+                        journal.forget(rec["path"])
+            elif e["kind"] == "unreadable":
+                report.errors.append(f"journal entry {e['path']} is unreadable; remove it "
+                                     "by hand")
+    finally:
+        for eng in conns.values():
+            if eng is not None:
+                eng.close()
+    report.seconds = round(time.monotonic() - t0, 3)
+    if report.errors:
+        if on_error:
+            for msg in report.errors:
+                on_error(msg)
+        else:
+            raise EngineError("recovery of an interrupted volbak run failed: "
+                              + "; ".join(report.errors),
+                              hint="fix the cause, then run 'volbak recover' again")
+    return report
+
+
+def _engines_of(e: dict[str, Any]) -> list[str]:
+    if e["kind"] == "engines":
+        return [u for u in e.get("engines") or [] if isinstance(u, str)]
+    url = e.get("engine")
+    return [url] if isinstance(url, str) and e["kind"] in ("new-target", "replace") else []
+
+
+def pending_entries(journal_dir: Path | None = None) -> list[dict[str, Any]]:
+    """Journal entries left by dead runs that recovery could not finish yet."""
+    return [e for e in journal.entries(journal_dir) if not e["live"]]
+
+
+# -- repository garbage (the lead wires these into recover/prune/verify) -----------------------
+
+
+@dataclasses.dataclass
+class Garbage:
+    name: str  # object name or temp file path
+    kind: str  # "temp" | "orphan" | "multipart"
+    age: float  # seconds
+    upload_id: str | None = None
+
+
+SAFE_AGE = 24 * 3600.0  # a live run on another host may still write younger files
+
+
+def repository_garbage(repo: Any, min_age: float = SAFE_AGE) -> list[Garbage]:
+    """Temp files, orphan archives and incomplete multipart uploads older than
+    ``min_age`` seconds. Reads only; ``remove_garbage`` deletes."""
+    backend = repo.backend
+    now = time.time()
+    out: list[Garbage] = []
+    root = getattr(backend, "root", None)
+    if isinstance(root, Path):
+        from ..local import TMP_PREFIX
+
+        if root.is_dir():
+            for dirpath, _dirs, files in os.walk(root):
+                for fn in files:
+                    p = Path(dirpath, fn)
+                    if fn.startswith(TMP_PREFIX):
+                        with contextlib.suppress(OSError):
+                            age = now - p.lstat().st_mtime
+                            if age >= min_age:
+                                out.append(Garbage(str(p), "temp", age))
+        for name in repo.orphans():
+            with contextlib.suppress(OSError):
+                age = now - (root / name).lstat().st_mtime
+                if age >= min_age:
+                    out.append(Garbage(name, "orphan", age))
+        return out
+    client = getattr(backend, "_client", None)
+    bucket = getattr(backend, "bucket", None)
+    if client is not None and bucket:
+        prefix = getattr(backend, "prefix", "") or ""
+        with contextlib.suppress(Exception):
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+            while True:
+                resp = client.list_multipart_uploads(**kw)
+                for u in resp.get("Uploads") or []:
+                    age = now - u["Initiated"].timestamp()
+                    if age >= min_age:
+                        out.append(Garbage(u["Key"], "multipart", age, u["UploadId"]))
+                if not resp.get("IsTruncated"):
+                    break
+                kw["KeyMarker"] = resp.get("NextKeyMarker")
+                kw["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+        # Orphan archives on S3 need object ages, which ObjectInfo does not carry yet.
+    return out
+
+
+def remove_garbage(repo: Any, items: Iterable[Garbage]) -> list[str]:
+    """Delete what ``repository_garbage`` found; returns what is gone."""
+    gone = []
+    backend = repo.backend
+    for g in items:
+        with contextlib.suppress(Exception):
+            if g.kind == "temp":
+                os.unlink(g.name)
+            elif g.kind == "orphan":
+                backend.delete(g.name)
+            elif g.kind == "multipart":
+                backend._client.abort_multipart_upload(
+                    Bucket=backend.bucket, Key=g.name, UploadId=g.upload_id)
+            gone.append(g.name)
+    return gone
