@@ -125,7 +125,7 @@ class ArchiveReader(BackupReader):
     def __init__(self, repo: Repository, info: BackupInfo, identities: Sequence[Any]) -> None:
         self.info = info
         m = info.manifest
-        self._dec = compress.decompressor(compress.check(m.compression))
+        compress.check(m.compression)
         try:
             self._raw = repo.backend.open_reader(info.manifest.object["name"])  # type: ignore[index]
         except NotFoundError:
@@ -150,21 +150,22 @@ class ArchiveReader(BackupReader):
         except BaseException:
             self.close()
             raise
+        self._plain = compress.Reader(m.compression, self._read)
 
     def read(self, n: int) -> bytes:
-        while not self._eof:
-            raw = self._read(n)
-            if not raw:
-                self._eof = True
-                self._dec.finish()
-                obj = self.info.manifest.object or {}
-                if self._hashed.size != obj.get("size") or \
-                        self._hashed.h.hexdigest() != obj.get("sha256"):
-                    raise _corrupt(self.info, self._hashed.size)
-                return b""
-            out = self._dec.write(raw)
-            if out:
-                return out
+        if self._eof:
+            return b""
+        out = self._plain.read(n)
+        if out:
+            return out
+        self._eof = True
+        # drain what the decompressor did not need (there must be nothing) into the hash
+        while self._read(2**20):
+            pass
+        obj = self.info.manifest.object or {}
+        if self._hashed.size != obj.get("size") or \
+                self._hashed.h.hexdigest() != obj.get("sha256"):
+            raise _corrupt(self.info, self._hashed.size)
         return b""
 
     def close(self) -> None:

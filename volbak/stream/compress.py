@@ -150,3 +150,55 @@ def decompressor(name: str) -> Decompressor:
     if name == "gzip":
         return _Decompressor("gzip", zlib.decompressobj(31), zlib.error)
     return _IdentityD()
+
+
+class _Source:
+    def __init__(self, read: Any) -> None:
+        self.read = read
+
+
+class Reader:
+    """A decompressing reader over ``read``: ``read(n)`` returns at most ``n`` bytes,
+    so a small input that inflates hugely (the zeros of a sparse file, a hostile
+    archive) never sits in memory at once. Truncation shows as an early end: the
+    caller checks the stored object's hash and the tar end marker."""
+
+    def __init__(self, name: str, read: Any) -> None:
+        self._name = name
+        self._read = read
+        self._buf = b""
+        if name == "zstd":
+            self._z = zstandard.ZstdDecompressor().stream_reader(
+                _Source(read), read_size=2**20, read_across_frames=True)
+        elif name == "gzip":
+            self._d = zlib.decompressobj(31)
+            self._tail = b""
+
+    def read(self, n: int) -> bytes:
+        try:
+            if self._name == "zstd":
+                return self._z.read(n)
+            if self._name == "gzip":
+                return self._gzip(n)
+        except (zstandard.ZstdError, zlib.error) as e:
+            raise IntegrityError(
+                f"the archive's {self._name} data is corrupt ({e})",
+                hint="the stored backup is damaged; restore an older backup") from None
+        return self._read(n)
+
+    def _gzip(self, n: int) -> bytes:
+        while True:
+            data = self._tail or self._read(n)
+            if not data:
+                if not self._d.eof:
+                    raise IntegrityError(
+                        "the archive's gzip stream ends early (truncated backup)",
+                        hint="the stored backup is incomplete; restore an older backup")
+                return b""
+            if self._d.eof:
+                raise IntegrityError("the archive has data after its gzip stream",
+                                     hint="the stored backup is damaged")
+            out = self._d.decompress(data, n)
+            self._tail = self._d.unconsumed_tail
+            if out:
+                return out
