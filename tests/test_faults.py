@@ -35,8 +35,6 @@ def test_faults_quick(docker_host, docker_host2, busybox_image):
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
 
 
-@pytest.mark.xfail(reason="damaged manifests: repository listing is being reworked "
-                   "(issue 10, point 5)", strict=False)
 def test_faults_corrupt_repository(docker_host, docker_host2, busybox_image):
     r = _chaos(docker_host, docker_host2, "corrupt")
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
