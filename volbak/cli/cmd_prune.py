@@ -42,7 +42,13 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
     with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(
             f"waiting for the lock on {k}")):
         decisions = do_prune(repo, policy, volume, dry_run)
+        gc = None if dry_run else repo.collect_garbage()  # dedup repositories only
     for d in decisions:
         ctx.emit({**d.summary(), "dry_run": dry_run})
         verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
         ctx.say(f"{verb}  {d.info.id}  {', '.join(d.reasons)}".rstrip())
+    if gc is not None:
+        ctx.emit({"gc": gc.summary()})
+        ctx.say(f"garbage collection: {gc.deleted_packs} packs deleted "
+                f"({gc.deleted_bytes} bytes), {gc.planned} planned for deletion after the "
+                f"grace period, {gc.repacked} repacked, {gc.deferred_plans} plan(s) waiting")

@@ -101,7 +101,7 @@ def collect(repo: Repository, store: DedupStore, *, grace: dt.timedelta | None =
     lock = store.prune_lock()
     try:
         now = now or now_utc()
-        locks = list_locks(store.backend)
+        locks = list_locks(store.backend, now)
         live_backups = [lk for lk in locks if lk["kind"] == "backup" and lk["alive"]]
         _phase2(repo, store, meta, grace, now, live_backups, report)
         _phase1(repo, store, meta, keys, now, repack, report)

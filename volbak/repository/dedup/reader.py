@@ -21,6 +21,7 @@ import blake3
 import zstandard
 
 from ...errors import IntegrityError, NotFoundError, VolbakError
+from ...stream.pump import _tune_malloc
 from ..format import BackupReader
 from .crypto import SealedReader, decode_blob, records, unwrap_key
 from .index import Location
@@ -86,6 +87,7 @@ class _Keys:
 
 class DedupReader(BackupReader):
     def __init__(self, store: DedupStore, info: BackupInfo, identities: Sequence[Any]) -> None:
+        _tune_malloc()
         self.info = info
         self._store = store
         keys, idents = store.read_keys(list(identities))  # wrong/missing identity: here

@@ -108,10 +108,10 @@ class RepoLock:
             self._backend.delete(self.name)
 
 
-def list_locks(backend: Backend) -> list[dict[str, Any]]:
-    """Every lock object with ``alive`` (refreshed within LOCK_STALE)."""
+def list_locks(backend: Backend, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Every lock object with ``alive`` (refreshed within LOCK_STALE of ``now``)."""
     out = []
-    now = now_utc()
+    now = now or now_utc()
     for o in backend.list(LOCK_PREFIX):
         try:
             d = json.loads(backend.get_bytes(o.name))

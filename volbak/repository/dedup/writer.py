@@ -29,6 +29,7 @@ import blake3
 import zstandard
 
 from ...errors import NotFoundError
+from ...stream.pump import _tune_malloc
 from ...util.signals import deferred
 from ..format import BackupWriter
 from .chunker import Chunker
@@ -57,6 +58,7 @@ class DedupWriter(BackupWriter):
         self._backend = store.backend
         self._volume = volume
         self._stamp = stamp
+        _tune_malloc()
         self._keys = store.write_keys()  # a missing host key file fails before any write
         self._lock = RepoLock(self._backend, "backup", f"{volume}@{stamp}")
         self._done = False
