@@ -89,15 +89,15 @@ class TarCuts:
         if h == bytes(BLOCK):
             self.enabled = False  # end of archive: nothing more to cut
             return
-        if not checksum_ok(h):
+        try:
+            ok = checksum_ok(h)
+            size = parse_number(h[124:136])
+        except ValueError:
+            ok = False
+        if not ok:
             self.enabled = False
             return
         typ = h[156:157]
-        try:
-            size = parse_number(h[124:136])
-        except ValueError:
-            self.enabled = False
-            return
         data = at + BLOCK
         if typ in _META:
             if typ == b"x" and size <= 64 * 1024:

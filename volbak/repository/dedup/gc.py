@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .. import Repository
 
 REPACK_BELOW = 0.7  # repack a pack when less than this fraction of its blob bytes is live
+REPACK_MIN_DEAD = 256 * 1024  # ... and at least this much is dead (tiny packs stay)
 
 
 @dataclasses.dataclass
@@ -101,7 +102,7 @@ def collect(repo: Repository, store: DedupStore, *, grace: dt.timedelta | None =
     lock = store.prune_lock()
     try:
         now = now or now_utc()
-        locks = list_locks(store.backend, now)
+        locks = list_locks(store.backend)  # liveness by the real clock, always
         live_backups = [lk for lk in locks if lk["kind"] == "backup" and lk["alive"]]
         _phase2(repo, store, meta, grace, now, live_backups, report)
         _phase1(repo, store, meta, keys, now, repack, report)
@@ -162,6 +163,9 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
     refs = _references(repo, store, meta)
     index = store.load_index(meta)
     sizes = {p.name: p.size for p in index.packs}
+    blobs: dict[str, int] = collections.Counter()
+    for v in index.loc.values():
+        blobs[index.packs[v >> 112].name] += (v >> 32) & 0xFFFFFFFF
     live: dict[str, int] = collections.Counter()
     live_ids: dict[str, list[bytes]] = collections.defaultdict(list)
     for cid in refs:
@@ -182,7 +186,8 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
             plan.append(name)  # unindexed: a crashed backup's, or one still running
         elif not live[name]:
             plan.append(name)
-        elif repack and live[name] < REPACK_BELOW * size:
+        elif repack and live[name] < REPACK_BELOW * blobs[name] and \
+                blobs[name] - live[name] >= REPACK_MIN_DEAD:
             to_repack.append(name)
     if to_repack:
         packs = _repack(store, meta, index, sorted(to_repack), live_ids)
@@ -205,7 +210,8 @@ def _repack(store: DedupStore, meta: bytes, index: Index, names: list[str],
     for name in names:
         blocks, _ = read_header(store.backend, name)
         data = store.backend.read_range(name)
-        entries = sorted((index.get(c), c) for c in live_ids[name])  # type: ignore[type-var]
+        entries = sorted(((index.get(c), c) for c in live_ids[name]),
+                         key=lambda e: e[0].offset)  # type: ignore[union-attr]
         if writer is not None and (writer.size >= PACK_TARGET
                                    or any(b.id not in key_nos for b in blocks)):
             out.append(writer.finish())
