@@ -179,7 +179,7 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
     report.live_bytes = sum(live.values())
     plan: list[str] = []
     to_repack: list[str] = []
-    for name, size in stored.items():
+    for name in stored:
         if name in planned:
             continue
         if name not in sizes:
