@@ -106,7 +106,7 @@ def collect(repo: Repository, store: DedupStore, *, grace: dt.timedelta | None =
         live_backups = [lk for lk in locks if lk["kind"] == "backup" and lk["alive"]]
         _phase2(repo, store, meta, grace, now, live_backups, report)
         _phase1(repo, store, meta, keys, now, repack, report)
-        _orphan_lists(store, grace, now, live_backups, report)
+        _orphan_lists(store, grace, report)
         for lk in locks:  # dead lock objects, long dead
             if lk["kind"] != "?" and (now - lk["refreshed_at"]).total_seconds() > 2 * lock_stale():
                 _delete(store, lk["name"])
@@ -235,11 +235,13 @@ def _dedup_blocks(blocks: list[KeyBlock]) -> list[KeyBlock]:
     return list(seen.values())
 
 
-def _orphan_lists(store: DedupStore, grace: dt.timedelta, now: dt.datetime,
-                  live: list[dict[str, Any]], report: GCReport) -> None:
-    """Chunk lists of backups that never got their manifest (crashed runs)."""
+def _orphan_lists(store: DedupStore, grace: dt.timedelta, report: GCReport) -> None:
+    """Chunk lists of backups that never got their manifest (crashed runs): older than
+    the grace period by the real clock, and no live lock names them (locks are listed
+    after the names, so a run that starts meanwhile is young anyway)."""
+    now = now_utc()
     names = {o.name for o in store.backend.list()}
-    busy = {lk.get("what") for lk in live}
+    busy = {lk.get("what") for lk in list_locks(store.backend) if lk["alive"]}
     for name in sorted(names):
         if not name.endswith(CHUNKS_SUFFIX) or name.startswith("_"):
             continue
