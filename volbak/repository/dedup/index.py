@@ -10,10 +10,11 @@ list and manifest. Prune writes a consolidated one whose ``supersedes`` names th
 replaces, then deletes those: a loader ignores any file named in the ``supersedes`` of
 another present file, so a prune interrupted in between loses nothing.
 
-In memory (``Index``) each chunk costs one dict entry: a 32-byte key and one int packing
-its location, about 150 bytes in CPython; 100 GiB of unique data at 256 KiB per chunk is
-~400,000 chunks, ~60 MiB. It grows linearly (1 TiB ~600 MiB); a restore loads only the
-chunks of its backup.
+In memory a backup needs only to know which chunks exist: ``Index.load(ids_only=True)``
+keeps every id in one sorted bytes object (32 bytes per chunk, binary search), so 100 GiB
+of unique data at 256 KiB per chunk (~400,000 chunks) costs ~13 MiB, 1 TiB ~130 MiB.
+Locations (a dict entry of ~150 bytes per chunk) are loaded by a restore for its own
+chunks only, and by prune for all of them.
 """
 
 from __future__ import annotations
@@ -123,8 +124,60 @@ class IndexFile:
         finally:
             self.close()
 
+    def ids(self, skipped: set[int]) -> list[bytes]:
+        """Just the chunk ids (fast path for a backup's membership test)."""
+        out: list[bytes] = []
+        size = REC.size
+
+        def segs() -> Iterator[bytes]:
+            if self._rest:
+                yield self._rest
+            yield from self._segs
+        try:
+            rest = b""
+            for seg in segs():
+                data = rest + seg if rest else seg
+                end = len(data) - len(data) % size
+                if skipped:
+                    out.extend(data[o: o + 32] for o in range(0, end, size)
+                               if _U32.unpack_from(data, o + 32)[0] not in skipped)
+                else:
+                    out.extend(data[o: o + 32] for o in range(0, end, size))
+                rest = data[end:]
+            if rest:
+                raise IntegrityError(f"index file {self.name} ends in a partial record",
+                                     hint="the repository was modified or damaged")
+        finally:
+            self.close()
+        return out
+
     def close(self) -> None:
         self._r.close()
+
+
+class IdSet:
+    """A sorted, immutable set of 32-byte ids in one bytes object."""
+
+    def __init__(self, ids: list[bytes]) -> None:
+        ids.sort()
+        self._blob = b"".join(ids)
+        self._n = len(ids)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, cid: bytes) -> bool:
+        blob, lo, hi = self._blob, 0, self._n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            here = blob[mid * 32: mid * 32 + 32]
+            if here < cid:
+                lo = mid + 1
+            elif here > cid:
+                hi = mid
+            else:
+                return True
+        return False
 
 
 class Index:
@@ -140,6 +193,7 @@ class Index:
         self.files: list[str] = []  # the live index files read
         self.superseded: list[str] = []  # present, but replaced by another
         self.sizes: dict[str, int] = {}
+        self.ids: IdSet | None = None  # ids_only loads
 
     def _pack(self, ref: PackRef) -> int:
         no = self._pack_no.get(ref.name)
@@ -150,8 +204,9 @@ class Index:
 
     @classmethod
     def load(cls, backend: Backend, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-             want: set[bytes] | None = None) -> Index:
+             want: set[bytes] | None = None, ids_only: bool = False) -> Index:
         idx = cls()
+        idlist: list[bytes] = []
         names = {o.name: o.size for o in backend.list(INDEX_PREFIX)}
         heads: list[tuple[str, list[str]]] = []
         for name in sorted(names):
@@ -175,16 +230,21 @@ class Index:
             idx.sizes[name] = names[name]
             nos = [idx._pack(p) for p in f.packs]
             skipped = {i for i, p in enumerate(f.packs) if p.name in skip}
+            if ids_only:
+                idlist.extend(f.ids(skipped))
+                continue
             loc = idx.loc
             for cid, pno, off, length, raw, k in f.records():
                 if pno in skipped or (want is not None and cid not in want):
                     continue
                 if cid not in loc:
                     loc[cid] = (nos[pno] << 112) | (k << 96) | (off << 64) | (length << 32) | raw
+        if ids_only:
+            idx.ids = IdSet(idlist)
         return idx
 
     def __contains__(self, cid: bytes) -> bool:
-        return cid in self.loc
+        return cid in self.ids if self.ids is not None else cid in self.loc
 
     def get(self, cid: bytes) -> Location | None:
         v = self.loc.get(cid)

@@ -186,8 +186,8 @@ class DedupStore:
         return {p for plan in self.plans(key) for p in plan["packs"]}
 
     def load_index(self, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-                   want: set[bytes] | None = None) -> Index:
-        return Index.load(self.backend, key, skip, want)
+                   want: set[bytes] | None = None, ids_only: bool = False) -> Index:
+        return Index.load(self.backend, key, skip, want, ids_only)
 
     def prune_lock(self) -> RepoLock:
         lock = RepoLock(self.backend, "prune", "prune")

@@ -69,7 +69,7 @@ class DedupWriter(BackupWriter):
         self._index_name: str | None = None
         try:
             meta = self._keys.metadata
-            self._index = store.load_index(meta, skip=store.planned_packs(meta))
+            self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
             self._keyblock, self._content_key = KeyBlock.new(self._keys.recipients)
             self._session: set[bytes] = set()
             self._hashq: deque[tuple[bytes, Future[bytes]]] = deque()
@@ -117,7 +117,7 @@ class DedupWriter(BackupWriter):
             self._list.write(LIST_REC.pack(cid, len(data)))
             self.chunks += 1
             self.raw_bytes += len(data)
-            if cid in self._index.loc or cid in self._session:
+            if cid in self._index or cid in self._session:
                 continue
             self._session.add(cid)
             self.new_chunks += 1
