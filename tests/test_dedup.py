@@ -475,3 +475,32 @@ def test_sigkill_during_prune(tmp_path: Path) -> None:
     gc(repo, dt.datetime.now(dt.UTC) + 2 * LATER)
     assert restore(repo, infos[-1]) == stream
     repo.check_stored(infos[-1])
+
+
+# -- the standalone extractor -----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["plain", "age", "passphrase"])
+def test_standalone_extractor(tmp_path: Path, kind: str) -> None:
+    from volbak.crypto.age import write_identity_file
+
+    ident = X25519Identity.generate()
+    write_identity_file(tmp_path / "key.txt", ident)
+    (tmp_path / "pass.txt").write_text("pw\n")
+    recips = {"plain": [], "age": [ident.recipient()],
+              "passphrase": [ScryptRecipient(b"pw", work_factor=10)]}[kind]
+    repo = new_repo(tmp_path, recips)
+    stream = make_tar(sample_files(50, 12))
+    info = backup(repo, "v", stream)
+    flags = {"plain": [], "age": ["-i", str(tmp_path / "key.txt")],
+             "passphrase": ["-p", str(tmp_path / "pass.txt")]}[kind]
+    script = Path(__file__).resolve().parent.parent / "scripts" / "volbak_extract.py"
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "repo"), info.id, *flags],
+                         capture_output=True, check=True).stdout
+    assert out == stream
+    pack = tmp_path / "repo" / pack_names(repo)[0]
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 1
+    pack.write_bytes(bytes(data))
+    bad = subprocess.run([sys.executable, str(script), str(tmp_path / "repo"), info.id, *flags],
+                         capture_output=True)
+    assert bad.returncode == 1 and b"volbak_extract" in bad.stderr
