@@ -201,7 +201,8 @@ class Repository:
         fmt = self.format
         if fmt == "new":
             fmt = os.environ.get("VOLBAK_REPO_FORMAT") or "dedup"
-            self.init(fmt, recipients)
+            if fmt == "dedup":  # an archive repository needs no config (as before it existed)
+                self.init(fmt, recipients)
         if fmt == "dedup":
             return self._create_dedup(volume, when, recipients)
         compress.check(compression)
