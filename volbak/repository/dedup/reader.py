@@ -32,8 +32,8 @@ from .writer import LIST_REC
 if TYPE_CHECKING:
     from ..manifest import BackupInfo
 
-RUN_BYTES = 8 << 20
-PREFETCH = 4
+RUN_BYTES = 4 << 20
+PREFETCH = 3
 
 
 def _damaged(info: BackupInfo, what: str) -> IntegrityError:
