@@ -707,6 +707,15 @@ if __name__ == "__main__":
 # ---------------------------------------------------------------- the CLI
 
 
+@pytest.fixture(autouse=True)
+def _repository_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """New repositories default to the dedup format; tests written for the archive
+    format get it unless they ask otherwise (VOLBAK_REPO_FORMAT=dedup, or 'volbak init').
+    Host key files of encrypted dedup repositories stay in the test's directory."""
+    monkeypatch.setenv("VOLBAK_REPO_FORMAT", "archive")
+    monkeypatch.setenv("VOLBAK_HOST_KEY", str(tmp_path / "host-key.json"))
+
+
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
     """A repository directory of the test's own (created by the first backup)."""

@@ -10,6 +10,9 @@ component. Every backend MUST:
 - leave nothing behind (no temp file, no multipart upload) after ``abort()``, after the
   writer's context exits without ``commit()``, or after an exception while writing;
 - stream in both directions with memory bounded independently of the object's size;
+- ``read_range(name, offset, length)`` return exactly the object's bytes
+  ``[offset, offset+length)`` (fewer only where the object ends; ``length=None`` means
+  to the end); the default reads and discards, a backend SHOULD fetch only the range;
 - ``list(prefix)`` every committed object whose name starts with ``prefix``, at any depth,
   in any order; ``stat``/``open_reader``/``delete`` of a missing name raise ObjectNotFound;
 - raise only errors from ``volbak.errors`` (BackendError and its subclasses); never a
@@ -146,6 +149,33 @@ class Backend(abc.ABC):
         with self.create_writer(name) as w:
             w.write(data)
             return w.commit()
+
+    def read_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Bytes ``[offset, offset+length)`` of a committed object (to its end if
+        ``length`` is None). This default streams and discards the prefix, so older
+        plugins keep working; backends override it with a real ranged read."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("negative offset or length")
+        r = self.open_reader(name)
+        try:
+            skip = offset
+            while skip:
+                got = r.read(min(skip, 1 << 20))
+                if not got:
+                    return b""
+                skip -= len(got)
+            if length is None:
+                return r.read()
+            parts, want = [], length
+            while want:
+                got = r.read(want)
+                if not got:
+                    break
+                parts.append(got)
+                want -= len(got)
+            return b"".join(parts)
+        finally:
+            r.close()
 
     def get_bytes(self, name: str) -> bytes:
         r = self.open_reader(name)

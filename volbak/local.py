@@ -129,6 +129,18 @@ class LocalBackend(Backend):
         except OSError as e:
             raise _translate(e, name) from None
 
+    def read_range(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("negative offset or length")
+        try:
+            with open(self._path(name), "rb", buffering=0) as f:
+                if length is None:
+                    f.seek(offset)
+                    return f.read()
+                return os.pread(f.fileno(), length, offset)
+        except OSError as e:
+            raise _translate(e, name) from None
+
     def stat(self, name: str) -> ObjectInfo:
         try:
             st = self._path(name).stat()

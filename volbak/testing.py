@@ -172,6 +172,19 @@ class BackendContract:
         assert info == ObjectInfo("a/b.json", 8)
         assert backend.get_bytes("a/b.json") == b'{"x": 1}'
 
+    def test_read_range(self, backend: Backend) -> None:
+        data = payload(300_001, seed=8)
+        backend.put_bytes("r/ranged", data)
+        for off, n in [(0, 10), (5, 1), (65_536, 70_000), (299_990, 11), (0, 300_001),
+                       (123, None), (299_999, 50), (300_001, 5), (400_000, 3), (7, 0)]:
+            want = data[off:] if n is None else data[off: off + n]
+            assert backend.read_range("r/ranged", off, n) == want, (off, n)
+        assert backend.read_range("r/ranged") == data
+        with pytest.raises(ObjectNotFound):
+            backend.read_range("no/such", 0, 10)
+        with pytest.raises(ObjectNotFound):
+            backend.read_range("no/such", 0, 0)
+
     # -- visibility and atomicity -----------------------------------------------------
 
     def test_invisible_before_commit(self, backend: Backend) -> None:

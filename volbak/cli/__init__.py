@@ -78,6 +78,8 @@ def _register() -> None:
     from . import (
         cmd_backup,
         cmd_cleanup,
+        cmd_dump,
+        cmd_init,
         cmd_keygen,
         cmd_list,
         cmd_migrate,
@@ -90,7 +92,8 @@ def _register() -> None:
 
     for cmd in (cmd_backup.backup, cmd_list.list_, cmd_list.show, cmd_restore.restore,
                 cmd_verify.verify, cmd_prune.prune, cmd_run.run, cmd_recover.recover,
-                cmd_keygen.keygen, cmd_migrate.migrate, cmd_cleanup.cleanup):
+                cmd_keygen.keygen, cmd_migrate.migrate, cmd_cleanup.cleanup, cmd_init.init,
+                cmd_dump.dump):
         cli.add_command(cmd)
 
 

@@ -31,7 +31,8 @@ def list_(ctx: Ctx, volume: str | None) -> None:
     for i in infos:
         s = i.summary()
         rows.append((i.id, s["created"], fmt_size(s["size"]),
-                     s["compression"] + (" +age" if s["encrypted"] else ""),
+                     s["compression"] + (" +age" if s["encrypted"] else "")
+                     + (" dedup" if s["format"] == "dedup" else ""),
                      s["container"] or ""))
     widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
     for r in rows:
@@ -62,6 +63,11 @@ def show(ctx: Ctx, backup_id: str) -> None:
     if m.object:
         ctx.say(f"stored:      {m.object['name']}, {fmt_size(m.object['size'])}, "
                 f"sha256 {m.object['sha256']}")
+    elif m.storage:
+        st = m.storage
+        ctx.say(f"stored:      {fmt_size(info.size)} new in this backup: "
+                f"{st.get('new_chunks')} of {st.get('chunk_count')} chunks "
+                f"({fmt_size(st.get('new_bytes'))} before compression), {st.get('packs')} packs")
     else:
         ctx.say(f"stored:      {fmt_size(info.size)}")
     ctx.say(f"tar:         {fmt_size(m.tar.get('size'))}, {m.entries} entries")

@@ -45,6 +45,7 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
         from ..ops.cleanup import collect
 
         garbage = collect(repo, dry_run=dry_run)  # what killed runs left, older than 24 h
+        gc = None if dry_run else repo.collect_garbage()  # dedup repositories only
     for d in decisions:
         ctx.emit({**d.summary(), "dry_run": dry_run})
         verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
@@ -53,3 +54,8 @@ def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_week
         ctx.emit({"garbage": garbage.summary()})
         ctx.say(f"{'would remove' if dry_run else 'removed'} {len(garbage.orphans)} orphan "
                 f"archive(s) and {len(garbage.incomplete)} unfinished write(s) older than 24 h")
+    if gc is not None:
+        ctx.emit({"gc": gc.summary()})
+        ctx.say(f"garbage collection: {gc.deleted_packs} packs deleted "
+                f"({gc.deleted_bytes} bytes), {gc.planned} planned for deletion after the "
+                f"grace period, {gc.repacked} repacked, {gc.deferred_plans} plan(s) waiting")

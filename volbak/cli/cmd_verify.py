@@ -43,8 +43,9 @@ def verify(ctx: Ctx, refs: tuple[str, ...], all_: bool, identity: tuple[str, ...
         res = verify_backup(repo, info, keys)
         ctx.emit(res.summary())
         if res.ok:
-            what = "hash only (no key given)" if res.level == "hash" else (
-                f"full, {res.entries} entries")
+            what = {"hash": "hash only (no key given)",
+                    "structure": "structure only: chunk list, index, packs (no key given)",
+                    }.get(res.level, f"full, {res.entries} entries")
             ctx.say(f"ok      {res.id}  {what}")
         else:
             failed = failed or res

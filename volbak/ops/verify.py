@@ -23,7 +23,7 @@ from ..stream.tar import TarParser
 class VerifyResult:
     id: str
     ok: bool
-    level: str  # "full" or "hash"
+    level: str  # "full", "hash" (archive, no key) or "structure" (dedup, no identity)
     seconds: float
     tar_bytes: int | None = None
     entries: int | None = None
@@ -38,7 +38,8 @@ def verify_backup(repo: Repository, info: BackupInfo, identities: Sequence[Any] 
                   ) -> VerifyResult:
     full = not info.manifest.encryption or bool(identities)
     t0 = time.monotonic()
-    result = VerifyResult(info.id, True, "full" if full else "hash", 0.0)
+    level = "full" if full else ("structure" if info.manifest.repo_format == "dedup" else "hash")
+    result = VerifyResult(info.id, True, level, 0.0)
     try:
         if full:
             parser = TarParser(root=info.manifest.archive_root, what=f"backup {info.id}")

@@ -3,7 +3,11 @@
 Operations ask the repository for a new backup (a writer that takes the tar stream), for
 a stored backup's tar stream (a reader that checks it), for manifests as typed objects,
 and for deletions; they never name storage objects themselves. The storage format sits
-behind that seam (``format.py``): today "archive" (``archive.py``).
+behind that seam (``format.py``): "archive" (``archive.py``) and "dedup" (``dedup/``).
+A repository's format is fixed when it is created: a config object at its root
+(``volbak-repo.json``) names it; no config but existing manifests means "archive" (made
+before the config existed); an empty location gets the default format on its first
+backup (``VOLBAK_REPO_FORMAT``, default "dedup") or whatever ``volbak init`` says.
 
 A backup's ID is ``<volume>@<stamp>`` with ``stamp`` like ``20261129T070001Z``. Its
 manifest, ``<volume>/<stamp>.manifest.json``, is written last: a backup without one is
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -41,10 +46,58 @@ class Repository:
         # Manifests that could not be read by the last list(): (object name, message).
         # One damaged manifest must not hide the rest of the repository.
         self.damaged: list[tuple[str, str]] = []
+        self._config: Any = None
 
     @property
     def url(self) -> str:
         return self.backend.url
+
+    # -- format ---------------------------------------------------------------------------
+
+    def config(self) -> Any:
+        """The dedup config object, or None for an archive (or new) repository."""
+        if self._config is None:
+            from .dedup import load_config
+
+            self._config = load_config(self.backend) or False
+        return self._config or None
+
+    @property
+    def format(self) -> str:
+        """"archive", "dedup", or "new" (an empty location)."""
+        cfg = self.config()
+        if cfg is not None:
+            return cfg.format
+        return "archive" if next(iter(self.backend.list()), None) is not None else "new"
+
+    def init(self, fmt: str, recipients: Sequence[Any] = ()) -> dict[str, Any]:
+        """Create a repository in an empty location (``volbak init``)."""
+        from .dedup import init_repository
+        from .dedup.keys import CONFIG, RepoConfig
+
+        if fmt not in ("dedup", "archive"):
+            raise UsageError(f"unknown repository format '{fmt}'", hint="use dedup or archive")
+        if fmt == "archive":
+            if self.format != "new":
+                raise UsageError(f"{self.url} already holds a repository (or other files)",
+                                 hint="'volbak init' only creates new repositories")
+            cfg = RepoConfig(os.urandom(16).hex(), dt.datetime.now(dt.UTC).isoformat(), {},
+                             None, format="archive")
+            self.backend.put_bytes(CONFIG, cfg.to_json())
+            self._config = cfg
+            return {"format": "archive", "id": cfg.id, "host_key": None}
+        cfg, _, path = init_repository(self.backend, list(recipients))
+        self._config = cfg
+        return {"format": "dedup", "id": cfg.id, "encrypted": cfg.encrypted,
+                "host_key": str(path) if path else None}
+
+    def dedup(self) -> Any:
+        from .dedup import DedupStore
+
+        cfg = self.config()
+        if cfg is None or cfg.format != "dedup":
+            raise UsageError(f"{self.url} is not a dedup repository")
+        return DedupStore(self.backend, cfg)
 
     def close(self) -> None:
         self.backend.close()
@@ -145,23 +198,76 @@ class Repository:
         from ..stream import compress
         from .archive import ArchiveWriter
 
+        fmt = self.format
+        if fmt == "new":
+            fmt = os.environ.get("VOLBAK_REPO_FORMAT") or "dedup"
+            if fmt == "dedup":  # an archive repository needs no config (as before it existed)
+                self.init(fmt, recipients)
+        if fmt == "dedup":
+            return self._create_dedup(volume, when, recipients)
         compress.check(compression)
         suffix = compress.SUFFIX[compression] + (".age" if recipients else "")
         stamp, data_name = self._new_stamp(volume, when, suffix)
         return ArchiveWriter(self, volume, stamp, data_name, compression, recipients)
 
+    def _create_dedup(self, volume: str, when: dt.datetime, recipients: Sequence[Any]
+                      ) -> BackupWriter:
+        from ..crypto.age import ScryptRecipient
+        from .dedup.writer import CHUNKS_SUFFIX, DedupWriter
+
+        store = self.dedup()
+        enc = store.config.encryption or {}
+        given = {str(r) for r in recipients if not isinstance(r, ScryptRecipient)}
+        if recipients and (not enc or (given and given != set(enc.get("recipients", [])))
+                           or (not given and not enc.get("passphrase"))):
+            raise UsageError(
+                f"repository {self.url} is a dedup repository: its encryption was set by "
+                "'volbak init' and -r/-R/--passphrase-file cannot change it",
+                hint="drop the encryption flags (the repository encrypts as set at init), "
+                "or back up into another repository")
+        base = make_stamp(when)
+        for n in range(1000):
+            stamp = base if n == 0 else f"{base}-{n}"
+            if self.has_manifest(volume, stamp):
+                continue
+            try:
+                self.backend.stat(f"{volume}/{stamp}{CHUNKS_SUFFIX}")
+            except NotFoundError:
+                return DedupWriter(self, store, volume, stamp)
+        raise UsageError(f"too many backups of '{volume}' in the same second")
+
     def open_backup(self, info: BackupInfo, identities: Sequence[Any] = ()) -> BackupReader:
         """The backup's tar stream, checked as it is read (see format.BackupReader).
         A wrong or missing key fails here, before anything is read."""
+        if info.manifest.repo_format == "dedup":
+            from .dedup.reader import DedupReader
+
+            return DedupReader(self.dedup(), info, identities)
         from .archive import ArchiveReader
 
         return ArchiveReader(self, info, identities)
 
-    def check_stored(self, info: BackupInfo) -> None:
-        """What can be checked without any key: the stored data's sizes and hashes."""
+    def check_stored(self, info: BackupInfo, identities: Sequence[Any] = ()) -> None:
+        """What can be checked without any key: the stored data's sizes and hashes
+        (dedup: the chunk list, the index entries, every pack used, with the host key
+        file's metadata key)."""
+        if info.manifest.repo_format == "dedup":
+            from .dedup.reader import check_stored as check_dedup
+
+            check_dedup(self.dedup(), info, identities)
+            return
         from .archive import check_stored
 
         check_stored(self, info)
+
+    def collect_garbage(self, **kw: Any) -> Any:
+        """Dedup repositories: remove chunks no listed backup uses (see dedup/gc.py).
+        Returns a report, or None for an archive repository (nothing to collect)."""
+        if self.format != "dedup":
+            return None
+        from .dedup.gc import collect
+
+        return collect(self, self.dedup(), **kw)
 
     def delete(self, info: BackupInfo) -> None:
         # Manifest first: from this point the backup is no longer listed, so a crash
@@ -171,6 +277,11 @@ class Repository:
         if info.manifest.object:
             with contextlib.suppress(NotFoundError):
                 self.backend.delete(info.manifest.object["name"])
+        chunks = (info.manifest.storage or {}).get("chunks")
+        if info.manifest.repo_format == "dedup" and chunks:
+            # The chunks themselves stay until a prune's garbage collection.
+            with contextlib.suppress(NotFoundError):
+                self.backend.delete(chunks)
 
     # -- garbage --------------------------------------------------------------------------
 
@@ -179,6 +290,8 @@ class Repository:
         names = {o.name for o in self.backend.list()}
         listed = {n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)}
         for n in sorted(names):
+            if n.startswith("_") or "/" not in n:
+                continue  # the dedup format's own objects and the config (see dedup/gc.py)
             vol, _, file = n.rpartition("/")
             if not n.endswith(MANIFEST_SUFFIX) and f"{vol}/{file.split('.', 1)[0]}" not in listed:
                 yield n

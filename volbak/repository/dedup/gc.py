@@ -1,0 +1,284 @@
+"""Garbage collection of a dedup repository, without any private key.
+
+Two phases a grace period apart (kopia's model), guarded by lock objects (restic's):
+
+Phase 1 (every prune): chunks referenced by listed backups are live. Packs with no live
+chunk, packs in no index file (a crashed or still running backup's), and packs that were
+repacked (their live blobs copied, still encrypted, into new packs) go into a new GC
+plan ``_gc/<stamp>-<hex>``. Nothing is deleted. From then on new backups do not reuse
+chunks in planned packs (they store them again).
+
+Phase 2 (a later prune): a plan older than the grace period whose creation no live
+backup lock predates (within CLOCK_SKEW) is carried out: references are computed afresh
+from the manifests listed *now*; a planned pack still holding the only copy of a live
+chunk is kept (a backup finished meanwhile reuses it), an unindexed pack that got indexed
+is kept; the rest is deleted in this order: a consolidated index file superseding every
+index file read, the packs, the superseded index files, the plan.
+
+The rule, in one line: a pack is deleted only when, after a grace period, no backup that
+could have seen it as reusable is still running and no listed backup needs it.
+
+Every step is idempotent and ordered so that a prune killed at any instant leaves only
+garbage the next prune removes (packs nobody references, superseded index files, plans).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from ...errors import IntegrityError, NotFoundError
+from ..manifest import MANIFEST_SUFFIX, STAMP_FORMAT
+from .index import INDEX_PREFIX, Index, write_index
+from .packs import (
+    PACK_PREFIX,
+    PACK_TARGET,
+    KeyBlock,
+    PackInfo,
+    PackWriter,
+    read_header,
+    read_trailer,
+)
+from .reader import read_chunk_list
+from .store import CLOCK_SKEW, DedupStore, gc_grace, list_locks, lock_stale, now_utc
+from .writer import CHUNKS_SUFFIX
+
+if TYPE_CHECKING:
+    from .. import Repository
+
+REPACK_BELOW = 0.7  # repack a pack when less than this fraction of its blob bytes is live
+REPACK_MIN_DEAD = 256 * 1024  # ... and at least this much is dead (tiny packs stay)
+
+
+@dataclasses.dataclass
+class GCReport:
+    packs: int = 0
+    pack_bytes: int = 0
+    live_bytes: int = 0
+    planned: int = 0
+    repacked: int = 0
+    deleted_packs: int = 0
+    deleted_bytes: int = 0
+    kept_from_plan: int = 0
+    deferred_plans: int = 0
+    plans_done: int = 0
+    orphan_lists: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _references(repo: Repository, store: DedupStore, key: bytes) -> set[bytes]:
+    infos = repo.list()
+    if repo.damaged:
+        raise IntegrityError(
+            f"{len(repo.damaged)} manifest(s) cannot be read ({repo.damaged[0][0]}): "
+            "not collecting garbage, the chunks they use are unknown",
+            hint="fix or delete the damaged manifest; 'volbak verify --all' lists them")
+    refs: set[bytes] = set()
+    for info in infos:
+        if info.manifest.repo_format == "dedup":
+            refs.update(cid for cid, _ in read_chunk_list(store, info, key))
+    return refs
+
+
+def _delete(store: DedupStore, name: str) -> bool:
+    try:
+        store.backend.delete(name)
+    except NotFoundError:
+        return False
+    return True
+
+
+def collect(repo: Repository, store: DedupStore, *, grace: dt.timedelta | None = None,
+            now: dt.datetime | None = None, repack: bool = True) -> GCReport:
+    keys = store.meta_keys()
+    meta = keys.metadata
+    grace = gc_grace() if grace is None else grace
+    report = GCReport()
+    lock = store.prune_lock()
+    try:
+        now = now or now_utc()
+        locks = list_locks(store.backend)  # liveness by the real clock, always
+        live_backups = [lk for lk in locks if lk["kind"] == "backup" and lk["alive"]]
+        _phase2(repo, store, meta, grace, now, live_backups, report)
+        _phase1(repo, store, meta, keys, now, repack, report)
+        _orphan_lists(store, grace, report)
+        for lk in locks:  # dead lock objects, long dead
+            if lk["kind"] != "?" and (now - lk["refreshed_at"]).total_seconds() > 2 * lock_stale():
+                _delete(store, lk["name"])
+    finally:
+        lock.release()
+    return report
+
+
+def _phase2(repo: Repository, store: DedupStore, meta: bytes, grace: dt.timedelta,
+            now: dt.datetime, live: list[dict[str, Any]], report: GCReport) -> None:
+    due = []
+    for plan in store.plans(meta):
+        if now - plan["created_at"] < grace or any(
+                lk["created_at"] < plan["created_at"] + CLOCK_SKEW for lk in live):
+            report.deferred_plans += 1
+        else:
+            due.append(plan)
+    if not due:
+        return
+    stored = {o.name: o.size for o in store.backend.list(PACK_PREFIX)}
+    cand = {p for plan in due for p in plan["packs"] if p in stored}
+    refs = _references(repo, store, meta)
+    full = store.load_index(meta)
+    rest = store.load_index(meta, skip=cand)
+    for cid in refs:
+        if cid not in rest.loc and cid in full.loc:
+            keep = full.pack_of(cid)
+            if keep in cand:  # the only copy of a live chunk: a backup reused it meanwhile
+                cand.discard(keep)
+                report.kept_from_plan += 1
+    if cand:
+        final = store.load_index(meta, skip=cand)
+        by_pack: dict[int, list[tuple[bytes, int, int, int, int]]] = collections.defaultdict(list)
+        for cid, v in final.loc.items():
+            m = 0xFFFFFFFF
+            by_pack[v >> 112].append((cid, (v >> 64) & m, (v >> 32) & m, v & m, (v >> 96) & 0xFFFF))
+        live_refs = [(final.packs[no], entries) for no, entries in sorted(by_pack.items())]
+        write_index(store.backend, meta, live_refs, supersedes=full.files + full.superseded)
+        for name in sorted(cand):
+            if _delete(store, name):
+                report.deleted_packs += 1
+                report.deleted_bytes += stored.get(name, 0)
+        for name in full.files + full.superseded:
+            _delete(store, name)
+    for plan in due:
+        _delete(store, plan["name"])
+        report.plans_done += 1
+
+
+def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt.datetime,
+            repack: bool, report: GCReport) -> None:
+    planned = store.planned_packs(meta)
+    stored = {o.name: o.size for o in store.backend.list(PACK_PREFIX)}
+    refs = _references(repo, store, meta)
+    index = store.load_index(meta)
+    sizes = {p.name: p.size for p in index.packs}
+    blobs: dict[str, int] = collections.Counter()
+    for v in index.loc.values():
+        blobs[index.packs[v >> 112].name] += (v >> 32) & 0xFFFFFFFF
+    live: dict[str, int] = collections.Counter()
+    live_ids: dict[str, list[bytes]] = collections.defaultdict(list)
+    for cid in refs:
+        loc = index.get(cid)
+        if loc is None:
+            continue  # missing chunks are verify's business; nothing to keep
+        live[loc.pack] += loc.length
+        live_ids[loc.pack].append(cid)
+    report.packs = len(stored)
+    report.pack_bytes = sum(stored.values())
+    report.live_bytes = sum(live.values())
+    plan: list[str] = []
+    to_repack: list[str] = []
+    for name in stored:
+        if name in planned:
+            continue
+        if name not in sizes:
+            plan.append(name)  # unindexed: a crashed backup's, or one still running
+        elif not live[name]:
+            plan.append(name)
+        elif repack and live[name] < REPACK_BELOW * blobs[name] and \
+                blobs[name] - live[name] >= REPACK_MIN_DEAD:
+            to_repack.append(name)
+    if to_repack:
+        packs = _repack(store, meta, index, sorted(to_repack), live_ids)
+        if packs:
+            write_index(store.backend, meta, packs)
+        plan.extend(to_repack)
+        report.repacked = len(to_repack)
+    if plan:
+        store.write_plan(meta, plan, now)
+        report.planned = len(plan)
+
+
+def _repack(store: DedupStore, meta: bytes, index: Index, names: list[str],
+            live_ids: dict[str, list[bytes]]) -> list[PackInfo]:
+    """Copy live blobs as they are (still encrypted) into new packs, carrying the key
+    blocks they need: no private key is involved."""
+    out: list[PackInfo] = []
+    writer: PackWriter | None = None
+    key_nos: dict[bytes, int] = {}
+    for name in names:
+        blocks, _ = read_header(store.backend, name)
+        data = store.backend.read_range(name)
+        entries = sorted(((index.get(c), c) for c in live_ids[name]),
+                         key=lambda e: e[0].offset)  # type: ignore[union-attr]
+        if writer is not None and (writer.size >= PACK_TARGET
+                                   or any(b.id not in key_nos for b in blocks)):
+            out.append(writer.finish())
+            writer = None
+        if writer is None:
+            kbs = _dedup_blocks(blocks)
+            key_nos = {b.id: i for i, b in enumerate(kbs)}
+            writer = PackWriter(store.backend, kbs, meta)
+        for loc, cid in entries:
+            blob = data[loc.offset: loc.offset + loc.length]
+            writer.add(cid, blob, loc.raw, key_nos[blocks[loc.key].id])
+    if writer is not None:
+        out.append(writer.finish())
+    return out
+
+
+def _dedup_blocks(blocks: list[KeyBlock]) -> list[KeyBlock]:
+    seen: dict[bytes, KeyBlock] = {}
+    for b in blocks:
+        seen.setdefault(b.id, b)
+    return list(seen.values())
+
+
+def _orphan_lists(store: DedupStore, grace: dt.timedelta, report: GCReport) -> None:
+    """Chunk lists of backups that never got their manifest (crashed runs): older than
+    the grace period by the real clock, and no live lock names them (locks are listed
+    after the names, so a run that starts meanwhile is young anyway)."""
+    now = now_utc()
+    names = {o.name for o in store.backend.list()}
+    busy = {lk.get("what") for lk in list_locks(store.backend) if lk["alive"]}
+    for name in sorted(names):
+        if not name.endswith(CHUNKS_SUFFIX) or name.startswith("_"):
+            continue
+        base = name[: -len(CHUNKS_SUFFIX)]
+        if base + MANIFEST_SUFFIX in names:
+            continue
+        vol, _, stamp = base.rpartition("/")
+        if f"{vol}@{stamp}" in busy:
+            continue
+        try:
+            when = dt.datetime.strptime(stamp.split("-")[0], STAMP_FORMAT).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        if now - when > grace and _delete(store, name):
+            report.orphan_lists += 1
+
+
+def rebuild_index(store: DedupStore) -> tuple[str, int]:
+    """Write one index file from the trailers of every pack, superseding every index
+    file present (readable or not). For a lost or damaged index."""
+    meta = store.meta_keys().metadata
+    import blake3
+
+    packs = []
+    for o in sorted(store.backend.list(PACK_PREFIX), key=lambda o: o.name):
+        entries = read_trailer(store.backend, o.name, o.size, meta)
+        h = blake3.blake3()
+        r = store.backend.open_reader(o.name)
+        try:
+            while data := r.read(1 << 20):
+                h.update(data)
+        finally:
+            r.close()
+        packs.append(PackInfo(o.name, o.size, h.hexdigest(), entries))
+    old = [o.name for o in store.backend.list(INDEX_PREFIX)]
+    name, _ = write_index(store.backend, meta, packs, supersedes=old)
+    for o in old:
+        with contextlib.suppress(NotFoundError):
+            store.backend.delete(o)
+    return name, len(packs)

@@ -1,0 +1,258 @@
+"""Index files: where each chunk is (pack, offset, length), sealed under the metadata key.
+
+    _index/<64 hex>  = sealed( u32 n | JSON header (n bytes) | records of REC )
+    header = {"v": 1, "supersedes": [index names], "packs": [{"name", "size", "blake3"}]}
+    REC    = chunk id (32) | pack number in header (u32) | offset | length | raw length
+             (u32 each) | key block number in the pack (u16)
+
+A backup writes one index file for the packs it wrote, after them and before its chunk
+list and manifest. Prune writes a consolidated one whose ``supersedes`` names the files it
+replaces, then deletes those: a loader ignores any file named in the ``supersedes`` of
+another present file, so a prune interrupted in between loses nothing.
+
+In memory a backup needs only to know which chunks exist: ``Index.load(ids_only=True)``
+keeps every id in one sorted bytes object (32 bytes per chunk, binary search), so 100 GiB
+of unique data at 256 KiB per chunk (~400,000 chunks) costs ~13 MiB, 1 TiB ~130 MiB.
+Locations (a dict entry of ~150 bytes per chunk) are loaded by a restore for its own
+chunks only, and by prune for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import struct
+from collections.abc import Iterable, Iterator
+
+from ...backend import Backend
+from ...errors import IntegrityError, NotFoundError
+from .crypto import SealedReader, SealedWriter, records
+from .packs import PackInfo
+
+INDEX_PREFIX = "_index/"
+REC = struct.Struct(">32sIIIIH")
+_U32 = struct.Struct(">I")
+
+
+def new_index_name() -> str:
+    return INDEX_PREFIX + os.urandom(32).hex()
+
+
+@dataclasses.dataclass
+class PackRef:
+    name: str
+    size: int
+    blake3: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    pack: str
+    offset: int
+    length: int
+    raw: int
+    key: int
+
+
+def write_index(backend: Backend, key: bytes, packs: Iterable[PackInfo | tuple[PackRef, list]],
+                supersedes: Iterable[str] = (), name: str | None = None) -> tuple[str, int]:
+    """Stream an index file; returns its name and size. ``packs`` yields PackInfo, or
+    (PackRef, [(chunk id, offset, length, raw, key)]) pairs."""
+    name = name or new_index_name()
+    items = list(packs)
+    refs = []
+    for p in items:
+        ref = p if isinstance(p, PackInfo) else p[0]
+        refs.append({"name": ref.name, "size": ref.size, "blake3": ref.blake3})
+    head = json.dumps({"v": 1, "supersedes": sorted(supersedes), "packs": refs}).encode()
+    with backend.create_writer(name) as w:
+        sw = SealedWriter(w.write, key)
+        sw.write(_U32.pack(len(head)) + head)
+        buf = bytearray()
+        for no, p in enumerate(items):
+            if isinstance(p, PackInfo):
+                entries = ((e.id, e.offset, e.length, e.raw, e.key) for e in p.entries)
+            else:
+                entries = p[1]
+            for cid, off, length, raw, k in entries:
+                buf += REC.pack(cid, no, off, length, raw, k)
+                if len(buf) >= 1 << 20:
+                    sw.write(buf)
+                    buf.clear()
+        sw.write(buf)
+        sw.close()
+        info = w.commit()
+    return name, info.size
+
+
+class IndexFile:
+    """One index file, read as a stream: first the header, then the records."""
+
+    def __init__(self, backend: Backend, name: str, key: bytes) -> None:
+        self.name = name
+        self._r = backend.open_reader(name)
+        self._segs = SealedReader(self._r.read, key, f"index file {name}").segments()
+        first = b""
+        try:
+            while len(first) < 4:
+                first += next(self._segs)
+            (n,) = _U32.unpack_from(first)
+            while len(first) < 4 + n:
+                first += next(self._segs)
+            head = json.loads(first[4: 4 + n])
+            self.supersedes: list[str] = list(head["supersedes"])
+            self.packs = [PackRef(p["name"], int(p["size"]), p["blake3"]) for p in head["packs"]]
+        except (StopIteration, ValueError, KeyError, TypeError):
+            self.close()
+            raise IntegrityError(f"index file {name} is truncated or malformed",
+                                 hint="run 'volbak prune' to rebuild the index from the packs "
+                                 "(--rebuild-index), or restore from another copy") from None
+        except BaseException:
+            self.close()
+            raise
+        self._rest = first[4 + n:]
+
+    def records(self) -> Iterator[tuple[bytes, int, int, int, int, int]]:
+        def segs() -> Iterator[bytes]:
+            if self._rest:
+                yield self._rest
+            yield from self._segs
+        try:
+            for rec in records(segs(), REC.size):
+                yield REC.unpack(rec)
+        finally:
+            self.close()
+
+    def ids(self, skipped: set[int]) -> list[bytes]:
+        """Just the chunk ids (fast path for a backup's membership test)."""
+        out: list[bytes] = []
+        size = REC.size
+
+        def segs() -> Iterator[bytes]:
+            if self._rest:
+                yield self._rest
+            yield from self._segs
+        try:
+            rest = b""
+            for seg in segs():
+                data = rest + seg if rest else seg
+                end = len(data) - len(data) % size
+                if skipped:
+                    out.extend(data[o: o + 32] for o in range(0, end, size)
+                               if _U32.unpack_from(data, o + 32)[0] not in skipped)
+                else:
+                    out.extend(data[o: o + 32] for o in range(0, end, size))
+                rest = data[end:]
+            if rest:
+                raise IntegrityError(f"index file {self.name} ends in a partial record",
+                                     hint="the repository was modified or damaged")
+        finally:
+            self.close()
+        return out
+
+    def close(self) -> None:
+        self._r.close()
+
+
+class IdSet:
+    """A sorted, immutable set of 32-byte ids in one bytes object."""
+
+    def __init__(self, ids: list[bytes]) -> None:
+        ids.sort()
+        self._blob = b"".join(ids)
+        self._n = len(ids)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, cid: bytes) -> bool:
+        blob, lo, hi = self._blob, 0, self._n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            here = blob[mid * 32: mid * 32 + 32]
+            if here < cid:
+                lo = mid + 1
+            elif here > cid:
+                hi = mid
+            else:
+                return True
+        return False
+
+
+class Index:
+    """Chunk id -> location, from every live index file (see module doc for memory).
+
+    ``skip``: packs whose chunks are left out (packs a GC plan will delete: a backup must
+    not reuse them). ``want``: if given, only these chunk ids are kept (a restore)."""
+
+    def __init__(self) -> None:
+        self.packs: list[PackRef] = []
+        self._pack_no: dict[str, int] = {}
+        self.loc: dict[bytes, int] = {}
+        self.files: list[str] = []  # the live index files read
+        self.superseded: list[str] = []  # present, but replaced by another
+        self.sizes: dict[str, int] = {}
+        self.ids: IdSet | None = None  # ids_only loads
+
+    def _pack(self, ref: PackRef) -> int:
+        no = self._pack_no.get(ref.name)
+        if no is None:
+            no = self._pack_no[ref.name] = len(self.packs)
+            self.packs.append(ref)
+        return no
+
+    @classmethod
+    def load(cls, backend: Backend, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
+             want: set[bytes] | None = None, ids_only: bool = False) -> Index:
+        idx = cls()
+        idlist: list[bytes] = []
+        names = {o.name: o.size for o in backend.list(INDEX_PREFIX)}
+        heads: list[tuple[str, list[str]]] = []
+        for name in sorted(names):
+            try:
+                f = IndexFile(backend, name, key)
+            except NotFoundError:
+                continue  # superseded and deleted by a prune meanwhile
+            f.close()
+            heads.append((name, f.supersedes))
+        gone = {s for _, sup in heads for s in sup if s in names}
+        for name, _ in heads:
+            if name in gone:
+                idx.superseded.append(name)
+                continue
+            try:
+                f = IndexFile(backend, name, key)
+            except NotFoundError:
+                raise IntegrityError(f"index file {name} disappeared while it was read",
+                                     hint="another prune ran at the same time; run again") from None
+            idx.files.append(name)
+            idx.sizes[name] = names[name]
+            nos = [idx._pack(p) for p in f.packs]
+            skipped = {i for i, p in enumerate(f.packs) if p.name in skip}
+            if ids_only:
+                idlist.extend(f.ids(skipped))
+                continue
+            loc = idx.loc
+            for cid, pno, off, length, raw, k in f.records():
+                if pno in skipped or (want is not None and cid not in want):
+                    continue
+                if cid not in loc:
+                    loc[cid] = (nos[pno] << 112) | (k << 96) | (off << 64) | (length << 32) | raw
+        if ids_only:
+            idx.ids = IdSet(idlist)
+        return idx
+
+    def __contains__(self, cid: bytes) -> bool:
+        return cid in self.ids if self.ids is not None else cid in self.loc
+
+    def get(self, cid: bytes) -> Location | None:
+        v = self.loc.get(cid)
+        if v is None:
+            return None
+        m = 0xFFFFFFFF
+        return Location(self.packs[v >> 112].name, (v >> 64) & m, (v >> 32) & m, v & m,
+                        (v >> 96) & 0xFFFF)
+
+    def pack_of(self, cid: bytes) -> str:
+        return self.packs[self.loc[cid] >> 112].name

@@ -1,0 +1,223 @@
+"""Reading a backup back from a dedup repository, and checking one without a key.
+
+The reader opens the repository keys with the identity (a wrong one fails before any
+read), reads the chunk list (checked against the manifest's size and BLAKE3), loads the
+index entries of just those chunks, and streams the chunks in order: adjacent blobs of a
+pack are fetched with one ranged read (up to RUN_BYTES), and a pool of two threads
+fetches, decrypts, decompresses and checks up to PREFETCH runs ahead. Every chunk is
+checked against its keyed BLAKE3 id; anything missing or wrong is an IntegrityError
+naming the backup.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import zstandard
+
+from ...errors import IntegrityError, NotFoundError, VolbakError
+from ...stream.pump import _tune_malloc
+from ..format import BackupReader
+from .crypto import SealedReader, decode_blob, records, unwrap_key
+from .index import Location
+from .packs import read_header
+from .store import DedupStore
+from .writer import LIST_REC
+
+if TYPE_CHECKING:
+    from ..manifest import BackupInfo
+
+RUN_BYTES = 4 << 20
+PREFETCH = 3
+
+
+def _damaged(info: BackupInfo, what: str) -> IntegrityError:
+    return IntegrityError(f"backup {info.id} is damaged: {what}",
+                          hint="the repository was modified or damaged; restore another backup "
+                          "('volbak verify --all' lists which ones are whole)")
+
+
+def read_chunk_list(store: DedupStore, info: BackupInfo, key: bytes) -> list[tuple[bytes, int]]:
+    st = info.manifest.storage or {}
+    name = st.get("chunks")
+    try:
+        raw = store.backend.get_bytes(name)  # type: ignore[arg-type]
+    except NotFoundError:
+        raise _damaged(info, f"its chunk list {name} is missing") from None
+    if len(raw) != st.get("chunks_size") or blake3.blake3(raw).hexdigest() != st.get(
+            "chunks_blake3"):
+        raise _damaged(info, f"its chunk list {name} does not match the manifest")
+    import io
+
+    segs = SealedReader(io.BytesIO(raw).read, key, f"chunk list {name}").segments()
+    return [LIST_REC.unpack(r) for r in records(segs, LIST_REC.size)]
+
+
+class _Keys:
+    """Pack content keys, unwrapped once per key block."""
+
+    def __init__(self, store: DedupStore, identities: list[Any]) -> None:
+        self._store = store
+        self._identities = identities
+        self._cache: dict[tuple[str, int], bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, pack: str, key_no: int) -> bytes:
+        k = self._cache.get((pack, key_no))
+        if k is not None:
+            return k
+        with self._lock:
+            blocks, _ = read_header(self._store.backend, pack)
+            by_id: dict[bytes, bytes] = {}
+            for no, b in enumerate(blocks):
+                key = by_id.get(b.id)
+                if key is None:
+                    key = by_id[b.id] = unwrap_key(b.kind, b.block, self._identities)
+                self._cache[(pack, no)] = key
+        if (pack, key_no) not in self._cache:
+            raise IntegrityError(f"pack {pack} has no key block {key_no}",
+                                 hint="the repository was modified or damaged")
+        return self._cache[(pack, key_no)]
+
+
+class DedupReader(BackupReader):
+    def __init__(self, store: DedupStore, info: BackupInfo, identities: Sequence[Any]) -> None:
+        _tune_malloc()
+        self.info = info
+        self._store = store
+        keys, idents = store.read_keys(list(identities))  # wrong/missing identity: here
+        self._id_key = keys.chunk_id
+        self._list = read_chunk_list(store, info, keys.metadata)
+        want = {cid for cid, _ in self._list}
+        index = store.load_index(keys.metadata, want=want)
+        missing = len(want) - sum(1 for c in want if c in index)
+        if missing:
+            raise _damaged(info, f"{missing} of its chunks are in no index file")
+        self._index = index
+        self._pack_keys = _Keys(store, idents)
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="volbak-restore")
+        self._local = threading.local()
+        self._futs: collections.deque[Future[list[bytes]]] = collections.deque()
+        self._runs = self._plan()
+        self._buf = b""
+        self._off = 0
+        self._parts: collections.deque[bytes] = collections.deque()
+        self._eof = False
+        self.tar_bytes = 0
+
+    def _plan(self) -> Iterator[tuple[str, int, int, list[tuple[bytes, Location]]]]:
+        """Runs of blobs that are adjacent in one pack, in the backup's order."""
+        run: list[tuple[bytes, Location]] = []
+        for cid, raw in self._list:
+            loc = self._index.get(cid)
+            assert loc is not None
+            if loc.raw != raw:
+                raise _damaged(self.info, "its chunk list and the index disagree on a size")
+            if run:
+                last = run[-1][1]
+                start = run[0][1].offset
+                if (loc.pack != last.pack or loc.offset != last.offset + last.length
+                        or loc.offset + loc.length - start > RUN_BYTES):
+                    yield run[0][1].pack, start, last.offset + last.length - start, run
+                    run = []
+            run.append((cid, loc))
+        if run:
+            last = run[-1][1]
+            yield run[0][1].pack, run[0][1].offset, last.offset + last.length - \
+                run[0][1].offset, run
+
+    def _fetch(self, pack: str, offset: int, length: int,
+               run: list[tuple[bytes, Location]]) -> list[bytes]:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        try:
+            data = self._store.backend.read_range(pack, offset, length)
+        except NotFoundError:
+            raise _damaged(self.info, f"pack {pack} is missing") from None
+        if len(data) != length:
+            raise _damaged(self.info, f"pack {pack} is truncated")
+        mv = memoryview(data)
+        out = []
+        for cid, loc in run:
+            key = self._pack_keys.get(pack, loc.key)
+            blob = mv[loc.offset - offset: loc.offset - offset + loc.length]
+            chunk = decode_blob(blob, cid, key, loc.raw, dctx)
+            if chunk is None or len(chunk) != loc.raw or \
+                    blake3.blake3(chunk, key=self._id_key).digest() != cid:
+                raise _damaged(self.info, f"a chunk in pack {pack} at offset {loc.offset} "
+                               "fails its check")
+            out.append(chunk)
+        return out
+
+    def _fill(self) -> bool:
+        while len(self._futs) < PREFETCH:
+            run = next(self._runs, None)
+            if run is None:
+                break
+            self._futs.append(self._pool.submit(self._fetch, *run))
+        if not self._futs:
+            return False
+        try:
+            self._parts.extend(self._futs.popleft().result())
+        except VolbakError:
+            raise
+        return True
+
+    def read(self, n: int) -> bytes:
+        if self._off >= len(self._buf):
+            while not self._parts:
+                if self._eof or not self._fill():
+                    if not self._eof:
+                        self._eof = True
+                        want = (self.info.manifest.tar or {}).get("size")
+                        if want is not None and want != self.tar_bytes:
+                            raise _damaged(self.info, f"it holds {self.tar_bytes} bytes, its "
+                                           f"manifest says {want}")
+                    return b""
+            self._buf, self._off = self._parts.popleft(), 0
+        out = self._buf[self._off: self._off + n]
+        self._off += len(out)
+        self.tar_bytes += len(out)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_stored(store: DedupStore, info: BackupInfo, identities: Sequence[Any] = ()) -> None:
+    """Structure without the identity: the chunk list matches the manifest, every chunk
+    is in the index, every pack it uses exists with the indexed size and BLAKE3."""
+    keys = store.meta_keys(list(identities))
+    chunks = read_chunk_list(store, info, keys.metadata)
+    want = {cid for cid, _ in chunks}
+    index = store.load_index(keys.metadata, want=want)
+    missing = sum(1 for c in want if c not in index)
+    if missing:
+        raise _damaged(info, f"{missing} of its chunks are in no index file")
+    packs = {index.pack_of(c) for c in want}
+    refs = {p.name: p for p in index.packs if p.name in packs}
+    for name in sorted(packs):
+        check_pack(store, info, refs[name].name, refs[name].size, refs[name].blake3)
+
+
+def check_pack(store: DedupStore, info: BackupInfo, name: str, size: int, digest: str) -> None:
+    h = blake3.blake3()
+    got = 0
+    try:
+        r = store.backend.open_reader(name)
+    except NotFoundError:
+        raise _damaged(info, f"pack {name} is missing") from None
+    try:
+        while data := r.read(1 << 20):
+            h.update(data)
+            got += len(data)
+    finally:
+        r.close()
+    if got != size or h.hexdigest() != digest:
+        raise _damaged(info, f"pack {name} has {got} bytes and another hash than indexed")

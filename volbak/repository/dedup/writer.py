@@ -1,0 +1,199 @@
+"""Writing one backup into a dedup repository.
+
+Order of writes (each step only after the previous one is committed):
+1. a lock object (see store.py), then read the GC plans and the index: chunks in packs a
+   plan will delete are not reused;
+2. new chunks into new packs (random names: nobody else knows them yet);
+3. one index file for those packs;
+4. the chunk list ``<volume>/<stamp>.chunks`` (sealed: chunk id | raw length per chunk);
+5. the manifest (with the chunk list's size and BLAKE3), then the lock is released.
+
+Abort before step 3 deletes this run's packs; after it, other runs may already reuse
+them, so everything stays as garbage for prune.
+
+Threads: the caller's thread chunks; a pool of two hashes (keyed BLAKE3) and, for new
+chunks only, compresses and encrypts. Memory is bounded by the queue depths (at most
+~2 x DEPTH chunks of <= 1 MiB in flight) plus the index (see index.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import blake3
+import zstandard
+
+from ...errors import NotFoundError
+from ...stream.pump import _tune_malloc
+from ...util.signals import deferred
+from ..format import BackupWriter
+from .chunker import Chunker
+from .crypto import SealedWriter, encode_blob
+from .index import write_index
+from .packs import PACK_TARGET, KeyBlock, PackInfo, PackWriter
+from .store import DedupStore, RepoLock
+
+if TYPE_CHECKING:
+    from .. import Repository
+    from ..manifest import BackupInfo, Manifest
+
+DEPTH = 8
+LIST_REC = struct.Struct(">32sI")
+CHUNKS_SUFFIX = ".chunks"
+
+
+def chunk_id(key: bytes, data: bytes | memoryview) -> bytes:
+    return blake3.blake3(data, key=key).digest()
+
+
+class DedupWriter(BackupWriter):
+    def __init__(self, repo: Repository, store: DedupStore, volume: str, stamp: str) -> None:
+        self._repo = repo
+        self._store = store
+        self._backend = store.backend
+        self._volume = volume
+        self._stamp = stamp
+        _tune_malloc()
+        self._keys = store.write_keys()  # a missing host key file fails before any write
+        self._lock = RepoLock(self._backend, "backup", f"{volume}@{stamp}")
+        self._done = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pack: PackWriter | None = None
+        self._list_w: Any = None
+        self._packs: list[PackInfo] = []
+        self._index_name: str | None = None
+        try:
+            meta = self._keys.metadata
+            self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
+            self._keyblock, self._content_key = KeyBlock.new(self._keys.recipients)
+            self._session: set[bytes] = set()
+            self._hashq: deque[tuple[bytes, Future[bytes]]] = deque()
+            self._encq: deque[tuple[bytes, int, Future[bytes]]] = deque()
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="volbak-dedup")
+            self._local = threading.local()
+            self._chunker = Chunker(self._on_chunk, *store.chunker)
+            self.chunks_name = f"{volume}/{stamp}{CHUNKS_SUFFIX}"
+            self._list_w = self._backend.create_writer(self.chunks_name)
+            self._list_h = blake3.blake3()
+            self._list_size = 0
+            self._list = SealedWriter(self._list_write, meta)
+            self.chunks = self.new_chunks = self.raw_bytes = self.new_raw = 0
+        except BaseException:
+            self.abort()
+            raise
+
+    # -- the pipeline -------------------------------------------------------------------
+
+    def _list_write(self, data: bytes) -> None:
+        self._list_w.write(data)
+        self._list_h.update(data)
+        self._list_size += len(data)
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._chunker.write(data)
+
+    def _on_chunk(self, data: bytes) -> None:
+        assert self._pool is not None
+        self._hashq.append((data, self._pool.submit(chunk_id, self._keys.chunk_id, data)))
+        self._advance(False)
+
+    def _encode(self, data: bytes, cid: bytes) -> bytes:
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:  # a compressor must not be shared between threads
+            cctx = self._local.cctx = zstandard.ZstdCompressor(level=3)
+        return encode_blob(data, cid, self._content_key, cctx)
+
+    def _advance(self, final: bool) -> None:
+        assert self._pool is not None
+        hq, eq = self._hashq, self._encq
+        while hq and (final or len(hq) > DEPTH or hq[0][1].done()):
+            data, fut = hq.popleft()
+            cid = fut.result()
+            self._list.write(LIST_REC.pack(cid, len(data)))
+            self.chunks += 1
+            self.raw_bytes += len(data)
+            if cid in self._index or cid in self._session:
+                continue
+            self._session.add(cid)
+            self.new_chunks += 1
+            self.new_raw += len(data)
+            eq.append((cid, len(data), self._pool.submit(self._encode, data, cid)))
+        while eq and (final or len(eq) > DEPTH or eq[0][2].done()):
+            cid, raw, fut = eq.popleft()
+            blob = fut.result()
+            if self._pack is None:
+                self._pack = PackWriter(self._backend, [self._keyblock], self._keys.metadata)
+            self._pack.add(cid, blob, raw)
+            if self._pack.size >= PACK_TARGET:
+                self._finish_pack()
+
+    def _finish_pack(self) -> None:
+        if self._pack is not None:
+            pack, self._pack = self._pack, None
+            self._packs.append(pack.finish())
+
+    # -- commit / abort -----------------------------------------------------------------
+
+    def commit(self, manifest: Manifest) -> BackupInfo:
+        try:
+            self._chunker.finish()
+            self._advance(True)
+            self._finish_pack()
+            index_size = 0
+            if self._packs:
+                self._index_name, index_size = write_index(
+                    self._backend, self._keys.metadata, self._packs)
+            self._list.close()
+            self._list_w.commit()
+            self._lock.check()
+            stored = sum(p.size for p in self._packs) + index_size + self._list_size
+            manifest.repo_format = "dedup"
+            manifest.compression = "zstd"
+            manifest.encryption = self._store.encryption_record()
+            manifest.storage = {
+                "repository": self._store.config.id,
+                "chunks": self.chunks_name, "chunks_size": self._list_size,
+                "chunks_blake3": self._list_h.hexdigest(),
+                "chunk_count": self.chunks, "new_chunks": self.new_chunks,
+                "new_bytes": self.new_raw, "packs": len(self._packs),
+                "index": self._index_name, "size": stored,
+            }
+            info = self._repo.write_manifest(self._volume, self._stamp, manifest)
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._shutdown()
+        self._lock.release()
+        return info
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with deferred():
+            self._shutdown()
+            if self._pack is not None:
+                self._pack.abort()
+            if self._list_w is not None:
+                self._list_w.abort()
+            with contextlib.suppress(Exception):
+                if not self._repo.has_manifest(self._volume, self._stamp):
+                    with contextlib.suppress(NotFoundError):
+                        self._backend.delete(self.chunks_name)
+                    if self._index_name is None:
+                        # Unindexed: no other run can have reused these packs.
+                        for p in self._packs:
+                            with contextlib.suppress(NotFoundError):
+                                self._backend.delete(p.name)
+            if hasattr(self, "_lock"):
+                self._lock.release()
