@@ -125,6 +125,9 @@ def test_resources_cleanup_even_on_other_engine(docker_client, docker_client2, b
         docker_client2.volumes.get(v2.name)
 
 
+# Podman's GET archive names entries "/a" and replaces every owner with the container's
+# user (DESIGN.md): the fidelity this checks is dockerd's.
+@pytest.mark.engines("docker")
 def test_volume_round_trip_through_archive_api(tmp_path, docker_client, resources, busybox_image):
     """populate() a volume on the host, read it back with the archive API, compare."""
     vol = resources.volume()

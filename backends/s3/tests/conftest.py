@@ -34,6 +34,9 @@ def _load_core():
 
 
 _core = _load_core()
+# Everything but the dunders: pytest leaves the last conftest it imported in
+# sys.modules["conftest"], and tests that `import conftest` must find the core's names
+# (private helpers too) whichever that was.
 globals().update(
-    {k: v for k, v in vars(_core).items() if not k.startswith("_") and k != "annotations"}
+    {k: v for k, v in vars(_core).items() if not k.startswith("__") and k != "annotations"}
 )

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def s3_endpoint(s3_server, monkeypatch):
+def s3_url(s3_server, monkeypatch):
     """The server's URL, its keys in the environment (for boto3 and the CLI)."""
     for k, v in s3_server.env.items():
         monkeypatch.setenv(k, v)
@@ -25,8 +25,8 @@ def s3_endpoint(s3_server, monkeypatch):
 
 
 @pytest.fixture
-def bucket(s3_endpoint):
-    s3 = boto3.session.Session().client("s3", endpoint_url=s3_endpoint)
+def bucket(s3_url):
+    s3 = boto3.session.Session().client("s3", endpoint_url=s3_url)
     name = f"volbak-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     yield name
@@ -39,17 +39,17 @@ def bucket(s3_endpoint):
 
 
 @pytest.fixture
-def run(docker_host, s3_endpoint, bucket, capsys):
+def run(docker_host, s3_url, bucket, capsys):
     return cli_runner(docker_host, f"s3://{bucket}/nightly", capsys,
-                      ["-o", f"endpoint_url={s3_endpoint}", "-o", "part_size=5MiB"])
+                      ["-o", f"endpoint_url={s3_url}", "-o", "part_size=5MiB"])
 
 
-def test_round_trip_through_s3(resources, docker_client, run, s3_endpoint, bucket):
+def test_round_trip_through_s3(resources, docker_client, run, s3_url, bucket):
     src = resources.volume().name
     populate(volume_path(docker_client, src), big=24 * 2**20)  # several 5 MiB parts
     backup = json.loads(run("backup", src, "--compress", "none", "--json")[0])
     assert backup["size"] > 20 * 2**20
-    s3 = boto3.session.Session().client("s3", endpoint_url=s3_endpoint)
+    s3 = boto3.session.Session().client("s3", endpoint_url=s3_url)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"nightly/{src}/{backup['id'].split('@')[1]}.manifest.json",
                     f"nightly/{src}/{backup['id'].split('@')[1]}.tar"]
