@@ -9,11 +9,11 @@ from .context import Ctx, common
 
 
 @click.command()
-@common
+@common(engine=False, repo=False)
 def recover(ctx: Ctx) -> None:
     """Start the containers that a volbak process which died (kill -9, reboot) had
     stopped for a backup. Every volbak command does this first; this command only
-    does that.
+    does that. The engines are the ones recorded in the journal.
 
     \b
     Examples:

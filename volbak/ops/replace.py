@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ..engine import (
     MANAGED_LABEL,
     Engine,
+    clear_volume,
     copy_volume,
     create_volume,
     delete_volume,
@@ -36,12 +37,17 @@ def fill_staging(engine: Engine, fill: Callable[[str], None], labels: dict[str, 
 
 def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
                          helper_image: str | None = None, flag: str = "--to-volume",
-                         what: str = "restored", rerun: str = "rerun the restore") -> None:
+                         what: str = "restored", rerun: str = "rerun the restore",
+                         in_use: bool = False) -> None:
     """Replace ``target``'s contents with the (complete, verified) staging volume's, then
     remove the staging volume. A non-empty target is removed and recreated with its
-    labels, driver and options. On failure the staging volume is kept and named."""
+    labels, driver and options; one that containers mount (``in_use``: the engine
+    refuses to remove it) is emptied in place instead. On failure the staging volume is
+    kept and named."""
     try:
-        if not empty:
+        if not empty and in_use:
+            clear_volume(engine, target, helper_image)
+        elif not empty:
             old = inspect_volume(engine, target, flag)
             delete_volume(engine, target, "to replace it (--force)")
             create_volume(engine, target, old.get("Labels") or {}, old.get("Driver") or "local",

@@ -43,6 +43,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -236,12 +237,20 @@ def stopped(
     try:
         for c in running:
             if on_event:
-                on_event(f"stopping container {_name(c)}")
+                # docker stop waits for the process to exit: say how long it may take.
+                grace = timeout if timeout is not None else (
+                    (c.attrs.get("Config") or {}).get("StopTimeout") or 10)
+                on_event(f"stopping container {_name(c)} (it gets up to {grace} s to exit "
+                         "before it is killed; --stop-timeout changes that)")
+            t_stop = time.monotonic()
             try:
                 if timeout is None:
                     c.stop()
                 else:
                     c.stop(timeout=timeout)
+                if on_event:
+                    on_event(f"container {_name(c)} stopped after "
+                             f"{time.monotonic() - t_stop:.1f} s")
             except docker.errors.NotFound:
                 pass
             except _DOCKER_ERRORS as e:
