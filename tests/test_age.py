@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from volbak.crypto import age
-from volbak.errors import TargetExistsError
-from volbak.errors import CryptoError
+from volbak.errors import CryptoError, TargetExistsError
 
 TESTKIT = Path(__file__).parent / "data" / "age-testkit"
 

@@ -70,7 +70,8 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
     if not volumes and not containers:
         raise UsageError("nothing to back up", hint="name a VOLUME or pass --container NAME")
     if stop_timeout is not None and not stop:
-        raise UsageError("--stop-timeout needs --stop")
+        raise UsageError("--stop-timeout needs --stop",
+                         hint="add --stop, or drop --stop-timeout")
     how = Consistency(stop, pre_backup, post_backup, lock_wait, stop_timeout)
     s = ctx.settings
     if not (recipient or recipients_file or passphrase_file or ask_passphrase):

@@ -51,7 +51,8 @@ def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str |
         raise UsageError("--stop is for replacing a volume in use, with --force",
                          hint="add --force, or restore to a new volume without --stop")
     if stop_timeout is not None and not stop:
-        raise UsageError("--stop-timeout needs --stop")
+        raise UsageError("--stop-timeout needs --stop",
+                         hint="add --stop, or drop --stop-timeout")
     info = ctx.repo().get(backup_id, one_volume=bool(to_volume))
     identity, passphrase_file = key_files(ctx, identity, passphrase_file)
     opts = RestoreOptions(identities(identity, passphrase_file, info.manifest.encryption), force,

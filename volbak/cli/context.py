@@ -139,25 +139,26 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, str]:
 
 # -- the options -----------------------------------------------------------------------------
 
-def _host_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("-H", "--host", metavar="URL|CONTEXT",
+def _host_option(f: Callable[..., Any], hidden: bool = False) -> Callable[..., Any]:
+    return click.option("-H", "--host", metavar="URL|CONTEXT", hidden=hidden,
                         help="Docker engine: unix://, tcp://, ssh://user@host or a docker "
                         "context name. Default: DOCKER_HOST, then the current docker context.")(f)
 
 
-def _repo_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def _repo_options(f: Callable[..., Any], hidden: bool = False) -> Callable[..., Any]:
     f = click.option("-o", "--repo-option", "repo_options", multiple=True, metavar="KEY=VALUE",
+                     hidden=hidden,
                      help="Backend option, e.g. -o endpoint_url=http://127.0.0.1:9000 "
                      "for s3://.")(f)
-    return click.option("--repo", metavar="PATH|URL",
+    return click.option("--repo", metavar="PATH|URL", hidden=hidden,
                         help="Repository (env VOLBAK_REPO, then the config's repo). "
                         f"Default: {default_repo()}")(f)
 
 
-def _config_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option("--job", metavar="NAME",
+def _config_options(f: Callable[..., Any], hidden: bool = False) -> Callable[..., Any]:
+    f = click.option("--job", metavar="NAME", hidden=hidden,
                      help="Take the defaults from this job of the config file.")(f)
-    return click.option("--config", metavar="FILE",
+    return click.option("--config", metavar="FILE", hidden=hidden,
                         help="Config file whose repository and keys are the defaults "
                         "(default: $VOLBAK_CONFIG, /etc/volbak.toml as root, "
                         "~/.config/volbak.toml).")(f)
@@ -207,12 +208,11 @@ def common(f: Callable[..., Any] | None = None, *, engine: bool = True,
             finally:
                 ctx.close()
 
+        # Options a command does not use are still accepted (a script that passes -H to
+        # every command keeps working, as 'volbak -H URL show ID' does) but not offered.
         out: Callable[..., Any] = _output_options(wrapper)
-        if repo:
-            out = _repo_options(_config_options(out))
-        if engine:
-            out = _host_option(out)
-        return out
+        out = _repo_options(_config_options(out, hidden=not repo), hidden=not repo)
+        return _host_option(out, hidden=not engine)
 
     return deco(f) if f is not None else deco
 

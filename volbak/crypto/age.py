@@ -257,13 +257,11 @@ def _is_secret(s: str) -> bool:
 
 
 def _shown(s: str) -> str:
-    """How a malformed recipient is quoted in a message: a public key is public, but a
-    string that is not one may be anything (a passphrase, a key typed in the wrong
-    place), so only the start of something that looks like a recipient is shown."""
-    if s.lower().startswith("age1") and len(s) <= 80:
-        return repr(s)
+    """How a malformed recipient is quoted in a message. It may be anything (a key typed
+    in the wrong place, a secret key's data after a mangled prefix), so only its first
+    characters are shown."""
     if s.lower().startswith("age1"):
-        return repr(s[:20] + "...")
+        return repr(s[:12] + "...")
     return f"(a {len(s)}-character string that does not start with 'age1')"
 
 
@@ -295,7 +293,9 @@ class X25519Recipient:
         try:
             hrp, data = bech32_decode(s)
         except ValueError as e:
-            raise AgeKeyError(f"malformed age recipient {shown}: {e}") from None
+            raise AgeKeyError(f"malformed age recipient {shown}: {e}",
+                              hint="a recipient is a public key, age1..., as printed by "
+                              "'volbak keygen' or 'age-keygen -y FILE'") from None
         if hrp == "age1pq":
             raise AgeKeyError("post-quantum (age1pq) recipients are not supported")
         if hrp.startswith("age1"):
