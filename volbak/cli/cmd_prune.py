@@ -58,6 +58,8 @@ def prune(ctx: Ctx, volumes: tuple[str, ...], last: int | None, hourly: int | No
                          hint="name the volumes whose backups should all go "
                          "(volbak prune VOLUME --keep-last 0), or use 'volbak forget'")
     policy = Policy(**{k: v or 0 for k, v in counts.items()})
+    if not keep_none:
+        policy.check()  # a usage error comes before any look at the repository
     repo = ctx.repo()
     decisions: list[Decision] = []
     with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(

@@ -239,7 +239,8 @@ def stopped(
             if on_event:
                 # docker stop waits for the process to exit: say how long it may take.
                 grace = timeout if timeout is not None else (
-                    (c.attrs.get("Config") or {}).get("StopTimeout") or 10)
+                    ((getattr(c, "attrs", None) or {}).get("Config") or {}).get("StopTimeout")
+                    or 10)
                 on_event(f"stopping container {_name(c)} (it gets up to {grace} s to exit "
                          "before it is killed; --stop-timeout changes that)")
             t_stop = time.monotonic()
