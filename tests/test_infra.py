@@ -9,9 +9,10 @@ import stat
 import subprocess
 import tarfile
 
+import docker
 import docker.errors
 import pytest
-from conftest import BUSYBOX_IMAGE, TEST_LABEL
+from conftest import BUSYBOX_IMAGE, TEST_LABEL, Resources, ensure_busybox_image
 from fidelity import diff_listings, listing, populate, volume_path
 
 SMALL = 2 * 2**20
@@ -206,3 +207,39 @@ def test_sweep_spares_a_live_concurrent_session(docker_client):
         for name in names.values():
             with contextlib.suppress(docker.errors.NotFound):
                 docker_client.volumes.get(name).remove(force=True)
+
+
+def test_podman_service_runs_test_containers(podman_host):
+    """scripts/podman's service: API version negotiated, the test image imported under
+    its tag (Podman ignores import's `tag` parameter), a started container works (its
+    default_ulimits), and the volume's data is where inspect says."""
+    client = docker.DockerClient(base_url=podman_host, version="auto")
+    res = Resources(client)
+    try:
+        assert "podman" in str(client.version()).lower()
+        assert client.api.api_version >= "1.40"
+        ensure_busybox_image(client)
+        assert client.images.get(BUSYBOX_IMAGE).labels.get(TEST_LABEL) == "1"
+        vol = res.volume()
+        ctr = res.container(
+            BUSYBOX_IMAGE,
+            ["sh", "-c", "echo hello > /data/f && ls /data"],
+            volumes={vol.name: {"bind": "/data", "mode": "rw"}},
+        )
+        ctr.start()
+        assert ctr.wait(timeout=60)["StatusCode"] == 0
+        assert ctr.logs().decode().split() == ["f"]
+        assert (volume_path(client, vol.name) / "f").read_text() == "hello\n"
+    finally:
+        res.cleanup()
+        client.close()
+
+
+def test_engine_kinds_parametrize_engine_1(engine_kind, docker_host):
+    """With VOLBAK_TEST_ENGINES=docker,podman this runs twice, engine 1 being each."""
+    client = docker.DockerClient(base_url=docker_host, version="auto")
+    try:
+        is_podman = "podman" in str(client.version()).lower()
+    finally:
+        client.close()
+    assert is_podman == (engine_kind == "podman")

@@ -24,8 +24,7 @@ import pytest
 from fidelity import diff_listings, listing, populate, volume_path
 
 from volbak.cli import main
-from volbak.engine import read_tree_digest
-from volbak.engine import connect
+from volbak.engine import connect, read_tree_digest
 from volbak.errors import IntegrityError
 from volbak.stream.tar import TarParser
 

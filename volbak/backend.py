@@ -15,6 +15,22 @@ component. Every backend MUST:
 - raise only errors from ``volbak.errors`` (BackendError and its subclasses); never a
   library's own exception type.
 
+Optional: unfinished writes. A writer killed before ``commit()``/``abort()`` (a crash,
+SIGKILL, a lost network) can leave a temp file or a multipart upload behind, invisible to
+``list`` and possibly large. A backend that can find them implements
+``list_incomplete(older_than_seconds)`` and ``remove_incomplete(older_than_seconds)``
+(the defaults find nothing). Both return one line per unfinished write, starting with the
+name of the object it was writing ("vol/x.tar (multipart upload ..., started ...)"), and
+they MUST:
+
+- consider only what this repository's own writers leave (temp files under its root,
+  multipart uploads under its prefix, never a sibling prefix or anything else);
+- never list or remove anything begun or written to less than ``older_than_seconds``
+  ago: a live writer on another host may still be using it, so when in doubt (coarse or
+  skewed clocks) count an unfinished write as younger, not older;
+- ``list_incomplete`` changes nothing; ``remove_incomplete`` removes and returns what it
+  listed, and something that vanished meanwhile (its writer finished) is not an error.
+
 Backends are found through the ``volbak.backends`` entry-point group, keyed by URL
 scheme, and imported only when a repository URL uses them. A plain path means ``file``.
 ``volbak.testing`` holds the contract test suite every backend runs.
@@ -114,6 +130,17 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default has nothing to release."""
+
+    def list_incomplete(self, older_than_seconds: float) -> list[str]:
+        """Unfinished writes begun (or last written) more than ``older_than_seconds``
+        ago, one line each starting with the object's name. Optional (see the module
+        doc); the default finds none."""
+        return []
+
+    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
+        """Remove what ``list_incomplete(older_than_seconds)`` lists and return it.
+        Optional (see the module doc); the default removes nothing."""
+        return []
 
     def put_bytes(self, name: str, data: bytes) -> ObjectInfo:
         with self.create_writer(name) as w:

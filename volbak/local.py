@@ -3,15 +3,20 @@
 Objects are files under the repository directory; a name's '/' separators are
 subdirectories. A write goes to a hidden temp file beside its target, is fsynced,
 renamed into place, and the directory is fsynced, so a crash leaves either the old
-state or the complete object, and listing skips the temp files.
+state or the complete object, and listing skips the temp files. The temp files a crash
+leaves are found by ``list_incomplete``/``remove_incomplete`` by their age: the time of
+their last write (mtime), so one still being written is never taken.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import os
 import secrets
+import stat
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -147,6 +152,54 @@ class LocalBackend(Backend):
                             yield ObjectInfo(name, os.lstat(os.path.join(dirpath, fn)).st_size)
         except OSError as e:
             raise _translate(e, prefix or str(self.root)) from None
+
+    def _incomplete(self, older_than_seconds: float) -> Iterator[tuple[Path, str]]:
+        """Temp files last written before now - age, with their one-line description."""
+        if not self.root.exists():
+            return
+        cutoff = time.time() - older_than_seconds
+        try:
+            for dirpath, dirnames, filenames in os.walk(self.root):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    if not fn.startswith(TMP_PREFIX):
+                        continue
+                    path = Path(dirpath) / fn
+                    try:
+                        st = path.lstat()
+                    except FileNotFoundError:
+                        continue  # its writer committed or aborted meanwhile
+                    if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff:
+                        continue
+                    rel = path.relative_to(self.root)
+                    # TMP_PREFIX + final name + "." + random suffix (see _LocalWriter)
+                    name = str(rel.parent / fn[len(TMP_PREFIX) :].rpartition(".")[0])
+                    name = name.removeprefix("./")
+                    when = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
+                    yield path, (
+                        f"{name} (temp file {rel}, {st.st_size} bytes, last written "
+                        f"{when:%Y-%m-%dT%H:%M:%SZ})"
+                    )
+        except OSError as e:
+            raise _translate(e, str(self.root)) from None
+
+    def list_incomplete(self, older_than_seconds: float) -> list[str]:
+        return [what for _, what in self._incomplete(older_than_seconds)]
+
+    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
+        removed = []
+        for path, what in list(self._incomplete(older_than_seconds)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise _translate(e, what) from None
+            removed.append(what)
+            if path.parent != self.root:  # the volume's directory, if this left it empty
+                with contextlib.suppress(OSError):
+                    path.parent.rmdir()
+        return removed
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import time
 import tracemalloc
 from collections.abc import Iterator
 
@@ -78,6 +79,15 @@ class BackendContract:
     # (measured with tracemalloc, so only meaningful when no server runs in-process);
     # None skips the check.
     stream_memory_limit: int | None = None
+    # Unfinished writes (list_incomplete/remove_incomplete, optional): whether the backend
+    # finds them, how many bytes an unfinished writer must write before something exists
+    # (S3: more than one part), the age the test passes, and how long it waits before it
+    # expects the first writer listed: the age, plus the time its data takes to arrive,
+    # plus whatever slack the backend keeps (whole-second timestamps: about 2 s).
+    finds_incomplete: bool = True
+    incomplete_write_size: int = 100_000
+    incomplete_age: float = 1.0
+    incomplete_wait: float = 2.0
 
     @pytest.fixture
     def backend(self) -> Iterator[Backend]:  # pragma: no cover - overridden
@@ -226,6 +236,45 @@ class BackendContract:
             with pytest.raises(RuntimeError):
                 w.commit()
         assert backend.get_bytes("vol/once") == b"x"
+
+    # -- unfinished writes (optional) ---------------------------------------------------
+
+    def test_incomplete_writes_found_by_age_and_removed(self, backend: Backend) -> None:
+        if not self.finds_incomplete:
+            pytest.skip("unfinished writes are not found here (finds_incomplete = False)")
+        age = self.incomplete_age
+        backend.put_bytes("vol/done", b"committed")
+        old = backend.create_writer("vol/old")
+        try:
+            old.write(payload(self.incomplete_write_size, seed=11))
+            # Younger than the age: never listed, never removed.
+            assert backend.list_incomplete(3600) == []
+            assert backend.remove_incomplete(3600) == []
+            time.sleep(self.incomplete_wait)
+            new = backend.create_writer("vol/new")
+            try:
+                new.write(payload(self.incomplete_write_size, seed=12))
+                listed = backend.list_incomplete(age)
+                assert len(listed) == 1, listed
+                assert listed[0].startswith("vol/old"), listed
+                assert "\n" not in listed[0]
+                assert backend.list_incomplete(age) == listed  # listing changes nothing
+                assert backend.list_incomplete(3600) == []
+                assert backend.remove_incomplete(age) == listed
+                assert backend.list_incomplete(age) == []
+                assert backend.remove_incomplete(age) == []
+                # The fresh writer is untouched and still commits.
+                new.write(b"tail")
+                new.commit()
+            finally:
+                new.abort()
+        finally:
+            old.abort()  # its temp file or upload is gone already: must not raise
+        assert names(backend) == ["vol/done", "vol/new"]
+        want = payload(self.incomplete_write_size, seed=12) + b"tail"
+        assert backend.get_bytes("vol/new") == want
+        assert backend.get_bytes("vol/done") == b"committed"
+        assert backend.list_incomplete(0) == []
 
     # -- listing ----------------------------------------------------------------------
 

@@ -7,7 +7,15 @@ from typing import Any
 import click
 
 from ..errors import UsageError, VolbakError
-from .context import Ctx, common, encryption_options, fmt_rate, fmt_size, plural
+from .context import (
+    Ctx,
+    common,
+    encryption_options,
+    fmt_rate,
+    fmt_size,
+    plural,
+    source_option,
+)
 
 
 @click.command()
@@ -38,6 +46,7 @@ from .context import Ctx, common, encryption_options, fmt_rate, fmt_size, plural
 @click.option("--dry-run", is_flag=True,
               help="Check the names and show what would be backed up and stopped; "
               "back up nothing.")
+@source_option
 @click.option("--helper-image", metavar="IMAGE",
               help="Image for the helper container (default: an empty image volbak imports).")
 @encryption_options
@@ -45,7 +54,7 @@ from .context import Ctx, common, encryption_options, fmt_rate, fmt_size, plural
 def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
            compression: str | None, exclude: tuple[str, ...], stop: bool,
            stop_timeout: int | None, pre_backup: str | None, post_backup: str | None,
-           lock_wait: float, dry_run: bool, helper_image: str | None,
+           lock_wait: float, dry_run: bool, helper_image: str | None, source: str,
            recipient: tuple[str, ...], recipients_file: tuple[str, ...],
            passphrase_file: str | None, ask_passphrase: bool) -> None:
     """Back up volumes into the repository.
@@ -84,7 +93,7 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
         return
     opts = BackupOptions(compression or s.compress or "zstd",
                          recipients(recipient, recipients_file, passphrase_file, ask_passphrase),
-                         helper_image, ctx.progress, exclude)
+                         helper_image, ctx.progress, source, exclude)
     repo = ctx.repo(create=True)
     stored: list[Any] = []
 
@@ -130,6 +139,8 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     summary = {**info.summary(), "tar_size": tar_size, "seconds": secs,
                "sha256": (m.object or {}).get("sha256"), "repo": ctx.repo().url}
     ctx.emit(summary)
+    for warning in m.warnings:
+        ctx.warn(f"{info.id}: {warning}")
     ctx.say(f"{info.id}  {fmt_size(tar_size)} read, {fmt_size(info.size)} stored "
             f"({m.compression}{', encrypted' if m.encryption else ''}), "
             f"{plural(m.entries, 'entry', 'entries')}, {secs:.1f} s, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UsageError
-from .context import Ctx, common, decryption_options, fmt_size, plural
+from .context import Ctx, common, decryption_options, fmt_size, plural, source_option
 
 
 @click.command()
@@ -21,12 +21,13 @@ from .context import Ctx, common, decryption_options, fmt_size, plural
               "its contents are replaced, and start them again (as backup --stop).")
 @click.option("--stop-timeout", type=click.IntRange(min=0), metavar="SECONDS",
               help="With --stop: seconds before a container is killed (docker stop -t).")
+@source_option
 @click.option("--helper-image", metavar="IMAGE", help="Image for helper containers.")
 @decryption_options
 @common
 def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str | None,
             force: bool, stop: bool, stop_timeout: int | None, helper_image: str | None,
-            identity: tuple[str, ...], passphrase_file: str | None) -> None:
+            source: str, identity: tuple[str, ...], passphrase_file: str | None) -> None:
     """Restore a backup into a new volume or a new data-volume container.
 
     ID is a backup ID from 'volbak list', a container set ID, 'latest', NAME@latest,
@@ -56,7 +57,8 @@ def restore(ctx: Ctx, backup_id: str, to_volume: str | None, to_container: str |
     info = ctx.repo().get(backup_id, one_volume=bool(to_volume))
     identity, passphrase_file = key_files(ctx, identity, passphrase_file)
     opts = RestoreOptions(identities(identity, passphrase_file, info.manifest.encryption), force,
-                          helper_image, ctx.progress, stop, stop_timeout, ctx.event)
+                          helper_image, ctx.progress, source, ctx.warn, stop=stop,
+                          stop_timeout=stop_timeout, on_event=ctx.event)
     engine = ctx.engine()
     if to_volume:
         results = [restore_to_volume(engine, ctx.repo(), info, to_volume, opts)]

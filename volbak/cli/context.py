@@ -54,6 +54,7 @@ class Ctx:
         self.json = as_json
         self.quiet_flag = quiet
         self.quiet = quiet or as_json
+        self.silent = quiet  # -q itself: not even warnings
         self._engine: Any = None
         self._repo: Any = None
         self.recovered: list[str] = []
@@ -96,7 +97,7 @@ class Ctx:
         """Warnings are shown even with --json (on stderr); -q silences them."""
         from ..util.redact import redact
 
-        if not self.quiet_flag:
+        if not self.silent:
             click.echo(f"volbak: warning: {redact(text)}", err=True)
 
     def recover(self) -> None:
@@ -275,3 +276,12 @@ def key_files(ctx: Ctx, identity: tuple[str, ...], passphrase_file: str | None
         identity = (str(s.identity_file),) if s.identity_file else ()
         passphrase_file = str(s.passphrase_file) if s.passphrase_file else None
     return identity, passphrase_file
+
+
+def source_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--source", type=click.Choice(["auto", "direct", "api"]), default="auto",
+        show_default=True,
+        help="How the volume is read/written: 'direct' on its directory on this host "
+        "(local engine, root: every attribute, faster), 'api' through the engine's "
+        "archive API (remote engines), 'auto' direct where possible.")(f)

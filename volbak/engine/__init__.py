@@ -3,7 +3,7 @@ containers (``helpers``), volumes and containers (``volumes``), the archive API
 (``archive``) and the one retry helper (``retry``). Only this package calls docker-py,
 and only here are its internals used, each behind a fallback to its public API."""
 
-from .archive import ArchiveStream, put_archive
+from .archive import PODMAN_LOSSES, ArchiveStream, VolumeTar, put_archive, put_volume_tar
 from .client import Engine, api_errors, connect, resolve_host, same_engine
 from .helpers import (
     HELPER_IMAGE,
@@ -47,9 +47,11 @@ __all__ = [
     "HELPER_LABEL",
     "MANAGED_LABEL",
     "OWNER_LABEL",
+    "PODMAN_LOSSES",
     "ArchiveStream",
     "Engine",
     "VolumeMount",
+    "VolumeTar",
     "api_errors",
     "check_volume_name",
     "clear_volume",
@@ -67,6 +69,7 @@ __all__ = [
     "inspect_container",
     "inspect_volume",
     "put_archive",
+    "put_volume_tar",
     "read_tree_digest",
     "remove_container",
     "remove_volume",

@@ -143,3 +143,66 @@ def put_archive(engine: Engine, cid: str, path: str, chunks: Iterator[bytes]) ->
             raise
     if not ok:
         raise EngineError(f"engine {engine.url} did not accept the archive")
+
+
+# -- a volume's tree as a tar stream, whatever the engine -------------------------------------
+#
+# volbak's archives name entries "<root>/..." (the helper mounts the volume at /<root>).
+# dockerd's GET at /<root> gives exactly that, and PUT at "/" of such names is what keeps
+# setuid on hardlinks and the root's own mode (DESIGN.md). Podman's GET names entries
+# "/a" and its PUT at "/" does not descend into volumes, so there entries are renamed
+# on the way: read as "<root>/...", written at the mount path with relative names.
+
+PODMAN_LOSSES = ("read through Podman's archive API, which replaces every owner with the "
+                 "container's user and leaves out top-level dev/, proc/ and sys/: uid/gid "
+                 "and such directories are not kept (the direct volume source on the "
+                 "engine's host keeps them)")
+
+
+class VolumeTar:
+    """A volume's tree read through the archive API, named "<root>/..."."""
+
+    def __init__(self, engine: Engine, cid: str, root: str, gzip: bool = False) -> None:
+        from ..stream.tar import Renamed, under_root
+
+        self._stream = ArchiveStream(engine, cid, "/" + root, gzip and not engine.is_podman)
+        self.compressed = self._stream.compressed
+        self.owners_kept = not engine.is_podman
+        self._renamed = Renamed(self._stream.read, under_root(root)) \
+            if engine.is_podman else None
+        self.read = self._renamed.read if self._renamed else self._stream.read
+
+    def close(self) -> None:
+        self._stream.close()
+        if self._renamed:
+            self._renamed.close()
+
+
+def put_volume_tar(engine: Engine, cid: str, root: str, chunks: Iterator[bytes]) -> None:
+    """Write a tar named "<root>/..." into the helper that mounts a volume at /<root>."""
+    if not engine.is_podman:
+        put_archive(engine, cid, "/", chunks)
+        return
+    from ..stream.tar import Renamed, relative_to
+
+    renamed = Renamed(_reader(chunks), relative_to(root))
+    try:
+        put_archive(engine, cid, "/" + root, iter(lambda: renamed.read(CHUNK), b""))
+    finally:
+        renamed.close()
+
+
+def _reader(chunks: Iterator[bytes]) -> Any:
+    buf = bytearray()
+
+    def read(n: int) -> bytes:
+        while len(buf) < n:
+            more = next(chunks, b"")
+            if not more:
+                break
+            buf.extend(more)
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    return read

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,20 @@ class Engine:
     @property
     def api(self) -> docker.APIClient:
         return self.client.api
+
+    @functools.cached_property
+    def product(self) -> str:
+        """"podman" or "docker": Podman's Docker-compatible API differs where it
+        matters (archive entry names and owners, exec on stopped containers)."""
+        with contextlib.suppress(Exception):
+            names = [c.get("Name", "") for c in self.api.version().get("Components") or []]
+            if any("podman" in n.lower() for n in names):
+                return "podman"
+        return "docker"
+
+    @property
+    def is_podman(self) -> bool:
+        return self.product == "podman"
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

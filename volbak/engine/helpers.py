@@ -45,10 +45,11 @@ def ensure_helper_image(engine: Engine, image: str | None = None) -> str:
     try:
         engine.api.inspect_image(HELPER_IMAGE)
     except docker.errors.ImageNotFound:
-        repo, tag = HELPER_IMAGE.split(":")
+        # The tag goes inside ``repository``: Podman ignores the separate ``tag``
+        # parameter (it would tag ":latest"); dockerd accepts both forms.
         with api_errors(engine, "importing the helper image"):
             engine.api.import_image_from_data(
-                _empty_tar(), repository=repo, tag=tag, changes=["LABEL volbak.helper=1"]
+                _empty_tar(), repository=HELPER_IMAGE, changes=["LABEL volbak.helper=1"]
             )
     except (docker.errors.APIError, requests.exceptions.RequestException) as e:
         raise EngineError(f"cannot inspect images on engine {engine.url}: {_short(e)}") from None

@@ -185,11 +185,11 @@ def create_data_container(engine: Engine, name: str, mounts: list[tuple[str, str
 
 def volume_is_empty(engine: Engine, name: str, image: str | None = None) -> bool:
     from ..stream.tar import TarParser
-    from .archive import ArchiveStream
+    from .archive import VolumeTar
     from .helpers import VolumeMount, helper
 
     with helper(engine, [VolumeMount(name, "/data")], image) as cid:
-        src = ArchiveStream(engine, cid, "/data")
+        src = VolumeTar(engine, cid, "data")
         try:
             parser = TarParser()
             while parser.entries < 2 and not parser.ended:
@@ -205,32 +205,36 @@ def volume_is_empty(engine: Engine, name: str, image: str | None = None) -> bool
 def copy_volume(engine: Engine, src: str, dst: str, image: str | None = None) -> None:
     """Copy one volume's whole tree (root mode and owner included) into another."""
     from ..stream.pump import CHUNK
-    from .archive import ArchiveStream, put_archive
+    from .archive import VolumeTar, put_volume_tar
     from .helpers import VolumeMount, helper
 
     with helper(engine, [VolumeMount(src, "/data")], image) as scid, \
             helper(engine, [VolumeMount(dst, "/data", read_only=False)], image) as dcid:
-        stream = ArchiveStream(engine, scid, "/data")
+        stream = VolumeTar(engine, scid, "data")
         try:
-            put_archive(engine, dcid, "/", iter(lambda: stream.read(CHUNK), b""))
+            put_volume_tar(engine, dcid, "data", iter(lambda: stream.read(CHUNK), b""))
         finally:
             stream.close()
 
 
 def read_tree_digest(engine: Engine, volume: str, root: str = ARCHIVE_ROOT,
                      image: str | None = None, gzip: bool = False,
-                     progress: Any = None) -> Any:
+                     progress: Any = None, owners: bool | None = None,
+                     all_xattrs: bool = False) -> Any:
     """Read a volume back through the archive API and return the finished TarParser
     (digest mode): what restore and migrate compare with what they wrote."""
     from ..stream import compress
     from ..stream.pipeline import checked_chunks
     from ..stream.tar import TarParser
-    from .archive import ArchiveStream
+    from .archive import VolumeTar
     from .helpers import VolumeMount, helper
 
-    parser = TarParser(digest=True, what=f"volume '{volume}' as read back from {engine.url}")
+    if owners is None:
+        owners = not engine.is_podman
+    parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=all_xattrs,
+                       what=f"volume '{volume}' as read back from {engine.url}")
     with helper(engine, [VolumeMount(volume, "/" + root)], image) as cid:
-        stream = ArchiveStream(engine, cid, "/" + root, gzip)
+        stream = VolumeTar(engine, cid, root, gzip)
         dec = compress.decompressor("gzip" if stream.compressed else "none")
 
         def inspect(raw: bytes) -> None:

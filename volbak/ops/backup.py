@@ -1,4 +1,5 @@
-"""Backup: helper container -> tar -> compress -> [age] -> sha256 -> backend.
+"""Backup: volume (directly on the host, or a helper container and the archive API)
+-> tar -> repository (compress -> [age] -> sha256 -> backend, or dedup chunks).
 
 Nothing is staged on disk. The archive object is committed first, the manifest
 last: a backup without a manifest is never listed, so a crash or a full disk leaves
@@ -17,13 +18,10 @@ from typing import Any
 from .. import FORMAT_VERSION, __version__
 from ..engine import (
     ARCHIVE_ROOT,
-    ArchiveStream,
     Engine,
-    VolumeMount,
     container_volumes,
     containers_using,
     describe_container,
-    helper,
     inspect_container,
     inspect_volume,
     sweep_stale_helpers,
@@ -36,6 +34,7 @@ from ..stream import compress
 from ..stream.pipeline import pump_into
 from ..stream.tar import TarParser
 from ..util.progress import Progress
+from ..volumes import open_source
 
 
 @dataclasses.dataclass
@@ -44,6 +43,7 @@ class BackupOptions:
     recipients: Sequence[Any] = ()  # age Recipient objects; empty = not encrypted
     helper_image: str | None = None
     progress: bool = False
+    source: str = "auto"  # auto | direct | api (volbak.volumes.select)
     exclude: Sequence[str] = ()  # patterns of paths inside the volume to leave out
 
 
@@ -72,23 +72,20 @@ def backup_volume(
     started = dt.datetime.now(dt.UTC)
     total = volume_size(engine, volume) if opts.progress else None
     t0 = time.monotonic()
-    parser = TarParser(root=ARCHIVE_ROOT, what=f"volume '{volume}' as read from the engine")
-    # Three threads: the pump reads Docker, this one scans and compresses, the
+    parser = TarParser(root=ARCHIVE_ROOT, what=f"volume '{volume}' as read")
+    # Three threads: the pump reads the volume, this one scans and compresses, the
     # repository writer's drain encrypts, hashes and stores.
-    with helper(engine, [VolumeMount(volume, "/" + ARCHIVE_ROOT)], opts.helper_image) as cid, \
+    with open_source(engine, volume, vol, ARCHIVE_ROOT, opts.source,
+                     opts.helper_image) as src, \
             repo.create_backup(volume, started, compression=opts.compression,
                                recipients=opts.recipients) as writer, \
             Progress(f"backup {volume}", total, opts.progress) as bar:
-        src = ArchiveStream(engine, cid, "/" + ARCHIVE_ROOT)
         read = src.read
         if opts.exclude:
             from ..stream.exclude import ExcludeFilter
 
             read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
-        try:
-            pump_into(read, writer.write, parser.feed, bar.update)
-        finally:
-            src.close()
+        pump_into(read, writer.write, parser.feed, bar.update)
         parser.check_complete()
         manifest = Manifest(
             volume={
@@ -100,14 +97,15 @@ def backup_volume(
             },
             created=iso(started),
             tar={"size": parser.tar_bytes, "entries": parser.entries,
-                 "file_bytes": parser.file_bytes},
+                 "file_bytes": parser.file_bytes, "changed_while_read": src.changed()},
             mount_path=mount_path,
             archive_root=ARCHIVE_ROOT,
             containers=[describe_container(c) for c in users],
             container=container,
             set=set_id,
             source_engine={"url": engine.url, "host": socket.gethostname()},
-            source="api",
+            source=src.kind,
+            warnings=src.warnings(),
             format=FORMAT_VERSION,
             volbak_version=__version__,
         )

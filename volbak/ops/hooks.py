@@ -72,6 +72,14 @@ def _name(c: Any) -> str:
     return (getattr(c, "name", None) or c.id[:12]).lstrip("/")
 
 
+def _running(container: Any) -> bool:
+    try:
+        container.reload()
+    except _DOCKER_ERRORS:
+        return True  # cannot tell: report the engine's own words
+    return container.status == "running"
+
+
 def _tail(data: bytes, lines: int) -> str:
     text = data.decode("utf-8", "replace").rstrip("\n")
     return "\n".join(text.splitlines()[-lines:]) if text else ""
@@ -112,7 +120,9 @@ def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = No
         raise fail("could not run: the container does not exist") from None
     except docker.errors.APIError as e:
         why = e.explanation or str(e)
-        if e.status_code == 409 or "not running" in str(why):
+        # dockerd answers 409 for a stopped container, Podman 500 ("container state
+        # improper"): ask the container itself rather than trust the status code.
+        if e.status_code == 409 or "not running" in str(why) or not _running(container):
             raise fail("could not run: the container is not running") from None
         raise fail(f"could not run: {why}") from None
     except _DOCKER_ERRORS as e:

@@ -56,9 +56,9 @@ from typing import Any
 from ..engine import (
     ARCHIVE_ROOT,
     MANAGED_LABEL,
-    ArchiveStream,
     Engine,
     VolumeMount,
+    VolumeTar,
     check_volume_name,
     connect,
     container_exists,
@@ -70,7 +70,7 @@ from ..engine import (
     helper,
     inspect_container,
     inspect_volume,
-    put_archive,
+    put_volume_tar,
     read_tree_digest,
     remove_volume,
     same_engine,
@@ -169,7 +169,7 @@ class Migration:
 
 # -- streams --------------------------------------------------------------------------------
 
-def _tar_chunks(stream: ArchiveStream, parser: TarParser, bar: Progress | None,
+def _tar_chunks(stream: VolumeTar, parser: TarParser, bar: Progress | None,
                 wire: list[int]) -> Iterator[bytes]:
     """The stream's raw chunks, unchanged, while the (inflated) tar goes through
     ``parser`` in a thread of its own, so that hashing overlaps with the network on both
@@ -286,7 +286,8 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
     """Stream one source volume into ``item.fill_volume`` on the target."""
     gzip = opts.compression == "gzip"
     total = volume_size(src, item.volume) if opts.progress else None
-    digest = TarParser(digest=True, root=ARCHIVE_ROOT,
+    digest = TarParser(digest=True, root=ARCHIVE_ROOT, owners=_owners_comparable(src, dst),
+                       all_xattrs=False,
                        what=f"volume '{item.volume}' from engine {src.url}")
     wire = [0]
     t0 = time.monotonic()
@@ -294,11 +295,11 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
             helper(dst, [VolumeMount(item.fill_volume, ROOT, read_only=False)],
                    opts.helper_image) as dcid, \
             Progress(f"migrate {item.volume}", total, opts.progress) as bar:
-        stream = ArchiveStream(src, scid, ROOT, gzip)
+        stream = VolumeTar(src, scid, ARCHIVE_ROOT, gzip)
         chunks = _tar_chunks(stream, digest, bar, wire)
         try:
             try:
-                put_archive(dst, dcid, "/", chunks)
+                put_volume_tar(dst, dcid, ARCHIVE_ROOT, chunks)
             except OSError as e:  # a socket error docker-py/requests did not wrap
                 raise EngineError(f"writing into the helper container: lost the connection "
                                   f"to engine {dst.url}: {e}") from None
@@ -310,12 +311,18 @@ def _transfer(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> No
     item.wire = wire[0]
 
 
-def _verify(dst: Engine, item: _Item, opts: MigrateOptions) -> None:
+def _owners_comparable(src: Engine, dst: Engine) -> bool:
+    """Podman's archive API replaces owners, so through it they cannot be compared."""
+    return not (src.is_podman or dst.is_podman)
+
+
+def _verify(src: Engine, dst: Engine, item: _Item, opts: MigrateOptions) -> None:
     assert item.digest is not None
     t0 = time.monotonic()
     with Progress(f"verify {item.target}", item.digest.tar_bytes, opts.progress) as bar:
         got = read_tree_digest(dst, item.fill_volume, ARCHIVE_ROOT, opts.helper_image,
-                               gzip=opts.compression == "gzip", progress=bar.update)
+                               gzip=opts.compression == "gzip", progress=bar.update,
+                               owners=_owners_comparable(src, dst))
     item.verify_seconds = time.monotonic() - t0
     if got.hexdigest() != item.digest.hexdigest() or got.entries != item.digest.entries:
         raise IntegrityError(
@@ -374,7 +381,7 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                 _transfer(src, dst, item, opts)
         # The source is released (and its containers running again); check the copies.
         for item in items:
-            _verify(dst, item, opts)
+            _verify(src, dst, item, opts)
     except BaseException as e:
         undo()
         if leftovers and isinstance(e, Exception):

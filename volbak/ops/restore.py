@@ -23,16 +23,13 @@ from typing import Any
 
 from ..engine import (
     Engine,
-    VolumeMount,
     check_volume_name,
     container_exists,
     containers_using,
     create_data_container,
     create_volume,
     ensure_helper_image,
-    helper,
-    put_archive,
-    read_tree_digest,
+    inspect_volume,
     remove_volume,
     sweep_stale_helpers,
     volume_exists,
@@ -44,6 +41,8 @@ from ..repository import BackupInfo, BackupReader, Repository
 from ..stream.pipeline import checked_chunks
 from ..stream.tar import TarParser
 from ..util.progress import Progress
+from ..volumes import owners_comparable, read_back, write_tree
+from ..volumes.select import choose
 from .replace import fill_staging, replace_from_staging
 from .stopper import stopped
 
@@ -56,6 +55,8 @@ class RestoreOptions:
     force: bool = False
     helper_image: str | None = None
     progress: bool = False
+    source: str = "auto"  # auto | direct | api (volbak.volumes.select)
+    on_warning: Callable[[str], Any] | None = None
     stop: bool = False  # stop running users of a --force target while it is replaced
     stop_timeout: int | None = None
     on_event: Callable[[str], None] | None = None
@@ -77,18 +78,20 @@ class RestoreResult:
 
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
           opts: RestoreOptions) -> TarParser:
-    """Stream the backup into ``volume``, then read it back and compare."""
+    """Stream the backup into ``volume``, then read it back the same way and compare."""
     m = info.manifest
     root = m.archive_root
-    parser = TarParser(digest=True, root=root, what=f"backup {info.id}")
-    with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)],
-                opts.helper_image) as cid, \
-            Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
-        put_archive(engine, cid, "/", checked_chunks(reader.read, parser.feed,
-                                                     parser.check_complete,
-                                                     progress=bar.update))
+    kind, _ = choose(engine.url, inspect_volume(engine, volume), opts.source, write=True)
+    owners = owners_comparable(engine, kind)
+    parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=kind == "direct",
+                       what=f"backup {info.id}")
+    with Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
+        write_tree(engine, volume, root,
+                   checked_chunks(reader.read, parser.feed, parser.check_complete,
+                                  progress=bar.update), kind, opts.helper_image)
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
-        got = read_tree_digest(engine, volume, root, opts.helper_image, progress=bar.update)
+        got = read_back(engine, volume, root, kind, owners=owners, all_xattrs=kind == "direct",
+                        image=opts.helper_image, progress=bar.update)
     if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:
         raise IntegrityError(
             f"verification failed: volume '{volume}' on {engine.url} does not hold what was "
@@ -98,6 +101,11 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
             "without uid/xattr support? an engine whose archive API differs?); nothing was "
             "replaced",
         )
+    if kind != "direct" and parser.attr_entries and opts.on_warning:
+        opts.on_warning(
+            f"{parser.attr_entries} entries of backup {info.id} carry extended attributes "
+            "or ACLs that the engine's archive API cannot write: they were not restored "
+            "(restore on the engine's host with --source direct to keep them)")
     return parser
 
 

@@ -14,6 +14,7 @@ record Go's tar writer uses for files over 8 GiB) and base-256 numbers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 from collections.abc import Callable
@@ -87,26 +88,109 @@ class Entry:
     pax: dict[bytes, bytes]
 
 
+_ZEROS = bytes(2**20)
+
+
+class _SparseHash:
+    """sha256 of a GNU sparse 1.0 file's logical content, fed its stored data: the map
+    (decimal lines, padded to a block), then the data segments; holes hash as zeros."""
+
+    def __init__(self, realsize: int) -> None:
+        self._h = hashlib.sha256()
+        self._real = realsize
+        self._map = bytearray()
+        self._segments: list[tuple[int, int]] | None = None
+        self._map_len = 0
+        self._pos = 0  # logical offset hashed so far
+        self._seg = 0  # index of the segment being fed
+        self._seg_left = 0
+        self.done = False
+
+    def _zeros(self, upto: int) -> None:
+        while self._pos < upto:
+            n = min(upto - self._pos, len(_ZEROS))
+            self._h.update(_ZEROS[:n])
+            self._pos += n
+
+    def _parse_map(self) -> bool:
+        lines = bytes(self._map).split(b"\n")
+        if len(lines) < 2:
+            return False
+        try:
+            count = int(lines[0])
+            if len(lines) < 2 + 2 * count:
+                return False
+            values = [int(x) for x in lines[1 : 1 + 2 * count]]
+        except ValueError:
+            raise IntegrityError("a sparse file's map in the tar stream is corrupt") from None
+        text = sum(len(x) + 1 for x in lines[: 1 + 2 * count])
+        self._map_len = text + (-text % BLOCK)
+        self._segments = list(zip(values[::2], values[1::2], strict=True))
+        return True
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        if self._segments is None:
+            self._map += view
+            if not self._parse_map():
+                return
+            view = memoryview(bytes(self._map))[self._map_len:]
+            self._map = bytearray()
+            self._next_segment()
+        while len(view) and self._segments is not None and self._seg_left:
+            take = min(self._seg_left, len(view))
+            self._h.update(view[:take])
+            self._pos += take
+            self._seg_left -= take
+            view = view[take:]
+            if not self._seg_left:
+                self._seg += 1
+                self._next_segment()
+
+    def _next_segment(self) -> None:
+        assert self._segments is not None
+        while self._seg < len(self._segments):
+            offset, size = self._segments[self._seg]
+            self._zeros(offset)
+            if size:
+                self._seg_left = size
+                return
+            self._seg += 1
+        self._zeros(self._real)
+        self.done = True
+
+    def hexdigest(self) -> str:
+        if not self.done and self._segments is not None:
+            self._zeros(self._real)
+        return self._h.hexdigest()
+
+
 class TarParser:
     """See the module docstring. Read the counters after feeding."""
 
     def __init__(self, *, digest: bool = False, root: str | None = None,
                  on_entry: Callable[[Entry], None] | None = None,
-                 what: str = "the archive") -> None:
+                 what: str = "the archive", owners: bool = True,
+                 all_xattrs: bool = True) -> None:
         self.entries = 0
         self.file_bytes = 0
         self.tar_bytes = 0
+        self.attr_entries = 0  # entries with xattrs/ACLs beyond a capability (digest mode)
         self.ended = False  # saw the end-of-archive zero block
         self._digest = hashlib.sha256() if digest else None
         self._root = root.strip("/").encode() if root is not None else None
         self._on_entry = on_entry
         self._what = what
+        self._owners = owners  # digest uid/gid (not where an engine replaces them)
+        # all xattrs and ACLs, or only what the archive API can write (a capability)
+        self._all_xattrs = all_xattrs
         self._header = bytearray()
         self._left = 0  # data bytes of the current member still to come
         self._pad = 0  # then padding bytes to skip
         self._meta: bytearray | None = None  # collecting a PAX/GNU header's data
         self._meta_type = b""
         self._content: Any = None  # sha256 of the current file's data (digest mode)
+        self._finished: Any = None
         self._record: tuple[Any, ...] | None = None
         self._pax: dict[bytes, bytes] = {}
         self._gpax: dict[bytes, bytes] = {}
@@ -124,6 +208,8 @@ class TarParser:
                     self._meta += view[pos : pos + take]
                 elif self._content is not None:
                     self._content.update(view[pos : pos + take])
+                    if getattr(self._content, "done", False):
+                        self._finished, self._content = self._content, None
                 self._left -= take
                 pos += take
                 if not self._left:
@@ -178,7 +264,8 @@ class TarParser:
         link = self._longlink if self._longlink is not None else _cstr(h[157:257])
         self._longname = self._longlink = None
         if pax:
-            name = pax.get(b"path", name)
+            # GNU sparse 1.0 (the direct source's sparse files) keeps the real name here
+            name = pax.get(b"GNU.sparse.name") or pax.get(b"path", name)
             link = pax.get(b"linkpath", link)
             if b"size" in pax:
                 size = int(pax[b"size"])
@@ -215,10 +302,21 @@ class TarParser:
         if self._on_entry is not None:
             self._on_entry(entry)
         if self._digest is not None:
-            xattrs = sorted((k.split(b".", 2)[2], v) for k, v in pax.items()
-                            if k.startswith(b"SCHILY.xattr."))
-            self._record = (name, kind, entry.mode, uid, gid, size, mtime, link, device, xattrs)
-            self._content = hashlib.sha256()
+            # xattrs and POSIX ACLs, where the stream carries them (the direct source)
+            if any(k.startswith((b"SCHILY.xattr.", b"SCHILY.acl.")) and
+                   k != b"SCHILY.xattr.security.capability" for k in pax):
+                self.attr_entries += 1
+            kept = (b"SCHILY.xattr.", b"SCHILY.acl.") if self._all_xattrs \
+                else (b"SCHILY.xattr.security.capability",)
+            xattrs = sorted((k.split(b".", 1)[1], v) for k, v in pax.items()
+                            if k.startswith(kept))
+            owner = (uid, gid) if self._owners else ()
+            sparse = kind == b"0" and pax.get(b"GNU.sparse.major") == b"1"
+            # A sparse file is digested by its content, holes read as zeros, so a copy
+            # written densely (through the archive API) compares equal.
+            real = int(pax.get(b"GNU.sparse.realsize", size)) if sparse else size
+            self._record = (name, kind, entry.mode, *owner, real, mtime, link, device, xattrs)
+            self._content = _SparseHash(real) if sparse else hashlib.sha256()
         return size
 
     def _end_member(self) -> None:
@@ -235,7 +333,8 @@ class TarParser:
                 self._longlink = _cstr(data)
             return
         if self._record is not None and self._digest is not None:
-            record = repr((*self._record, self._content.hexdigest())).encode()
+            content = self._content or self._finished
+            record = repr((*self._record, content.hexdigest())).encode()
             self._digest.update(len(record).to_bytes(4, "big") + record)
             self._record = None
             self._content = None
@@ -255,3 +354,104 @@ class TarParser:
         header encoding are left out, so two engines' archives of one tree agree."""
         assert self._digest is not None, "TarParser(digest=True) needed"
         return self._digest.hexdigest()
+
+
+class Renamed:
+    """A tar stream with every entry renamed by ``rename`` (names and hardlink
+    targets), re-encoded as PAX; for engines whose archive API names entries
+    differently (Podman: "/a" instead of "data/a"). Read it like the source:
+    ``read(n)``. It runs Python's tarfile in a thread with a bounded queue, so memory
+    stays flat whatever the file sizes."""
+
+    def __init__(self, read: Callable[[int], bytes], rename: Callable[[str], str],
+                 owners: Callable[[Any], None] | None = None) -> None:
+        import queue
+        import threading
+
+        self._q: Any = queue.Queue(8)
+        self._buf = b""
+        self._done = False
+        self._stop = threading.Event()
+        self._read, self._rename, self._owners = read, rename, owners
+        self._t = threading.Thread(target=self._run, name="volbak-rename", daemon=True)
+        self._t.start()
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        raise EOFError("reader closed")
+
+    def _run(self) -> None:
+        import tarfile
+
+        outer = self
+
+        class _In:
+            def read(self, n: int = -1) -> bytes:
+                return outer._read(n if n > 0 else 2**20)
+
+        class _Out:
+            def write(self, data: bytes) -> int:
+                if data:
+                    outer._put(bytes(data))
+                return len(data)
+
+        try:
+            with tarfile.open(fileobj=_In(), mode="r|") as tin, \
+                    tarfile.open(fileobj=_Out(), mode="w|", format=tarfile.PAX_FORMAT) as tout:
+                for m in tin:
+                    m.name = self._rename(m.name)
+                    if m.islnk():
+                        m.linkname = self._rename(m.linkname)
+                    if self._owners:
+                        self._owners(m)
+                    tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
+            self._put(None)
+        except BaseException as e:
+            if isinstance(e, tarfile.TarError):
+                e = IntegrityError(f"the tar stream cannot be re-read: {e}")
+            with contextlib.suppress(EOFError):
+                self._put(e)
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and not self._done:
+            item = self._q.get()
+            if item is None:
+                self._done = True
+            elif isinstance(item, BaseException):
+                self._done = True
+                raise item
+            else:
+                self._buf += item
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+
+
+def under_root(root: str) -> Callable[[str], str]:
+    """Podman's archive names ("", "/a") -> volbak's ("data", "data/a")."""
+    def rename(name: str) -> str:
+        rest = name.strip("/")
+        while rest.startswith("./"):
+            rest = rest[2:]
+        return f"{root}/{rest}" if rest and rest != "." else root
+    return rename
+
+
+def relative_to(root: str) -> Callable[[str], str]:
+    """volbak's names ("data", "data/a") -> names relative to the mount (".", "a")."""
+    def rename(name: str) -> str:
+        rest = name.strip("/")
+        if rest == root:
+            return "."
+        return rest[len(root) + 1:] if rest.startswith(root + "/") else rest
+    return rename

@@ -4,10 +4,22 @@ Options (``-o key=value``): ``endpoint_url``, ``region``, ``profile``, ``path_st
 (true/false), ``storage_class``, ``sse`` (AES256 | aws:kms), ``sse_kms_key_id``,
 ``checksums`` (when_supported | when_required; MinIO, R2 and B2 reject boto3's default
 flexible checksums and need ``when_required``), ``part_size`` (first part size, bytes or
-with a KiB/MiB/GiB suffix, default 8 MiB, at least 5 MiB) and ``concurrency`` (parts
-uploaded at once, default 4). Everything else comes from the standard AWS chain:
-AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION,
-AWS_MAX_ATTEMPTS, ~/.aws/config, instance roles, ...
+with a KiB/MiB/GiB suffix, default 8 MiB, at least 5 MiB), ``concurrency`` (parts
+uploaded at once, default 4), ``connect_timeout`` and ``read_timeout`` (seconds, default
+10 and 30) and ``retries`` (retries after a failed request, default 2, or
+AWS_MAX_ATTEMPTS - 1 when that is set). Everything else comes from the standard AWS
+chain: AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+AWS_REGION, AWS_RETRY_MODE, ~/.aws/config, instance roles, ...
+
+Timeouts. botocore's defaults (60 s timeouts, up to 5 attempts, and an abort tried three
+times on top) made a frozen server hold a backup for about 15 minutes, silently. Here
+every request takes at most ``retries + 1`` attempts of at most ``connect_timeout +
+read_timeout`` each (``read_timeout`` is the longest silence while waiting for a response
+or for a body's next bytes; a blocked upload gives up after ``connect_timeout``), plus
+botocore's backoff of a few seconds; so a frozen endpoint fails a request within about
+``(retries + 1) x (connect_timeout + read_timeout)``, 2 minutes with the defaults, with a
+one-line BackendError that names the endpoint and these options. The abort of a failed
+multipart upload is one request with at most 2 attempts on the same timeouts.
 
 Writing. A stream of unknown length is buffered one part at a time. If it fits in the
 first part it is stored with a single PutObject. Otherwise a multipart
@@ -22,8 +34,9 @@ where "part size" is the current one, which grows with the part count (schedule 
 then, atomically replacing any object of that name. ``abort()``, leaving the writer's
 ``with`` block without commit, and any failure first wait for the parts in flight and
 then abort the multipart upload, so no part is left (and billed) behind. If even the
-abort request cannot get through (the network is gone), the upload ID is logged; a
-bucket lifecycle rule ``AbortIncompleteMultipartUpload`` is the server-side safety net.
+abort request cannot get through (the network is gone), the upload ID is logged;
+``remove_incomplete`` (volbak's cleanup) aborts it later, and a bucket lifecycle rule
+``AbortIncompleteMultipartUpload`` is the server-side safety net.
 
 Part-size schedule. S3 allows 10,000 parts of 5 MiB to 5 GiB (the last may be smaller)
 and parts of one upload may differ in size. Part n (1-based) is
@@ -46,6 +59,13 @@ Long streams need large parts whatever the schedule (5 TiB in 10,000 parts avera
 for the common 10-100 GiB backups, which this one favours. For multi-TiB streams lower
 ``-o concurrency`` (memory = part size x (concurrency + 1)).
 
+Unfinished uploads. ``list_incomplete(age)``/``remove_incomplete(age)`` find the
+multipart uploads under the repository's prefix (a writer killed before commit or abort
+leaves one, billed, invisible to ``list``) whose start (``Initiated``) and newest part
+are both more than ``age`` seconds old, measured on the server's clock (the ``Date`` of
+the listing) with one second of slack for S3's whole-second timestamps: an upload that a
+live writer elsewhere still feeds keeps getting new parts, so it is never taken.
+
 Reading streams the GetObject body (``read(n)``). ``delete`` of a missing object raises
 ObjectNotFound, as the contract demands, which costs a HeadObject first (S3's own
 DeleteObject succeeds on missing keys). Every boto3/botocore exception is translated into
@@ -56,6 +76,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import datetime
+import email.utils
 import logging
 import re
 import threading
@@ -76,6 +98,7 @@ try:
     import boto3
     import botocore.config
     import botocore.exceptions as bce
+    import botocore.session
 except ImportError:  # pragma: no cover - exercised by a test that hides boto3
     boto3 = None
 
@@ -92,6 +115,10 @@ MAX_PARTS = 10_000
 DOUBLE_EVERY = 900
 DEFAULT_PART = 8 * MiB
 DEFAULT_CONCURRENCY = 4
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_RETRIES = 2
+ABORT_ATTEMPTS = 2
 
 OPTIONS = (
     "endpoint_url",
@@ -104,6 +131,9 @@ OPTIONS = (
     "checksums",
     "part_size",
     "concurrency",
+    "connect_timeout",
+    "read_timeout",
+    "retries",
 )
 
 INSTALL_HINT = "install the S3 plugin and its boto3 dependency: pip install volbak-s3"
@@ -160,6 +190,28 @@ def _parse_size(key: str, text: str) -> int:
     return int(m.group(1)) * unit
 
 
+def _parse_seconds(key: str, text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("s"))
+    except ValueError:
+        value = -1.0
+    if not (0 < value <= 3600):
+        raise UsageError(
+            f"-o {key}={text}: expected seconds between 0 and 3600", hint=f"e.g. -o {key}=30"
+        )
+    return value
+
+
+def _parse_retries(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not (0 <= value <= 20):
+        raise UsageError(f"-o retries={text}: expected a number from 0 to 20")
+    return value
+
+
 def _parse_bool(key: str, text: str) -> bool:
     t = text.strip().lower()
     if t in ("1", "true", "yes", "on"):
@@ -167,6 +219,26 @@ def _parse_bool(key: str, text: str) -> bool:
     if t in ("0", "false", "no", "off"):
         return False
     raise UsageError(f"-o {key}={text}: expected true or false")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """A botocore error caused by a timeout, also one botocore calls a closed connection
+    (a request body that could not be sent within the timeout, as to a frozen server)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, TimeoutError | bce.ReadTimeoutError | bce.ConnectTimeoutError):
+            return True
+        kwargs = getattr(e, "kwargs", None)  # botocore keeps the cause as kwargs["error"]
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("error"), BaseException):
+            todo.append(kwargs["error"])
+        todo += [a for a in getattr(e, "args", ()) if isinstance(a, BaseException)]
+        todo += [c for c in (e.__cause__, e.__context__) if c is not None]
+    return False
 
 
 class S3Backend(Backend):
@@ -188,6 +260,9 @@ class S3Backend(Backend):
         checksums: str | None = None,
         part_size: int = DEFAULT_PART,
         concurrency: int = DEFAULT_CONCURRENCY,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        retries: int | None = None,
     ) -> None:
         if boto3 is None:
             raise BackendMissing(
@@ -226,9 +301,19 @@ class S3Backend(Backend):
             extra["SSEKMSKeyId"] = sse_kms_key_id
         self._extra = extra
 
+        if not (0 < connect_timeout <= 3600 and 0 < read_timeout <= 3600):
+            raise UsageError("S3 timeouts must be between 0 and 3600 seconds")
+        if retries is not None and not (0 <= retries <= 20):
+            raise UsageError(f"-o retries={retries}: expected a number from 0 to 20")
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.retries = DEFAULT_RETRIES if retries is None else retries
+
         cfg: dict[str, Any] = {
             "max_pool_connections": concurrency + 2,
             "user_agent_extra": "volbak-s3",
+            "connect_timeout": connect_timeout,
+            "read_timeout": read_timeout,
         }
         if path_style:
             cfg["s3"] = {"addressing_style": "path"}
@@ -236,12 +321,30 @@ class S3Backend(Backend):
             cfg["request_checksum_calculation"] = checksums
             cfg["response_checksum_validation"] = checksums
         try:
-            session = boto3.session.Session(profile_name=profile)
+            core = botocore.session.Session(profile=profile)
+            if retries is None:
+                # AWS_MAX_ATTEMPTS / max_attempts in the profile, else ours
+                chain = core.get_config_variable("max_attempts")
+                self.retries = max(0, int(chain) - 1) if chain else DEFAULT_RETRIES
+            mode = core.get_config_variable("retry_mode") or "standard"
+            cfg["retries"] = {"total_max_attempts": self.retries + 1, "mode": mode}
+            session = boto3.session.Session(botocore_session=core)
             self._client = session.client(
                 "s3",
                 endpoint_url=endpoint_url,
                 region_name=region,
                 config=botocore.config.Config(**cfg),
+            )
+            # The abort after a failure: the same timeouts, fewer attempts (the failure
+            # is often the endpoint going away, and a backup should not wait twice as long).
+            abort_attempts = min(ABORT_ATTEMPTS, self.retries + 1)
+            self._abort_client = session.client(
+                "s3",
+                endpoint_url=endpoint_url,
+                region_name=region,
+                config=botocore.config.Config(
+                    **{**cfg, "retries": {"total_max_attempts": abort_attempts, "mode": mode}}
+                ),
             )
         except bce.ProfileNotFound:
             raise UsageError(
@@ -299,6 +402,11 @@ class S3Backend(Backend):
                 kw["concurrency"] = int(options["concurrency"])
             except ValueError:
                 raise UsageError(f"-o concurrency={options['concurrency']}: not a number") from None
+        for key in ("connect_timeout", "read_timeout"):
+            if key in options:
+                kw[key] = _parse_seconds(key, options[key])
+        if "retries" in options:
+            kw["retries"] = _parse_retries(options["retries"])
         return cls(bucket, prefix, **kw)
 
     @property
@@ -306,8 +414,9 @@ class S3Backend(Backend):
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self._client.close()
+        for client in (self._client, self._abort_client):
+            with contextlib.suppress(Exception):
+                client.close()
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -342,7 +451,13 @@ class S3Backend(Backend):
             return BackendPermissionError(
                 f"no usable AWS credentials for {self.url}: {exc}", hint=CRED_HINT
             )
-        if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError):
+        if _timed_out(exc):
+            return BackendError(
+                f"S3 endpoint {self.endpoint} did not answer in time on {where} "
+                f"({self._limits()})",
+                hint=self._timeout_hint(),
+            )
+        if isinstance(exc, bce.EndpointConnectionError):
             return BackendError(
                 f"cannot reach S3 endpoint {self.endpoint}: {exc}", hint=ENDPOINT_HINT
             )
@@ -350,13 +465,13 @@ class S3Backend(Backend):
             exc,
             bce.ConnectionError
             | bce.HTTPClientError
-            | bce.ReadTimeoutError
             | bce.IncompleteReadError
             | bce.ResponseStreamingError,
         ):
             return BackendError(
-                f"connection to S3 endpoint {self.endpoint} failed on {where}: {exc}",
-                hint=ENDPOINT_HINT,
+                f"connection to S3 endpoint {self.endpoint} failed on {where}: {exc} "
+                f"({self._limits()})",
+                hint=self._timeout_hint(),
             )
         if isinstance(exc, bce.BotoCoreError):
             return BackendError(f"S3 request on {where} failed: {exc}")
@@ -370,6 +485,20 @@ class S3Backend(Backend):
         err = BackendError(f"S3 request on {where} failed: {type(exc).__name__}: {exc}")
         err.__cause__ = exc
         return err
+
+    def _limits(self) -> str:
+        n = self.retries + 1
+        return (
+            f"{n} attempt{'s' if n > 1 else ''}; -o connect_timeout={self.connect_timeout:g} "
+            f"-o read_timeout={self.read_timeout:g} -o retries={self.retries}"
+        )
+
+    def _timeout_hint(self) -> str:
+        return (
+            f"check that the server at {self.endpoint} runs and is reachable (-o endpoint_url "
+            "or AWS_ENDPOINT_URL); over a slow link raise -o read_timeout=SECONDS, "
+            "-o connect_timeout=SECONDS or -o retries=N"
+        )
 
     def _no_bucket(self) -> BackendError:
         return BackendError(
@@ -431,6 +560,88 @@ class S3Backend(Backend):
                     yield ObjectInfo(name, int(obj["Size"]))
         except Exception as e:
             raise self._translate(e, prefix) from None
+
+    # -- unfinished multipart uploads (optional part of the contract) -------------------
+
+    def _server_now(self, response: Mapping[str, Any]) -> datetime.datetime:
+        """The server's clock from a response's Date header (else ours): S3's timestamps
+        are the server's, and a skewed client clock must not age uploads."""
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        with contextlib.suppress(TypeError, ValueError):
+            if date:
+                now = email.utils.parsedate_to_datetime(date)
+                if now.tzinfo is not None:
+                    return now
+        return datetime.datetime.now(datetime.UTC)
+
+    def _newest_part(self, key: str, upload_id: str) -> datetime.datetime | None:
+        """When the upload last got a part (None: no part, or the server cannot say)."""
+        newest = None
+        pages = self._client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=key, UploadId=upload_id
+        )
+        for page in pages:
+            for part in page.get("Parts", ()):
+                when = part.get("LastModified")
+                if isinstance(when, datetime.datetime) and (newest is None or when > newest):
+                    newest = when
+        return newest
+
+    def _incomplete(self, older_than_seconds: float) -> Iterator[tuple[str, str, str, str]]:
+        """(key, upload id, name, description) of old enough uploads under our prefix."""
+        base = f"{self.prefix}/" if self.prefix else ""
+        slack = datetime.timedelta(seconds=older_than_seconds + 1)
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pages:
+                cutoff = self._server_now(page) - slack
+                for up in page.get("Uploads", ()):
+                    key, upload_id = up.get("Key", ""), up.get("UploadId", "")
+                    started = up.get("Initiated")
+                    if not key.startswith(base) or not upload_id:
+                        continue  # a server that ignores Prefix: not ours
+                    name = key[len(base) :]
+                    try:
+                        check_name(name)
+                    except ValueError:
+                        continue
+                    if not isinstance(started, datetime.datetime) or started >= cutoff:
+                        continue
+                    try:
+                        newest = self._newest_part(key, upload_id)
+                    except bce.ClientError as e:
+                        if e.response.get("Error", {}).get("Code") == "NoSuchUpload":
+                            continue  # finished meanwhile
+                        raise
+                    if newest is not None and newest >= cutoff:
+                        continue  # still being fed
+                    when = f"{started.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
+                    yield key, upload_id, name, (
+                        f"{name} (multipart upload {upload_id}, started {when})"
+                    )
+        except Exception as e:
+            raise self._translate(e, "") from None
+
+    def list_incomplete(self, older_than_seconds: float) -> list[str]:
+        return [what for *_, what in self._incomplete(older_than_seconds)]
+
+    def remove_incomplete(self, older_than_seconds: float) -> list[str]:
+        removed = []
+        for key, upload_id, name, what in list(self._incomplete(older_than_seconds)):
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                )
+            except Exception as e:
+                if isinstance(e, bce.ClientError) and (
+                    e.response.get("Error", {}).get("Code") == "NoSuchUpload"
+                ):
+                    continue  # finished or aborted meanwhile
+                raise self._translate(e, name) from None
+            removed.append(what)
+        return removed
 
     def delete(self, name: str) -> None:
         self.stat(name)  # S3 deletes missing keys happily; the contract wants ObjectNotFound
@@ -644,22 +855,23 @@ class _S3Writer(ObjectWriter):
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None
-        for _attempt in range(3):
-            try:
-                self._c.abort_multipart_upload(
-                    Bucket=self._b.bucket, Key=self._key, UploadId=upload_id
-                )
+        try:
+            # one request; its attempts and timeouts are bounded by the abort client
+            self._b._abort_client.abort_multipart_upload(
+                Bucket=self._b.bucket, Key=self._key, UploadId=upload_id
+            )
+            return
+        except bce.ClientError as e:
+            if e.response.get("Error", {}).get("Code") == "NoSuchUpload":
                 return
-            except bce.ClientError as e:
-                if e.response.get("Error", {}).get("Code") == "NoSuchUpload":
-                    return
-                last: Exception = e
-            except Exception as e:
-                last = e
+            last: Exception = e
+        except Exception as e:
+            last = e
         log.warning(
             "could not abort multipart upload %s of s3://%s/%s: %s; its parts stay billed "
-            "until a lifecycle rule (AbortIncompleteMultipartUpload) or "
-            "`aws s3api abort-multipart-upload` removes them",
+            "until volbak's cleanup of incomplete uploads, a lifecycle rule "
+            "(AbortIncompleteMultipartUpload) or `aws s3api abort-multipart-upload` "
+            "removes them",
             upload_id,
             self._b.bucket,
             self._key,

@@ -1,5 +1,6 @@
 """A real volume backed up to, listed in, verified from and restored from S3 (moto's
-HTTP server on 127.0.0.1), through the CLI and the volbak-s3 plugin."""
+HTTP server and SeaweedFS's S3 gateway on 127.0.0.1, see ``s3_server``), through the CLI
+and the volbak-s3 plugin."""
 
 from __future__ import annotations
 
@@ -15,12 +16,17 @@ pytestmark = pytest.mark.docker
 
 
 @pytest.fixture
-def bucket(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+def s3_endpoint(s3_server, monkeypatch):
+    """The server's URL, its keys in the environment (for boto3 and the CLI)."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    return s3_server.endpoint
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    s3 = boto3.session.Session().client("s3", endpoint_url=s3_endpoint)
     name = f"volbak-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     yield name
@@ -43,7 +49,7 @@ def test_round_trip_through_s3(resources, docker_client, run, s3_endpoint, bucke
     populate(volume_path(docker_client, src), big=24 * 2**20)  # several 5 MiB parts
     backup = json.loads(run("backup", src, "--compress", "none", "--json")[0])
     assert backup["size"] > 20 * 2**20
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = boto3.session.Session().client("s3", endpoint_url=s3_endpoint)
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
     assert keys == [f"nightly/{src}/{backup['id'].split('@')[1]}.manifest.json",
                     f"nightly/{src}/{backup['id'].split('@')[1]}.tar"]

@@ -1,8 +1,11 @@
-"""The S3 backend against a real S3 HTTP endpoint on 127.0.0.1 (moto's server mode).
+"""The S3 backend against real S3 HTTP servers on 127.0.0.1: moto's server mode and
+SeaweedFS's S3 gateway (the ``s3_server`` fixture runs each test on both).
 
-``scripts/test`` exports VOLBAK_TEST_S3_ENDPOINT for a moto server it started; without it
-this module starts a ThreadedMotoServer itself. Every bucket a test creates is removed in
+``scripts/test`` exports the endpoints of the servers it started; without them the
+fixtures start their own (tests/conftest.py). Every bucket a test creates is removed in
 teardown, with any multipart upload left in it (and a test fails if one was left).
+Tests that need moto's own behaviour (IAM enforcement, an in-process server) say so in
+their names.
 """
 
 from __future__ import annotations
@@ -11,8 +14,10 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,17 +57,12 @@ def _start_moto() -> tuple[object, str]:
     return server, f"http://{host}:{port}"
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    given = os.environ.get("VOLBAK_TEST_S3_ENDPOINT")
-    if given:
-        yield given
-        return
-    server, url = _start_moto()
-    try:
-        yield url
-    finally:
-        server.stop()
+@pytest.fixture
+def endpoint(s3_server, aws_env: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The server's URL, with its keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY."""
+    for k, v in s3_server.env.items():
+        monkeypatch.setenv(k, v)
+    return s3_server.endpoint
 
 
 @pytest.fixture(autouse=True)
@@ -78,18 +78,23 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
-def raw_client(endpoint: str):
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+def raw_client(endpoint: str, key_id: str | None = None, secret: str | None = None):
+    """A plain boto3 client with these keys, else those in the environment (see
+    ``endpoint``); a session of its own, as boto3's default one keeps the first keys it
+    found."""
+    return boto3.session.Session(key_id, secret).client(
+        "s3", endpoint_url=endpoint, region_name=REGION
     )
 
 
 def uploads_in(client, bucket: str) -> list[dict]:
     return client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+MOTO_INITIATED = (
+    "moto reports every multipart upload as initiated on 2010-11-10, so the age rules of "
+    "list_incomplete/remove_incomplete can only be checked against a real server"
+)
 
 
 def keys_in(client, bucket: str) -> list[str]:
@@ -119,8 +124,14 @@ def bucket(endpoint: str) -> Iterator[str]:
 
 
 class TestS3Backend(BackendContract):
+    incomplete_write_size = 9 * MiB  # more than the first 8 MiB part: a multipart upload
+    # whole-second timestamps, 1 s of slack, and the first part's upload time
+    incomplete_wait = 5.0
+
     @pytest.fixture
-    def backend(self, endpoint: str, bucket: str) -> Iterator[S3Backend]:
+    def backend(self, endpoint: str, bucket: str, s3_server) -> Iterator[S3Backend]:
+        if s3_server.kind == "moto":
+            self.finds_incomplete = False  # MOTO_INITIATED
         with S3Backend.from_url(f"s3://{bucket}/repo/prefix", {"endpoint_url": endpoint}) as b:
             yield b
 
@@ -129,12 +140,19 @@ class TestS3BackendNoPrefixSmallParts(BackendContract):
     """No prefix, path-style, checksums=when_required (MinIO/R2/B2 mode), 5 MiB parts so
     the 20 MiB stream goes through a multipart upload of several parts."""
 
-    # Checked only against a server in another process (tracemalloc sees this process):
-    # the documented bound 5 MiB x (2 + 1), plus slack for botocore (about 2 MiB measured).
-    stream_memory_limit = 21 * MiB if os.environ.get("VOLBAK_TEST_S3_ENDPOINT") else None
+    # The documented bound 5 MiB x (2 + 1), plus slack for botocore (about 2 MiB
+    # measured). Checked only against a server in another process: tracemalloc sees this
+    # process, and a moto the fixtures started in-process would count (see backend).
+    stream_memory_limit: int | None = 21 * MiB
+    incomplete_write_size = 6 * MiB
+    incomplete_wait = 5.0
 
     @pytest.fixture
-    def backend(self, endpoint: str, bucket: str) -> Iterator[S3Backend]:
+    def backend(self, endpoint: str, bucket: str, s3_server) -> Iterator[S3Backend]:
+        if s3_server.kind == "moto" and not os.environ.get("VOLBAK_TEST_S3_ENDPOINT"):
+            self.stream_memory_limit = None  # in-process moto: skip the memory check
+        if s3_server.kind == "moto":
+            self.finds_incomplete = False  # MOTO_INITIATED
         opts = {
             "endpoint_url": endpoint,
             "path_style": "true",
@@ -374,11 +392,183 @@ def test_unreachable_endpoint(fast_fail: None) -> None:
     assert "-o endpoint_url" in ei.value.hint
 
 
+# -- a frozen endpoint: bounded timeouts and retries -----------------------------------
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts every connection, reads what comes and never
+    answers: a frozen S3 endpoint, whichever server is behind."""
+
+    def __init__(self) -> None:
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self._conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self._conns.append(conn)
+            threading.Thread(target=self._swallow, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _swallow(conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while conn.recv(65536):
+                pass
+
+    def close(self) -> None:
+        self._sock.close()
+        for c in self._conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+# Small limits, so the test takes seconds: a request then gives up after 2 attempts of at
+# most 1 + 2 s plus botocore's backoff (under 1 s), and the abort after the same again.
+FROZEN_LIMITS = {"connect_timeout": "1", "read_timeout": "2", "retries": "1"}
+# Far above those ~15 s and far below what botocore's defaults took (~15 minutes): the
+# check is that the limits bound the wait at all, not how fast this machine is.
+FROZEN_BOUND = 120
+
+
+@pytest.mark.parametrize("how", ["sigstop", "blackhole"])
+def test_frozen_endpoint_fails_within_the_limits(
+    s3_server, endpoint: str, bucket: str, how: str
+) -> None:
+    """sigstop: the real server is frozen (SIGSTOP) with a multipart upload under way, so
+    its parts and then the abort time out; the upload left behind is then found and
+    removed by remove_incomplete once the server runs again. blackhole: an endpoint that
+    never answers, from the first request on."""
+    hole = None
+    if how == "sigstop":
+        if s3_server.pid is None:
+            pytest.skip(f"needs a server process of its own to freeze ({s3_server.kind} has none)")
+        url = endpoint
+    else:
+        hole = Blackhole()
+        url = hole.url
+    opts = {"endpoint_url": url, "part_size": "5MiB", "concurrency": "2", **FROZEN_LIMITS}
+    b = S3Backend.from_url(f"s3://{bucket}/frozen", opts)
+    w = b.create_writer("vol/x")
+    frozen = False
+    try:
+        if how == "sigstop":
+            w.write(payload(6 * MiB, seed=30))  # the upload exists, part 1 is on its way
+            os.kill(s3_server.pid, signal.SIGSTOP)
+            frozen = True
+        t0 = time.monotonic()
+        with pytest.raises(BackendError) as ei:
+            for i in range(4):
+                w.write(payload(6 * MiB, seed=31 + i))
+            w.commit()
+        waited = time.monotonic() - t0
+    finally:
+        w.abort()
+        if frozen:
+            os.kill(s3_server.pid, signal.SIGCONT)
+        if hole is not None:
+            hole.close()
+    msg, hint = str(ei.value), ei.value.hint or ""
+    assert "\n" not in msg
+    assert url in msg
+    assert "did not answer in time" in msg, msg
+    assert "-o connect_timeout=1 -o read_timeout=2 -o retries=1" in msg
+    assert "-o read_timeout=" in hint and "-o retries=" in hint
+    assert waited < FROZEN_BOUND, f"waited {waited:.0f} s"
+    if how == "sigstop":
+        # Running again: whatever the abort could not remove is found and removed now
+        # (the server may still work through the requests it had queued, abort included).
+        again = S3Backend.from_url(f"s3://{bucket}/frozen", {"endpoint_url": endpoint})
+        assert all(line.startswith("vol/x ") for line in again.list_incomplete(0))
+        again.remove_incomplete(0)
+        assert again.list_incomplete(0) == []
+        assert list(again.list()) == []
+
+
+def test_limits_options_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    b = S3Backend.from_url("s3://b", {"endpoint_url": "http://127.0.0.1:9"})
+    assert (b.connect_timeout, b.read_timeout, b.retries) == (10, 30, 2)
+    cfg = b._client.meta.config
+    assert (cfg.connect_timeout, cfg.read_timeout) == (10, 30)
+    assert cfg.retries["total_max_attempts"] == 3
+    assert b._abort_client.meta.config.retries["total_max_attempts"] == 2
+    b = S3Backend.from_url(
+        "s3://b",
+        {"connect_timeout": "2.5", "read_timeout": "120s", "retries": "0"},
+    )
+    assert (b.connect_timeout, b.read_timeout, b.retries) == (2.5, 120, 0)
+    assert b._client.meta.config.retries["total_max_attempts"] == 1
+    assert b._abort_client.meta.config.retries["total_max_attempts"] == 1
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # the AWS chain, when -o retries is not given
+    assert S3Backend.from_url("s3://b", {}).retries == 6
+    assert S3Backend.from_url("s3://b", {"retries": "1"}).retries == 1
+    for key, bad in [
+        ("connect_timeout", "0"),
+        ("read_timeout", "-1"),
+        ("read_timeout", "soon"),
+        ("retries", "many"),
+        ("retries", "99"),
+    ]:
+        with pytest.raises(UsageError, match=key):
+            S3Backend.from_url("s3://b", {key: bad})
+
+
+# -- unfinished multipart uploads ---------------------------------------------------------
+
+
+def test_incomplete_uploads_only_under_the_prefix(s3_server, endpoint: str, bucket: str) -> None:
+    """Uploads of a sibling prefix ("team/ab" beside "team/a"), of the bucket root and
+    fresh ones are never listed nor removed."""
+    if s3_server.kind == "moto":
+        pytest.skip(MOTO_INITIATED)
+    client = raw_client(endpoint)
+    ids = {}
+    for key in ("team/a/vol/x.tar", "team/ab/vol/x.tar", "vol/x.tar", "team/a-vol"):
+        ids[key] = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    a = S3Backend(bucket, "team/a", endpoint_url=endpoint)
+    try:
+        assert a.list_incomplete(3600) == []
+        time.sleep(2.1)  # whole-second timestamps and one second of slack
+        listed = a.list_incomplete(0)
+        assert len(listed) == 1 and listed[0].startswith("vol/x.tar (multipart upload ")
+        assert ids["team/a/vol/x.tar"] in listed[0]
+        assert a.remove_incomplete(0) == listed
+        left = sorted(u["Key"] for u in uploads_in(client, bucket))
+        assert left == ["team/a-vol", "team/ab/vol/x.tar", "vol/x.tar"]
+    finally:
+        for up in uploads_in(client, bucket):
+            client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+
+
+def test_incomplete_upload_still_fed_is_not_taken(endpoint: str, bucket: str) -> None:
+    """Started long enough ago, but a part arrived recently: a live writer's."""
+    client = raw_client(endpoint)
+    up = client.create_multipart_upload(Bucket=bucket, Key="r/vol/big")["UploadId"]
+    try:
+        time.sleep(3.1)  # older than 1 s + 1 s of slack + whole-second timestamps
+        b = S3Backend(bucket, "r", endpoint_url=endpoint)
+        assert len(b.list_incomplete(0)) == 1
+        client.upload_part(
+            Bucket=bucket, Key="r/vol/big", UploadId=up, PartNumber=1, Body=b"x" * 1024
+        )
+        assert b.list_incomplete(1) == []
+        assert b.remove_incomplete(1) == []
+        assert len(uploads_in(client, bucket)) == 1
+    finally:
+        client.abort_multipart_upload(Bucket=bucket, Key="r/vol/big", UploadId=up)
+
+
 # -- credentials and buckets -------------------------------------------------------------
 
 
 @pytest.fixture
-def auth_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, str]]]:
+def auth_endpoint(
+    aws_env: None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, dict[str, str]]]:
     """A moto server of our own (in-process) with IAM auth enforced: moto checks
     signatures and policies once ``settings.INITIAL_NO_AUTH_ACTION_COUNT`` requests have
     been served, so we set it to 0 after making a user. Yields the endpoint and the
@@ -417,7 +607,7 @@ def auth_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[s
         yield url, creds
     finally:
         monkeypatch.undo()
-        c = raw_client(url)
+        c = raw_client(url, "testing", "testing")
         for k in keys_in(c, bucket):
             c.delete_object(Bucket=bucket, Key=k)
         c.delete_bucket(Bucket=bucket)
@@ -430,7 +620,7 @@ def auth_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[s
         server.stop()
 
 
-def test_wrong_credentials(auth_endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wrong_credentials_moto_iam(auth_endpoint, monkeypatch: pytest.MonkeyPatch) -> None:
     url, creds = auth_endpoint
     bucket = creds["bucket"]
 

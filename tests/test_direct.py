@@ -1,0 +1,652 @@
+"""The direct volume path (volbak.volumes): a host directory to a tar stream and back
+with every attribute, GNU tar interop both ways, hostile archives refused with nothing
+written outside the target, the source/target selector, and the layout against a real
+engine's ``GET archive``.
+
+Needs the Debian packages attr (setfattr), acl (setfacl/getfacl) and libcap2-bin
+(setcap); tests that need root skip without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fidelity import populate
+
+from volbak.errors import IntegrityError, NotFoundError, UsageError, VolbakError
+from volbak.volumes import direct, select, tarfmt
+from volbak.volumes.direct import DirectSource, DirectTarget
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (owners, trusted.*, devices)")
+
+
+def _tools(*names: str) -> None:
+    for name in names:
+        if shutil.which(name) is None:
+            pytest.skip(f"{name} is not installed (Debian packages attr, acl, libcap2-bin)")
+
+
+# ------------------------------------------------------------------ a tree and a listing
+
+
+def build_tree(root: Path) -> None:
+    """fidelity.populate's traps plus what only the direct path keeps: xattrs in every
+    namespace, ACLs, file capabilities, more sparse shapes, devices, a socket (skipped),
+    names that are not UTF-8, nanosecond and pre-1970 mtimes, the root's own xattrs."""
+    _tools("setfattr", "setfacl", "setcap")
+    populate(root, big=3 * 2**20 + 5)
+    r = root
+    (r / "x").mkdir()
+    (r / "x/user").write_bytes(b"xattrs\n")
+    subprocess.run(["setfattr", "-n", "user.note", "-v", "hello", r / "x/user"], check=True)
+    subprocess.run(["setfattr", "-n", "user.bin", "-v", "0x00ff00fe0a0d", r / "x/user"],
+                   check=True)
+    subprocess.run(["setfattr", "-n", "trusted.t", "-v", "trusted-value", r / "x/user"],
+                   check=True)
+    subprocess.run(["setfattr", "-n", "security.volbak", "-v", "sec", r / "x/user"],
+                   check=True)
+    os.symlink("user", r / "x/link-with-xattr")
+    subprocess.run(["setfattr", "-h", "-n", "trusted.on-link", "-v", "1",
+                    r / "x/link-with-xattr"], check=True)
+    (r / "x/dir").mkdir()
+    subprocess.run(["setfattr", "-n", "user.dir", "-v", "d", r / "x/dir"], check=True)
+    # ACLs: access on a file, default and access on directories
+    (r / "acl").mkdir()
+    (r / "acl/file").write_bytes(b"acl\n")
+    subprocess.run(["setfacl", "-m", "u:1000:rw,g:2000:r,u:4242:---", r / "acl/file"], check=True)
+    (r / "acl/defaults").mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:1000:rwx,g:3000:rx", r / "acl/defaults"],
+                   check=True)
+    subprocess.run(["setfacl", "-m", "u:1001:rx", r / "acl/defaults"], check=True)
+    # capabilities (security.capability), on a hardlinked, setuid-free file
+    (r / "caps").mkdir()
+    (r / "caps/ping").write_bytes(b"\x7fELF pretend\n")
+    os.chmod(r / "caps/ping", 0o755)
+    subprocess.run(["setcap", "cap_net_raw+ep", r / "caps/ping"], check=True)
+    # sparse shapes: leading hole, trailing hole, only a hole, small sparse
+    sp = r / "sparse"
+    sp.mkdir()
+    for name, size, writes in (
+        ("lead-hole", 20 * 2**20, [(12 * 2**20, b"tail" * 1024)]),
+        ("trail-hole", 20 * 2**20, [(0, b"head" * 2048)]),
+        ("all-hole", 9 * 2**20, []),
+        ("small", 256 * 1024, [(128 * 1024, b"x" * 4096)]),
+        ("many", 8 * 2**20, [(i * 2**20, os.urandom(8192)) for i in range(0, 8, 2)]),
+    ):
+        with open(sp / name, "wb") as f:
+            f.truncate(size)
+            for off, data in writes:
+                f.seek(off)
+                f.write(data)
+    # devices and a socket
+    if ROOT:
+        os.mknod(r / "special/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(r / "special/loopish", 0o660 | stat.S_IFBLK, os.makedev(7, 200))
+        os.chown(r / "special/null", 5, 6)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(os.fspath(r / "special/sock"))
+    s.close()
+    # names: not UTF-8, very long path (> 255 bytes in one name is impossible)
+    bad = os.fsencode(r / "names") + b"/latin1-\xe9t\xe9-\xff"
+    with open(bad, "wb") as f:
+        f.write(b"bytes name\n")
+    # mtimes: nanoseconds, pre-1970, far future
+    os.utime(r / "x/user", ns=(1, 1_700_000_000_123_456_789))
+    os.utime(r / "files/empty", ns=(1, -86_400 * 365 * 10 * 10**9 - 5))
+    os.utime(r / "caps/ping", ns=(1, 8**11 * 10**9 + 7))  # beyond ustar's 11 digits
+    # the root's own attributes (populate made it 0700 999:999)
+    subprocess.run(["setfattr", "-n", "user.root", "-v", "r", r], check=True)
+    subprocess.run(["setfacl", "-d", "-m", "g:4000:rx", r], check=True)
+    for d in ("x", "acl", "caps", "sparse", "special", "names"):
+        os.utime(r / d, ns=(1, 1_650_000_000_000_000_001))
+    os.utime(r, ns=(1, 1_660_000_000_000_000_002))
+
+
+def _xattrs(path: bytes) -> tuple[tuple[str, bytes], ...]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return ()
+    return tuple(sorted((n, os.getxattr(path, n, follow_symlinks=False)) for n in names))
+
+
+def listing(root: Path | bytes) -> dict[bytes, tuple]:
+    """path -> (type, mode, uid, gid, size, mtime_ns, link target, sha256, xattrs,
+    hardlink group, sparse blocks) for everything below root, root itself as b"."."""
+    root = os.fsencode(root)
+    out: dict[bytes, tuple] = {}
+    inodes: dict[tuple[int, int], list[bytes]] = {}
+    stack = [b"."]
+    while stack:
+        rel = stack.pop()
+        full = root if rel == b"." else root + b"/" + rel[2:]
+        st = os.lstat(full)
+        mode = st.st_mode
+        kind = stat.S_IFMT(mode)
+        digest = target = blocks = None
+        if stat.S_ISREG(mode):
+            with open(full, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+            if st.st_blocks * 512 < st.st_size:
+                blocks = st.st_blocks
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(full)
+        elif stat.S_ISDIR(mode):
+            stack.extend(rel + b"/" + n for n in os.listdir(full))
+        if not stat.S_ISDIR(mode) and st.st_nlink > 1:
+            inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
+        out[rel] = (kind, stat.S_IMODE(mode), st.st_uid, st.st_gid,
+                    0 if stat.S_ISDIR(mode) else st.st_size, st.st_mtime_ns, target, digest,
+                    _xattrs(full), st.st_ino, blocks,
+                    st.st_rdev if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else 0)
+    groups = {ino: min(names) for ino, names in inodes.items()}
+    for rel, entry in out.items():
+        key = (os.lstat(root if rel == b"." else root + b"/" + rel[2:]).st_dev, entry[9])
+        out[rel] = (*entry[:9], groups.get(key), *entry[10:])
+    return out
+
+
+def getfacl(root: Path) -> list[str]:
+    """getfacl's view of every ACL below root, paths relative, sorted."""
+    text = subprocess.run(["getfacl", "-R", "-P", "-n", "-p", "."], cwd=root, check=True,
+                          capture_output=True).stdout.decode("utf-8", "backslashreplace")
+    blocks = (block.strip() for block in text.split("\n\n"))
+    return sorted(b for b in blocks if b and not b.startswith("# file: ./special/sock\n"))
+
+
+def diff(a: dict, b: dict) -> str:
+    fields = ("type", "mode", "uid", "gid", "size", "mtime_ns", "target", "sha256",
+              "xattrs", "hardlink", "sparse_blocks", "rdev")
+    lines = []
+    for path in sorted(a.keys() | b.keys()):
+        if path not in b or path not in a:
+            lines.append(f"{path!r} only in {'a' if path in a else 'b'}")
+            continue
+        for name, va, vb in zip(fields, a[path], b[path], strict=True):
+            if va != vb:
+                lines.append(f"{path!r}: {name} {va!r} != {vb!r}")
+    return "\n".join(lines[:60])
+
+
+def _without_sockets(entries: dict) -> dict:
+    return {p: e for p, e in entries.items() if e[0] != stat.S_IFSOCK}
+
+
+def read_all(source: DirectSource, n: int = 2**20) -> Iterator[bytes]:
+    with source:
+        while chunk := source.read(n):
+            yield chunk
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    if not ROOT:
+        pytest.skip("building the full tree needs root (owners, trusted.*, devices)")
+    src = tmp_path / "src"
+    build_tree(src)
+    return src
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@needs_root
+def test_round_trip_keeps_everything(tree: Path, tmp_path: Path) -> None:
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    source = DirectSource(tree)
+    report = DirectTarget(dst).extract(read_all(source, 100_000))
+    assert report.warnings == []
+    assert source.report.skipped == 1
+    assert any("sock" in w and "socket" in w for w in source.report.warnings)
+    before, after = _without_sockets(listing(tree)), listing(dst)
+    assert before == after, diff(before, after)
+    assert getfacl(tree) == getfacl(dst)
+    # holes came back as holes
+    assert os.stat(dst / "sparse/all-hole").st_blocks == 0
+    assert os.stat(dst / "files/sparse.bin").st_blocks * 512 < 1024 * 1024
+
+
+@needs_root
+def test_stream_layout_is_the_archive_apis(tree: Path) -> None:
+    data = b"".join(read_all(DirectSource(tree, root="data")))
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        members = tar.getmembers()
+    assert members[0].name == "data" and members[0].isdir()
+    assert members[0].mode == 0o700 and (members[0].uid, members[0].gid) == (999, 999)
+    names = [m.name for m in members]
+    assert all(n == "data" or n.startswith("data/") for n in names)
+    # depth-first, names sorted bytewise within each directory (as Go's Walk does)
+    parts = [os.fsencode(n).split(b"/") for n in names]
+    assert parts == sorted(parts)
+    byname = {m.name: m for m in members}
+    first, second = "data/hard/setuid-linked", "data/hard-other/setuid-linked-2"
+    assert byname[first].isfile() and byname[second].islnk()
+    assert byname[second].linkname == first
+    assert data.endswith(bytes(1024)) and len(data) % 512 == 0
+
+
+@needs_root
+def test_gnu_tar_extracts_the_stream(tree: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(b"".join(read_all(DirectSource(tree))))
+    listed = subprocess.run(["tar", "-tvf", archive], check=True, capture_output=True)
+    assert b"data/sparse/lead-hole" in listed.stdout
+    out = tmp_path / "gnu"
+    out.mkdir()
+    subprocess.run(["tar", "-x", "--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner",
+                    "--same-owner", "-p", "-C", out, "-f", archive], check=True)
+    before, after = _without_sockets(listing(tree)), listing(out / "data")
+    assert before == after, diff(before, after)
+    assert getfacl(tree) == getfacl(out / "data")
+
+
+@needs_root
+def test_target_extracts_gnu_tar_archives(tree: Path, tmp_path: Path) -> None:
+    made = subprocess.run(
+        ["tar", "-c", "--format=posix", "--xattrs", "--xattrs-include=*", "--acls", "--sparse",
+         "--numeric-owner", "--sort=name", "--transform=s,^\\.,data,S", "-C", tree,
+         "-f", "-", "."],
+        capture_output=True,
+    )
+    assert made.returncode in (0, 1), made.stderr  # 1: "socket ignored"
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    report = direct.extract(dst, [made.stdout[i:i + 65536]
+                                  for i in range(0, len(made.stdout), 65536)])
+    assert report.warnings == []
+    before, after = _without_sockets(listing(tree)), listing(dst)
+    assert before == after, diff(before, after)
+    assert getfacl(tree) == getfacl(dst)
+
+
+def test_acl_text_round_trip() -> None:
+    text = b"user::rw-\nuser:1000:rw-\ngroup::r--\ngroup:2000:r--\nmask::rw-\nother::---\n"
+    blob = tarfmt.acl_from_text(text)
+    assert tarfmt.acl_to_text(blob) == text
+    assert tarfmt.acl_from_text(b"u::rw-,g::r--,o::---,u:7:r-x,m::r-x") == tarfmt.acl_from_text(
+        b"user::rw-\nuser:7:r-x\ngroup::r--\nmask::r-x\nother::---\n")
+
+
+# ------------------------------------------------------------------ changes while reading
+
+
+def test_small_file_changing_while_read_is_read_again(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"one")
+    calls = []
+    real = os.pread
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = real(fd, n, offset)
+        if not calls:  # the file changes right after its first read
+            (src / "f").write_bytes(b"two, longer")
+        calls.append(n)
+        return data
+
+    monkeypatch.setattr(direct.os, "pread", pread)
+    source = DirectSource(src)
+    data = b"".join(read_all(source))
+    monkeypatch.undo()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert tar.extractfile("data/f").read() == b"two, longer"
+    assert source.report.changed == 0 and source.report.warnings == []
+
+
+def test_file_that_keeps_changing_is_reported(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "busy").write_bytes(b"0")
+    (src / "big").write_bytes(os.urandom(3 * 2**20))
+    real = os.pread
+    counter = iter(range(10**6))
+
+    def pread(fd: int, n: int, offset: int) -> bytes:
+        data = real(fd, n, offset)
+        k = next(counter)
+        (src / "busy").write_bytes(b"x" * (k + 2))
+        with open(src / "big", "r+b") as f:
+            f.write(b"%d" % k)
+        return data
+
+    monkeypatch.setattr(direct.os, "pread", pread)
+    source = DirectSource(src)
+    data = b"".join(read_all(source))
+    monkeypatch.undo()
+    assert source.report.changed == 2
+    assert any("busy" in w and "changed" in w for w in source.report.warnings)
+    assert any("big" in w and "changed" in w for w in source.report.warnings)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    direct.extract(dst, [data])  # still a well-formed stream
+    assert (dst / "big").stat().st_size == 3 * 2**20
+
+
+def test_volume_directory_disappearing_is_an_error(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub/f").write_bytes(b"x")
+    source = DirectSource(src)
+    assert source.read(512)  # the root's header; nothing listed yet
+    shutil.rmtree(src)
+    with pytest.raises(NotFoundError, match="disappeared"):
+        while source.read(2**20):
+            pass
+    with pytest.raises(NotFoundError):  # never a clean-looking end after a failure
+        source.read(2**20)
+    source.close()
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        DirectSource(tmp_path / "nope")
+
+
+@needs_root
+def test_other_filesystems_are_not_entered(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "mnt").mkdir(parents=True)
+    (src / "keep").write_bytes(b"k")
+    if subprocess.run(["mount", "-t", "tmpfs", "volbak-test", src / "mnt"]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (src / "mnt/hidden").write_bytes(b"other fs")
+        source = DirectSource(src)
+        data = b"".join(read_all(source))
+    finally:
+        subprocess.run(["umount", src / "mnt"], check=True)
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+    assert "data/mnt" in names and "data/keep" in names and "data/mnt/hidden" not in names
+    assert any("mnt" in w and "another filesystem" in w for w in source.report.warnings)
+
+
+# ------------------------------------------------------------------ hostile archives
+
+
+def _tar(*members: tuple[tarfile.TarInfo, bytes | None], fmt: int = tarfile.PAX_FORMAT
+         ) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _dir(name: str) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    return info, None
+
+
+def _file(name: str, data: bytes = b"pwned\n", pax: dict | None = None
+          ) -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    if pax:
+        info.pax_headers = pax
+    return info, data
+
+
+def _link(name: str, target: str, hard: bool = False) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info, None
+
+
+def _hostile(out: Path) -> dict[str, list]:
+    o = os.fspath(out)
+    return {
+        "dotdot": [_dir("data"), _file("data/../x")],
+        "dotdot-top": [_dir("data"), _file("../x")],
+        "dotdot-deep": [_dir("data"), _file("data/a/../../../outside/x")],
+        "absolute": [_dir("data"), _file(f"{o}/x")],
+        "outside-root": [_dir("data"), _file("other/x")],
+        "pax-path": [_dir("data"), _file("data/ok", pax={"path": "data/../../outside/x"})],
+        "symlink-abs-then-file": [_dir("data"), _link("data/link", o),
+                                  _file("data/link/x")],
+        "symlink-rel-then-file": [_dir("data"), _link("data/link", "../../outside"),
+                                  _file("data/link/x")],
+        "symlink-chain": [_dir("data"), _link("data/a", "b"), _link("data/b", o),
+                          _file("data/a/x")],
+        "symlink-then-dir": [_dir("data"), _link("data/link", o), _dir("data/link/sub")],
+        "symlink-deeper": [_dir("data"), _link("data/link", o), _file("data/link/a/b/x")],
+        "dir-replaced-by-symlink": [_dir("data"), _dir("data/d"), _link("data/d", o),
+                                    _file("data/d/x")],
+        "hardlink-dotdot": [_dir("data"), _link("data/h", "../../etc/passwd", hard=True)],
+        "hardlink-absolute": [_dir("data"), _link("data/h", f"{o}/secret", hard=True)],
+        "hardlink-outside-root": [_dir("data"), _link("data/h", "other/secret", hard=True)],
+        "hardlink-through-symlink": [_dir("data"), _link("data/l", o),
+                                     _link("data/h", "data/l/secret", hard=True)],
+        "hardlink-missing": [_dir("data"), _link("data/h", "data/nothing", hard=True)],
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_hostile(Path("/x"))))
+def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "secret").write_bytes(b"secret\n")
+    target = tmp_path / "volumes" / "vol" / "_data"
+    target.mkdir(parents=True)
+    before = sorted(p for p in tmp_path.rglob("*") if target not in (p, *p.parents))
+    data = _tar(*_hostile(out)[case])
+    with pytest.raises(IntegrityError, match="refusing the archive") as err:
+        direct.extract(target, [data[i:i + 700] for i in range(0, len(data), 700)])
+    assert str(err.value).startswith("refusing the archive: entry ")
+    after = sorted(p for p in tmp_path.rglob("*") if target not in (p, *p.parents))
+    assert after == before
+    assert (out / "secret").read_bytes() == b"secret\n" and (out / "secret").stat().st_nlink == 1
+    assert list(out.iterdir()) == [out / "secret"]
+
+
+def test_hostile_refusal_names_the_entry(tmp_path: Path) -> None:
+    data = _tar(_dir("data"), _link("data/link", "/tmp"), _file("data/link/evil"))
+    with pytest.raises(IntegrityError, match=r"data/link/evil.*symlink"):
+        direct.extract(tmp_path, [data])
+
+
+def test_replacing_a_symlink_with_a_file_writes_inside(tmp_path: Path) -> None:
+    out = tmp_path / "outside"
+    out.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    data = _tar(_dir("data"), _link("data/x", os.fspath(out / "f")), _file("data/x", b"in"))
+    direct.extract(target, [data])
+    assert (target / "x").read_bytes() == b"in" and not (target / "x").is_symlink()
+    assert list(out.iterdir()) == []
+
+
+def test_gnu_long_names_are_checked_too(tmp_path: Path) -> None:
+    out = tmp_path / "outside"
+    out.mkdir()
+    target = tmp_path / "t"
+    target.mkdir()
+    name = "data/" + "a/" * 60 + "../" * 62 + "outside/x"
+    data = _tar(_dir("data"), _file(name), fmt=tarfile.GNU_FORMAT)
+    with pytest.raises(IntegrityError, match=r"'\.\.'"):
+        direct.extract(target, [data])
+    assert list(out.iterdir()) == []
+
+
+def test_truncated_and_corrupt_archives(tmp_path: Path) -> None:
+    data = _tar(_dir("data"), _file("data/f", b"x" * 5000))
+    with pytest.raises(IntegrityError, match="ended early"):
+        direct.extract(tmp_path / ".", [data[:3000]])
+    bad = bytearray(data)
+    bad[600] ^= 0xFF  # inside the second header
+    (tmp_path / "2").mkdir()
+    with pytest.raises(IntegrityError, match="checksum"):
+        direct.extract(tmp_path / "2", [bytes(bad)])
+
+
+def test_archive_api_style_stream_extracts(tmp_path: Path) -> None:
+    """What dockerd's GET archive sends (ustar/PAX from Go, names with uname/gname,
+    second mtimes, a hardlink after its file) extracts through the target."""
+    f = tarfile.TarInfo("data/a")
+    f.mode, f.uid, f.gid, f.mtime, f.uname = 0o4755, 1234, 5678, 1_600_000_000, "x"
+    h = tarfile.TarInfo("data/sub/b")
+    h.type, h.linkname, h.mode, h.uid, h.gid = tarfile.LNKTYPE, "data/a", 0o4755, 1234, 5678
+    root = tarfile.TarInfo("data")
+    root.type, root.mode, root.uid, root.gid, root.mtime = tarfile.DIRTYPE, 0o750, 7, 8, 99
+    data = _tar((root, None), (f, b"payload"), _dir("data/sub"), (h, None),
+                fmt=tarfile.USTAR_FORMAT)
+    direct.extract(tmp_path, [data])
+    st = os.stat(tmp_path / "sub/b")
+    if ROOT:
+        assert (st.st_uid, st.st_gid) == (1234, 5678)
+        assert stat.S_IMODE(st.st_mode) == 0o4755  # setuid kept on the hardlinked file
+        assert (os.stat(tmp_path).st_uid, os.stat(tmp_path).st_gid) == (7, 8)
+    assert st.st_nlink == 2 and (tmp_path / "a").read_bytes() == b"payload"
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o750
+    assert os.stat(tmp_path).st_mtime == 99
+
+
+# ------------------------------------------------------------------ the selector
+
+
+def _inspect(mountpoint: Path, driver: str = "local") -> dict:
+    return {"Name": "v", "Driver": driver, "Mountpoint": os.fspath(mountpoint)}
+
+
+def test_select(tmp_path: Path) -> None:
+    sock = "unix:///run/docker.sock"
+    vol = _inspect(tmp_path)
+    assert select.choose(sock, vol, "auto")[0] == "direct"
+    assert select.choose(sock, vol, "direct")[0] == "direct"
+    assert select.choose(sock, vol, "direct", write=True)[0] == "direct"
+    assert select.choose(sock, vol, "api") == ("api", "requested with --source api")
+    for url in ("tcp://10.0.0.1:2375", "ssh://me@host", "http://localhost:2375"):
+        how, why = select.choose(url, vol, "auto")
+        assert how == "api" and "unix socket" in why
+        with pytest.raises(UsageError) as err:
+            select.choose(url, vol, "direct")
+        assert "--source api" in (err.value.hint or "")
+    how, why = select.choose(sock, _inspect(tmp_path, "rexray"), "auto")
+    assert how == "api" and "rexray" in why
+    how, why = select.choose(sock, _inspect(tmp_path / "missing"), "auto")
+    assert how == "api" and "not on this host" in why
+    with pytest.raises(UsageError):
+        select.choose(sock, _inspect(tmp_path / "missing"), "direct")
+    with pytest.raises(UsageError, match="--source"):
+        select.choose(sock, vol, "sideways")
+
+
+def _as_nobody(fn) -> str:
+    """fn() run in a child process as uid/gid 65534; what it returned, or its error."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            out = repr(fn())
+        except BaseException as e:
+            out = f"{type(e).__name__}: {e} hint: {getattr(e, 'hint', None)}"
+        os.write(w, out.encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    os.waitpid(pid, 0)
+    return text
+
+
+@needs_root
+def test_select_falls_back_without_permission(tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o755)
+    inspect = {"Driver": "local", "Mountpoint": os.fspath(vol)}
+    sock = "unix:///run/docker.sock"
+    assert _as_nobody(lambda: select.choose(sock, inspect, "auto")[0]) == "'api'"
+    out = _as_nobody(lambda: select.choose(sock, inspect, "direct", write=True))
+    assert out.startswith("UsageError") and "--source api" in out
+    out = _as_nobody(lambda: DirectSource(vol))
+    assert out.startswith("VolbakError: cannot open") and "--source api" in out
+
+
+def test_unreadable_directory_as_non_root(tmp_path: Path) -> None:
+    if ROOT:
+        pytest.skip("root reads everything")
+    vol = tmp_path / "vol"
+    vol.mkdir(mode=0)
+    with pytest.raises(VolbakError, match="cannot open"):
+        DirectSource(vol)
+
+
+# ------------------------------------------------------------------ a real engine
+
+
+@pytest.mark.docker
+def test_direct_source_matches_get_archive(resources, busybox_image: str, docker_host: str
+                                           ) -> None:
+    if not ROOT:
+        pytest.skip("reading a volume's directory needs root")
+    vol = resources.volume()
+    inspect = resources.client.api.inspect_volume(vol.name)
+    how, why = select.choose(docker_host, inspect, "auto")
+    if how != "direct":
+        pytest.skip(f"the engine's volumes are not local here: {why}")
+    mp = Path(inspect["Mountpoint"])
+    populate(mp, big=2 * 2**20 + 3)
+    os.mknod(mp / "special/null", 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+    ctr = resources.container(busybox_image, "true", volumes={vol.name: {"bind": "/data",
+                                                                         "mode": "ro"}})
+    bits, _ = ctr.get_archive("/data", chunk_size=2**20)
+    api_tar = b"".join(bits)
+    our_tar = b"".join(read_all(DirectSource(mp)))
+
+    def facts(tar: tarfile.TarFile) -> list[tuple]:
+        out = []
+        for m in tar:
+            data = tar.extractfile(m).read() if m.isreg() else None
+            digest = hashlib.sha256(data).hexdigest() if data is not None else None
+            # dockerd (Go) puts the file type bits into the mode field too
+            out.append((m.name, m.type, stat.S_IMODE(m.mode), m.uid, m.gid, int(m.mtime),
+                        m.linkname, m.devmajor, m.devminor, digest))
+        return out
+
+    with tarfile.open(fileobj=io.BytesIO(api_tar)) as api, \
+            tarfile.open(fileobj=io.BytesIO(our_tar)) as ours:
+        theirs_f, ours_f = facts(api), facts(ours)
+    # dockerd stores sparse files as plain data: the same bytes, another entry shape
+    assert [f[0] for f in ours_f] == [f[0] for f in theirs_f]
+    assert ours_f == theirs_f
+
+
+@pytest.mark.docker
+def test_direct_target_into_a_new_volume(resources, busybox_image: str, tmp_path: Path
+                                         ) -> None:
+    if not ROOT:
+        pytest.skip("writing a volume's directory needs root")
+    src = tmp_path / "src"
+    build_tree(src)
+    vol = resources.volume()
+    mp = Path(resources.client.api.inspect_volume(vol.name)["Mountpoint"])
+    direct.extract(mp, read_all(DirectSource(src)))
+    before, after = _without_sockets(listing(src)), listing(mp)
+    assert before == after, diff(before, after)
+    # and a container sees it
+    out = resources.client.containers.run(busybox_image, ["cat", "/data/files/text.txt"],
+                                          volumes={vol.name: {"bind": "/data", "mode": "ro"}},
+                                          network_mode="none", remove=True,
+                                          labels={"volbak-test": "1"})
+    assert out == b"hello volbak\n" * 100

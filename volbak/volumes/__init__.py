@@ -1,0 +1,109 @@
+"""How volbak reads and writes a volume's tree: through the engine's archive API or
+directly on the host.
+
+- ``direct``: a tar source and a tar target that work on the volume's directory (its
+  ``Mountpoint``) on the engine's own host, keeping every attribute.
+- ``select``: which of the two a run uses, and why.
+- ``tarfmt``: the PAX/ustar records both directions share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..engine import (
+    PODMAN_LOSSES,
+    Engine,
+    VolumeMount,
+    VolumeTar,
+    helper,
+    inspect_volume,
+    put_volume_tar,
+)
+from ..stream.pipeline import checked_chunks
+from ..stream.tar import TarParser
+from .select import CHOICES, choose
+
+__all__ = ["CHOICES", "TreeSource", "open_source", "read_back", "write_tree"]
+
+
+@dataclasses.dataclass
+class TreeSource:
+    """A volume's tree being read as a tar stream named "<root>/..."."""
+
+    read: Callable[[int], bytes]
+    kind: str  # "direct" | "api"
+    why: str  # why this kind was chosen
+    warnings: Callable[[], list[str]]  # what the read noticed (complete once read)
+    changed: Callable[[], int] = lambda: 0  # files that changed while they were read
+
+
+@contextlib.contextmanager
+def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
+                requested: str = "auto", image: str | None = None) -> Iterator[TreeSource]:
+    """Read ``volume`` directly on the host when possible (``requested`` auto|direct),
+    else through a helper container and the archive API."""
+    kind, why = choose(engine.url, inspect, requested)
+    if kind == "direct":
+        from .direct import DirectSource
+
+        with DirectSource(inspect["Mountpoint"], root) as src:
+            r = src.report
+            yield TreeSource(src.read, kind, why,
+                             lambda: [*r.warnings] + ([f"{r.warning_count - len(r.warnings)} "
+                                                      "more warnings not listed"]
+                                                     if r.warning_count > len(r.warnings)
+                                                     else []),
+                             lambda: r.changed)
+        return
+    with helper(engine, [VolumeMount(volume, "/" + root)], image) as cid:
+        tar = VolumeTar(engine, cid, root)
+        try:
+            losses = [] if tar.owners_kept else [PODMAN_LOSSES]
+            yield TreeSource(tar.read, kind, why, lambda: losses)
+        finally:
+            tar.close()
+
+
+def write_tree(engine: Engine, volume: str, root: str, chunks: Iterator[bytes],
+               requested: str = "auto", image: str | None = None) -> str:
+    """Write a tar stream named "<root>/..." into the (new, empty) ``volume``; returns
+    the way it went ("direct" or "api")."""
+    kind, _ = choose(engine.url, inspect_volume(engine, volume), requested, write=True)
+    if kind == "direct":
+        from .direct import DirectTarget
+
+        DirectTarget(inspect_volume(engine, volume)["Mountpoint"], root).extract(chunks)
+        return kind
+    with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)], image) as cid:
+        put_volume_tar(engine, cid, root, chunks)
+    return kind
+
+
+def owners_comparable(engine: Engine, kind: str) -> bool:
+    """Podman's archive API replaces owners on read: through it they cannot be compared."""
+    return kind == "direct" or not engine.is_podman
+
+
+def read_back(engine: Engine, volume: str, root: str, kind: str, *,
+              owners: bool = True, all_xattrs: bool = True, image: str | None = None,
+              progress: Callable[[int], Any] | None = None) -> TarParser:
+    """Read a volume back the way it was written and return the finished TarParser
+    (digest mode), to compare with what was sent."""
+    if kind != "direct":
+        from ..engine import read_tree_digest
+
+        return read_tree_digest(engine, volume, root, image, progress=progress, owners=owners,
+                                all_xattrs=all_xattrs)
+    from .direct import DirectSource
+
+    parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=all_xattrs,
+                       what=f"volume '{volume}' as read back from its directory")
+    with DirectSource(inspect_volume(engine, volume)["Mountpoint"], root) as src:
+        for _ in checked_chunks(src.read, parser.feed, parser.check_complete,
+                                progress=progress):
+            pass
+    return parser

@@ -1,0 +1,1212 @@
+"""A volume's directory on the engine's host as a tar stream, and back.
+
+``DirectSource`` walks the volume's ``Mountpoint`` and produces the same layout as
+``GET /containers/{id}/archive?path=/data`` (first the root ``data/``, carrying the
+volume root's own mode, owner and mtime, then ``data/...`` depth-first, names sorted
+bytewise, directories with a trailing slash, the first name of a hardlinked file as the
+file and later names as links) but keeps everything the archive API drops: xattrs in
+every namespace, POSIX ACLs (access and default, numeric ids), sparse files (GNU sparse
+1.0), nanosecond mtimes. The stream is plain PAX, so ``zstd -d | tar x --xattrs
+--xattrs-include='*' --acls`` restores it without volbak.
+
+``DirectTarget`` extracts such a stream (or one from the archive API) into an empty
+volume directory. Every path is resolved one component at a time below the target's
+directory handle with ``O_NOFOLLOW``, so no entry can reach outside the target: absolute
+names, ``..``, names outside the archive root, paths through a symlink the archive made
+and hardlinks to such places are refused with ``IntegrityError`` naming the entry.
+
+Why a Python writer and reader instead of driving GNU tar. Measured on this machine (2
+cores, ext4, page cache warm, other test suites running: load 5-15, so wall times are
+noisy and CPU seconds are the steadier figure):
+
+==========================================  ======================  =====================
+                                            1 GiB, one file         50,000 files, 192 MB
+==========================================  ======================  =====================
+GNU tar 1.34 ``-c --format=posix --xattrs
+--acls --sparse --sort=name`` into a pipe   1030-1590 MB/s          0.48-0.98 s wall,
+read by Python                                                      0.40-0.55 s CPU
+DirectSource.read(1 MiB)                    1230-2160 MB/s          0.94-1.31 s wall,
+                                                                    1.38-1.71 s CPU
+GNU tar ``-x --xattrs --acls -p``           (not measured)          22-46 s wall, 7.5-8 s
+                                                                    CPU
+DirectTarget.write                          (~0.44 s, bench)        14-56 s wall, 8.6-10
+                                                                    s CPU
+==========================================  ======================  =====================
+
+Large files: the Python source is faster (one copy from the page cache, no pipe).
+Small files: GNU tar spends about 9 us of CPU per file, the Python source about 29 us
+(20 of them in Python). Extraction costs the same either way: creating inodes
+dominates. The Python writer is kept because it does what a tar subprocess cannot:
+ACLs with numeric ids (GNU tar 1.34 writes user *names* even with ``--numeric-owner``);
+small files read whole and re-read until their stat is unchanged, so each is consistent
+in itself (tar pads or truncates and says so on stderr); warnings as data instead of
+stderr text to parse; and one place per file where the dedup file cache can reuse the
+chunk ids of an unchanged file without reading it, which a tar subprocess cannot skip.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import os
+import stat
+import urllib.parse
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ..errors import IntegrityError, NotFoundError, VolbakError
+from . import tarfmt
+from .tarfmt import BLOCK
+
+CHUNK = 2**20
+SMALL = 2**20  # files up to this size are read whole, then checked unchanged
+RETRIES = 3  # re-reads of a small file that changed while it was read
+MAX_WARNINGS = 200  # messages kept; counts go on
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def show(name: bytes) -> str:
+    """A path for messages: undecodable bytes and control characters escaped."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass
+class Report:
+    """What a direct read or write noticed without failing: the caller records it."""
+
+    warnings: list[str] = field(default_factory=list)
+    warning_count: int = 0
+    changed: int = 0  # files that changed while they were read
+    skipped: int = 0  # sockets and other entries tar cannot hold, other filesystems
+    entries: int = 0
+    file_bytes: int = 0
+
+    def warn(self, message: str) -> None:
+        self.warning_count += 1
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+
+
+def _proc(dfd: int, name: bytes) -> bytes:
+    """A path naming ``name`` inside the open directory ``dfd`` (for the xattr calls,
+    which take no dir_fd); its last component is never followed by the l* calls."""
+    return b"/proc/self/fd/%d/%s" % (dfd, name)
+
+
+# ------------------------------------------------------------------ source
+
+
+class DirectSource:
+    """The tree at ``path`` as a tar stream: ``read(n)`` up to n bytes (b"" at the end),
+    ``close()``. Memory stays bounded: one file piece (``CHUNK``) and one directory
+    listing per level of depth at a time.
+
+    ``report`` collects warnings (sockets skipped, other filesystems not entered, files
+    that changed or vanished while read). Errors that make the backup incomplete
+    (unreadable entries, the directory itself disappearing) raise."""
+
+    def __init__(self, path: str | bytes, root: str = "data") -> None:
+        self.path = os.fsencode(path)
+        self.root = os.fsencode(root).strip(b"/")
+        self.report = Report()
+        try:
+            self._rootfd = os.open(self.path, _O_DIR)
+        except FileNotFoundError:
+            raise NotFoundError(f"the volume's directory {show(self.path)} does not exist",
+                                hint="is the volume local to this host? try --source api"
+                                ) from None
+        except OSError as e:
+            raise VolbakError(
+                f"cannot open the volume's directory {show(self.path)}: {e.strerror}",
+                hint="run volbak as root (or the engine's user), or use --source api",
+            ) from None
+        self._root_st = os.fstat(self._rootfd)
+        self._dev = self._root_st.st_dev
+        self._links: dict[tuple[int, int], list] = {}  # (dev, ino) -> [name, links left]
+        self._fds: list[int] = []
+        self._gen = self._generate()
+        self._rest: bytes | memoryview = b""
+        self._failed: BaseException | None = None
+        self._closed = False
+
+    # -- the stream
+
+    def read(self, n: int = CHUNK) -> bytes:
+        pieces: list[bytes | memoryview] = []
+        got = 0
+        while got < n:
+            piece = self._rest
+            self._rest = b""
+            if not piece:
+                if self._failed is not None:  # a finished generator would look like EOF
+                    raise self._failed
+                try:
+                    piece = next(self._gen, b"")
+                except BaseException as e:
+                    self._failed = e
+                    raise
+                if not piece:
+                    break
+            room = n - got
+            if len(piece) > room:
+                view = memoryview(piece)
+                piece, self._rest = view[:room], view[room:]
+            pieces.append(piece)
+            got += len(piece)
+        if len(pieces) == 1 and isinstance(pieces[0], bytes):
+            return pieces[0]
+        return b"".join(pieces)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._gen.close()
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._rootfd)
+
+    def __enter__(self) -> DirectSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the walk
+
+    def _generate(self) -> Iterator[bytes]:
+        yield self._dir_header(self.root + b"/", self._rootfd, self._root_st)
+        stack: list[tuple[int, bytes, Iterator[tuple[bytes, bool]]]] = [
+            (self._rootfd, self.root + b"/", iter(self._listing(self._rootfd, self.root)))
+        ]
+        while stack:
+            dfd, prefix, names = stack[-1]
+            item = next(names, None)
+            if item is None:
+                stack.pop()
+                if dfd != self._rootfd:
+                    self._fds.remove(dfd)
+                    os.close(dfd)
+                continue
+            name, plain = item
+            rel = prefix + name
+            # Most entries are files with one name: open, fstat, read, no lstat first.
+            if plain and (yield from self._plain_file(dfd, name, rel)):
+                continue
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                self.report.warn(f"{show(rel)}: vanished before it was read")
+                continue
+            except OSError as e:
+                raise self._error(rel, e) from None
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                child = self._open_dir(dfd, name, rel, st)
+                if child is None:
+                    continue
+                cfd, cst = child
+                yield self._dir_header(rel + b"/", cfd, cst)
+                if cst.st_dev != self._dev:
+                    self.report.skipped += 1
+                    self.report.warn(f"{show(rel)}: another filesystem is mounted here; "
+                                     "its contents are not backed up")
+                    self._fds.remove(cfd)
+                    os.close(cfd)
+                    continue
+                stack.append((cfd, rel + b"/", iter(self._listing(cfd, rel))))
+            elif st.st_dev != self._dev:
+                self.report.skipped += 1
+                self.report.warn(f"{show(rel)}: on another filesystem (a mount); skipped")
+            elif stat.S_ISSOCK(mode):
+                self.report.skipped += 1
+                self.report.warn(f"{show(rel)}: a socket; tar cannot hold it, skipped")
+            elif link := self._hardlink(st, rel):
+                self.report.entries += 1
+                yield tarfmt.header(rel, tarfmt.HARDLINK, mode=stat.S_IMODE(mode),
+                                    uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                    linkname=link)
+            elif stat.S_ISREG(mode):
+                yield from self._file(dfd, name, rel)
+            elif stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(name, dir_fd=dfd)
+                except FileNotFoundError:
+                    self.report.warn(f"{show(rel)}: vanished before it was read")
+                    continue
+                self.report.entries += 1
+                yield tarfmt.header(rel, tarfmt.SYMLINK, mode=stat.S_IMODE(mode),
+                                    uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                    linkname=target, pax=self._attrs(_proc(dfd, name), rel))
+            elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
+                typ = (tarfmt.CHARDEV if stat.S_ISCHR(mode) else
+                       tarfmt.BLOCKDEV if stat.S_ISBLK(mode) else tarfmt.FIFO)
+                dev = st.st_rdev if typ != tarfmt.FIFO else 0
+                self.report.entries += 1
+                yield tarfmt.header(rel, typ, mode=stat.S_IMODE(mode), uid=st.st_uid,
+                                    gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                    devmajor=os.major(dev), devminor=os.minor(dev),
+                                    pax=self._attrs(_proc(dfd, name), rel))
+            else:
+                self.report.skipped += 1
+                self.report.warn(f"{show(rel)}: an entry of unknown type; skipped")
+        self._check_root()
+        yield tarfmt.END_OF_ARCHIVE
+
+    def _listing(self, dfd: int, rel: bytes) -> list[tuple[bytes, bool]]:
+        """(name, looks like a plain file) sorted bytewise, as dockerd's archive (Go's
+        filepath.Walk) orders them. The hint comes from readdir's d_type, free."""
+        try:
+            with os.scandir(dfd) as it:
+                return sorted((os.fsencode(e.name), e.is_file(follow_symlinks=False))
+                              for e in it)
+        except OSError as e:
+            raise self._error(rel, e) from None
+
+    def _open_dir(self, dfd: int, name: bytes, rel: bytes, st: os.stat_result
+                  ) -> tuple[int, os.stat_result] | None:
+        try:
+            cfd = os.open(name, _O_DIR, dir_fd=dfd)
+        except FileNotFoundError:
+            self.report.warn(f"{show(rel)}: vanished before it was read")
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):  # replaced by a symlink or file
+                self.report.changed += 1
+                self.report.warn(f"{show(rel)}: replaced while it was read; skipped")
+                return None
+            raise self._error(rel, e) from None
+        self._fds.append(cfd)
+        return cfd, os.fstat(cfd)
+
+    def _hardlink(self, st: os.stat_result, rel: bytes) -> bytes | None:
+        """The earlier name of this inode if it was already archived."""
+        if st.st_nlink < 2 or stat.S_ISDIR(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino)
+        seen = self._links.get(key)
+        if seen is None:
+            self._links[key] = [rel, st.st_nlink - 1]
+            return None
+        seen[1] -= 1
+        if seen[1] <= 0:  # every name seen: forget it, so memory follows open link sets
+            del self._links[key]
+        return seen[0]
+
+    def _dir_header(self, rel: bytes, fd: int, st: os.stat_result) -> bytes:
+        self.report.entries += 1
+        return tarfmt.header(rel, tarfmt.DIRECTORY, mode=stat.S_IMODE(st.st_mode),
+                             uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                             pax=self._attrs(fd, rel))
+
+    def _attrs(self, target: int | bytes, rel: bytes) -> list[tuple[bytes, bytes]]:
+        """xattrs and ACLs as PAX records; ``target`` an fd or a path not followed."""
+        follow = isinstance(target, int)
+        try:
+            names = sorted(os.listxattr(target, follow_symlinks=follow))
+        except OSError as e:
+            if e.errno in (errno.ENOTSUP, errno.ENOENT):
+                return []
+            raise self._error(rel, e) from None
+        records = []
+        for name in names:
+            try:
+                value = os.getxattr(target, name, follow_symlinks=follow)
+            except OSError as e:
+                if e.errno == errno.ENODATA:  # removed since it was listed
+                    continue
+                raise self._error(rel, e) from None
+            if name in (tarfmt.ACL_ACCESS_XATTR, tarfmt.ACL_DEFAULT_XATTR):
+                try:
+                    text = tarfmt.acl_to_text(value)
+                except ValueError:
+                    self.report.warn(f"{show(rel)}: unreadable ACL {name}; kept as xattr")
+                else:
+                    kind = b"access" if name == tarfmt.ACL_ACCESS_XATTR else b"default"
+                    records.append((b"SCHILY.acl." + kind, text))
+                    continue
+            records.append((b"SCHILY.xattr." + os.fsencode(name), value))
+        return records
+
+    def _open_file(self, dfd: int, name: bytes) -> int:
+        try:
+            return os.open(name, _O_FILE | os.O_NOATIME, dir_fd=dfd)
+        except PermissionError:  # O_NOATIME needs ownership (or root); plain open then
+            return os.open(name, _O_FILE, dir_fd=dfd)
+
+    def _plain_file(self, dfd: int, name: bytes, rel: bytes
+                    ) -> Generator[bytes, None, bool]:
+        """A regular file with one name on our filesystem, archived; False (nothing
+        yielded) for anything else, which the general path then looks at."""
+        try:
+            fd = self._open_file(dfd, name)
+        except OSError:
+            return False
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_dev != self._dev:
+                return False
+            yield from self._file_body(fd, rel, st)
+            return True
+        except OSError as e:
+            raise self._error(rel, e) from None
+        finally:
+            os.close(fd)
+
+    def _file(self, dfd: int, name: bytes, rel: bytes) -> Iterator[bytes]:
+        try:
+            fd = self._open_file(dfd, name)
+        except FileNotFoundError:
+            self.report.warn(f"{show(rel)}: vanished before it was read")
+            return
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self.report.changed += 1
+                self.report.warn(f"{show(rel)}: replaced while it was read; skipped")
+                return
+            raise self._error(rel, e) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                self.report.changed += 1
+                self.report.warn(f"{show(rel)}: replaced while it was read; skipped")
+                return
+            yield from self._file_body(fd, rel, st)
+        except OSError as e:
+            raise self._error(rel, e) from None
+        finally:
+            os.close(fd)
+
+    def _file_body(self, fd: int, rel: bytes, st: os.stat_result) -> Iterator[bytes]:
+        pax = self._attrs(fd, rel)
+        sparse = st.st_size > 0 and st.st_blocks * 512 < st.st_size
+        if st.st_size <= SMALL and not sparse:
+            data, st = self._read_small(fd, rel, st)
+            self.report.entries += 1
+            self.report.file_bytes += len(data)
+            yield tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+                                uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                size=len(data), pax=pax)
+            if data:
+                yield data + b"\0" * tarfmt.padding(len(data))
+            return
+        yield from self._read_large(fd, rel, st, pax, sparse)
+
+    def _read_small(self, fd: int, rel: bytes, st: os.stat_result
+                    ) -> tuple[bytes, os.stat_result]:
+        """The whole content, read again while the file changes under us."""
+        for _ in range(RETRIES):
+            data = os.pread(fd, st.st_size + 1, 0)
+            after = os.fstat(fd)
+            if len(data) == st.st_size and _same(st, after):
+                return data, after
+            st = after
+            if st.st_size > SMALL:
+                break
+        self.report.changed += 1
+        self.report.warn(f"{show(rel)}: changed while it was read")
+        data = os.pread(fd, min(st.st_size, SMALL), 0)
+        return data, st
+
+    def _read_large(self, fd: int, rel: bytes, st: os.stat_result,
+                    pax: list[tuple[bytes, bytes]], sparse: bool) -> Iterator[bytes]:
+        size = st.st_size
+        segments = _data_segments(fd, size) if sparse else [(0, size)]
+        if sparse and len(segments) == 1 and segments[0] == (0, size):
+            sparse = False  # "sparse" only by preallocation or compression; store plainly
+        name = rel
+        payload = sum(n for _, n in segments)
+        if sparse:
+            head, tail = rel.rsplit(b"/", 1)
+            name = head + b"/GNUSparseFile.0/" + tail
+            pax = [(b"GNU.sparse.major", b"1"), (b"GNU.sparse.minor", b"0"),
+                   (b"GNU.sparse.name", rel), (b"GNU.sparse.realsize", b"%d" % size),
+                   *pax]
+            if segments[-1][0] + segments[-1][1] < size:
+                segments.append((size, 0))  # GNU tar marks a trailing hole this way
+            mapblock = tarfmt.sparse_map_block(segments)
+            payload += len(mapblock)
+        self.report.entries += 1
+        self.report.file_bytes += size
+        yield tarfmt.header(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+                            uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                            size=payload, pax=pax)
+        if sparse:
+            yield mapblock
+        short = False
+        for offset, length in segments:
+            pos, end = offset, offset + length
+            while pos < end:
+                piece = os.pread(fd, min(CHUNK, end - pos), pos)
+                if not piece:  # shrank: keep the entry's promised length
+                    short = True
+                    piece = bytes(min(CHUNK, end - pos))
+                pos += len(piece)
+                yield piece
+        if payload % BLOCK:
+            yield bytes(tarfmt.padding(payload))
+        if short or not _same(st, os.fstat(fd)):
+            self.report.changed += 1
+            self.report.warn(f"{show(rel)}: changed while it was read"
+                             + (" (it shrank; the rest is zeros)" if short else ""))
+
+    def _check_root(self) -> None:
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+        except OSError:
+            now = None
+        gone = os.fstat(self._rootfd).st_nlink == 0
+        if gone or now is None or (now.st_dev, now.st_ino) != (self._dev, self._root_st.st_ino):
+            raise NotFoundError(
+                f"the volume's directory {show(self.path)} disappeared during the backup",
+                hint="was the volume removed? nothing was recorded; run the backup again",
+            )
+
+    def _error(self, rel: bytes, e: OSError) -> VolbakError:
+        if e.errno == errno.ENOENT and not os.path.isdir(self.path):
+            return NotFoundError(
+                f"the volume's directory {show(self.path)} disappeared during the backup",
+                hint="was the volume removed? nothing was recorded; run the backup again")
+        return VolbakError(
+            f"cannot read {show(rel)} in {show(self.path)}: {e.strerror or e}",
+            hint="run volbak as root (or the engine's user), or use --source api",
+        )
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns, a.st_ino) == (
+        b.st_size, b.st_mtime_ns, b.st_ctime_ns, b.st_ino)
+
+
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
+    """(offset, length) of the data regions of a file, by SEEK_DATA/SEEK_HOLE."""
+    segments = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # only a hole from here on
+                    break
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end - start))
+            pos = end
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        return [(0, size)]
+    return segments or [(size, 0)]
+
+
+# ------------------------------------------------------------------ target
+
+
+@dataclass
+class _Entry:
+    name: bytes
+    typ: bytes
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    atime_ns: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: list[tuple[str, bytes]]
+    acl_access: bytes | None
+    acl_default: bytes | None
+    sparse: list[tuple[int, int]] | None
+    realsize: int
+
+
+@dataclass
+class _DirAttrs:
+    mode: int
+    mtime_ns: int
+    atime_ns: int
+    acl_access: bytes | None
+    acl_default: bytes | None
+
+
+class _FileSink:
+    """Receives one regular file's data (with its sparse map) and writes it."""
+
+    def __init__(self, fd: int, entry: _Entry, segments: list[tuple[int, int]]) -> None:
+        self.fd = fd
+        self.entry = entry
+        self.segments = [s for s in segments if s[1]]
+        self._i = 0
+        self._left = self.segments[0][1] if self.segments else 0
+        if self.segments and self.segments[0][0]:
+            os.lseek(fd, self.segments[0][0], os.SEEK_SET)
+
+    def write(self, view: memoryview) -> None:
+        while view:
+            take = min(self._left, len(view))
+            done = os.write(self.fd, view[:take])
+            view = view[done:]
+            self._left -= done
+            if not self._left and self._i + 1 < len(self.segments):
+                self._i += 1
+                offset, self._left = self.segments[self._i]
+                os.lseek(self.fd, offset, os.SEEK_SET)
+
+
+class DirectTarget:
+    """Extract a tar stream into the existing directory ``path`` (an empty new volume).
+
+    Feed it with ``write(data)`` and finish with ``close()`` (which checks the archive
+    ended properly and applies the directories' modes, ACLs and mtimes), or call
+    ``abort()`` to stop; ``extract(chunks)`` does all three. Entries must be named
+    ``<root>/...``; the ``<root>/`` entry's mode, owner, xattrs and mtime go to ``path``
+    itself. Refused (``IntegrityError`` naming the entry): absolute names, ``..``,
+    names outside ``<root>``, paths through a symlink or a non-directory, hardlinks to
+    such places or to entries not yet extracted, corrupt headers, a truncated stream.
+    Nothing is ever written outside ``path``. ``report`` collects warnings (attributes
+    the host refused, e.g. owners when not root)."""
+
+    _HEADER, _META, _DATA, _SKIP, _SPARSEMAP, _END = range(6)
+    MAX_META = 16 * 2**20  # one entry's PAX/long-name data
+    DIR_CACHE = 64
+
+    def __init__(self, path: str | bytes, root: str = "data") -> None:
+        self.path = os.fsencode(path)
+        self.root = os.fsencode(root).strip(b"/")
+        self.report = Report()
+        try:
+            self._tfd = os.open(self.path, _O_DIR)
+        except OSError as e:
+            raise VolbakError(
+                f"cannot open the target directory {show(self.path)}: {e.strerror}",
+                hint="run volbak as root (or the engine's user), or use --source api",
+            ) from None
+        self._root_user = os.geteuid() == 0
+        self._state = self._HEADER
+        self._need = BLOCK
+        self._buf = bytearray()
+        self._left = 0  # data bytes of the current entry still to come
+        self._pad = 0
+        self._meta_type = b""
+        self._pax: list[tuple[bytes, bytes]] = []
+        self._gpax: list[tuple[bytes, bytes]] = []
+        self._longname: bytes | None = None
+        self._longlink: bytes | None = None
+        self._entry: _Entry | None = None
+        self._sink: _FileSink | None = None
+        self._sink_parent = -1
+        self._sink_name = b""
+        self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
+        self._cache: dict[tuple[bytes, ...], int] = {}
+        self._closed = False
+
+    # -- feeding
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            if self._state == self._END:
+                return  # zero padding after the end marker
+            if self._state == self._DATA:
+                take = min(self._left, len(view))
+                assert self._sink is not None
+                try:
+                    self._sink.write(view[:take])
+                except OSError as e:
+                    raise self._oserror(self._sink.entry.name, e) from None
+                self._left -= take
+                view = view[take:]
+                if not self._left:
+                    self._finish_file()
+                    self._to_skip(self._pad)
+                continue
+            if self._state == self._SKIP:
+                take = min(self._left, len(view))
+                self._left -= take
+                view = view[take:]
+                if not self._left:
+                    self._state, self._need = self._HEADER, BLOCK
+                continue
+            need = self._need
+            if not self._buf and len(view) >= need:  # the usual case: no copy to a buffer
+                block = bytes(view[:need])
+                view = view[need:]
+            else:
+                take = min(need - len(self._buf), len(view))
+                self._buf += view[:take]
+                view = view[take:]
+                if len(self._buf) < need:
+                    continue
+                block = bytes(self._buf)
+                self._buf.clear()
+            if self._state == self._HEADER:
+                self._on_header(block)
+            elif self._state == self._META:
+                self._on_meta(block)
+            else:
+                self._on_sparse_map(block)
+
+    def extract(self, chunks: Iterable[bytes]) -> Report:
+        try:
+            for chunk in chunks:
+                self.write(chunk)
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+        return self.report
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        if self._state != self._END:
+            self.abort()
+            raise IntegrityError(
+                "the archive ended early (truncated tar stream)",
+                hint="the stored backup is damaged; restore an older backup",
+            )
+        try:
+            self._apply_dirs()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop, closing every handle; what was extracted so far stays."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sink is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._sink.fd)
+            self._sink = None
+        for fd in self._cache.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._cache.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._tfd)
+
+    def __enter__(self) -> DirectTarget:
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    # -- parsing
+
+    def _to_skip(self, n: int) -> None:
+        if n:
+            self._state, self._left = self._SKIP, n
+        else:
+            self._state, self._need = self._HEADER, BLOCK
+
+    def _on_header(self, block: bytes) -> None:
+        if block == tarfmt.ZERO_BLOCK:
+            self._state = self._END
+            return
+        if not tarfmt.checksum_ok(block):
+            raise IntegrityError(
+                "the archive's tar stream is corrupt (bad header checksum)",
+                hint="the stored backup is damaged; restore an older backup",
+            )
+        typ = block[156:157]
+        size = tarfmt.parse_number(block[124:136])
+        if typ in (b"x", b"g", b"L", b"K"):
+            if not 0 <= size <= self.MAX_META:
+                raise IntegrityError(f"the archive has an oversized extended header ({size})")
+            self._meta_type = typ
+            self._meta_size = size
+            self._need = size + tarfmt.padding(size)
+            self._state = self._META
+            if not self._need:
+                self._on_meta(b"")
+            return
+        pax = dict(self._gpax)
+        pax.update(self._pax)
+        records = self._gpax + self._pax
+        self._pax = []
+        name = self._longname if self._longname is not None else _ustar_name(block)
+        linkname = self._longlink if self._longlink is not None else _field(block[157:257])
+        self._longname = self._longlink = None
+        name = pax.get(b"path", name)
+        linkname = pax.get(b"linkpath", linkname)
+        if b"size" in pax:
+            size = _pax_int(pax[b"size"])
+        mtime_ns = (tarfmt.parse_time_ns(pax[b"mtime"]) if b"mtime" in pax
+                    else tarfmt.parse_number(block[136:148]) * 10**9)
+        xattrs, acl_access, acl_default = _xattrs(records)
+        sparse, realsize = _sparse_info(pax, size)
+        if sparse is not None or b"GNU.sparse.major" in pax:
+            name = pax.get(b"GNU.sparse.name", name)
+        entry = _Entry(
+            name=name, typ=typ if typ != b"\0" else tarfmt.REGULAR,
+            mode=tarfmt.parse_number(block[100:108]) & 0o7777,
+            uid=_pax_int(pax[b"uid"]) if b"uid" in pax else tarfmt.parse_number(block[108:116]),
+            gid=_pax_int(pax[b"gid"]) if b"gid" in pax else tarfmt.parse_number(block[116:124]),
+            size=size, mtime_ns=mtime_ns,
+            atime_ns=tarfmt.parse_time_ns(pax[b"atime"]) if b"atime" in pax else mtime_ns,
+            linkname=linkname,
+            devmajor=tarfmt.parse_number(block[329:337]),
+            devminor=tarfmt.parse_number(block[337:345]),
+            xattrs=xattrs, acl_access=acl_access, acl_default=acl_default,
+            sparse=sparse, realsize=realsize,
+        )
+        if size < 0:
+            raise IntegrityError(f"the archive's entry {show(name)} has a negative size")
+        self.report.entries += 1
+        self._entry = entry
+        if pax.get(b"GNU.sparse.major") == b"1":
+            if entry.typ != tarfmt.REGULAR:
+                raise IntegrityError(f"the archive's entry {show(name)} is a sparse non-file")
+            self._left = size
+            self._pad = tarfmt.padding(size)
+            self._sparse_text = bytearray()
+            self._state, self._need = self._SPARSEMAP, BLOCK
+            return
+        self._dispatch(entry)
+
+    def _on_meta(self, block: bytes) -> None:
+        data = block[:self._meta_size]
+        typ = self._meta_type
+        if typ == b"x":
+            self._pax.extend(tarfmt.pax_records(data))
+        elif typ == b"g":
+            self._gpax.extend(tarfmt.pax_records(data))
+        elif typ == b"L":
+            self._longname = data.split(b"\0", 1)[0]
+        else:
+            self._longlink = data.split(b"\0", 1)[0]
+        self._state, self._need = self._HEADER, BLOCK
+
+    def _on_sparse_map(self, block: bytes) -> None:
+        """GNU sparse 1.0: the map is decimal lines at the start of the data."""
+        entry = self._entry
+        assert entry is not None
+        self._left -= BLOCK
+        if self._left < 0 or len(self._sparse_text) > self.MAX_META:
+            raise IntegrityError(f"the archive's entry {show(entry.name)} has a bad sparse map")
+        self._sparse_text += block
+        numbers = self._sparse_text.split(b"\n")
+        try:
+            count = int(numbers[0])
+            if len(numbers) - 1 < 1 + 2 * count:
+                return  # more map blocks follow
+            values = [int(v) for v in numbers[1:1 + 2 * count]]
+        except ValueError:
+            raise IntegrityError(
+                f"the archive's entry {show(entry.name)} has a bad sparse map") from None
+        entry.sparse = list(zip(values[::2], values[1::2], strict=True))
+        self._dispatch(entry)
+
+    # -- extracting
+
+    def _dispatch(self, entry: _Entry) -> None:
+        parts = self._parts(entry.name, entry)
+        typ = entry.typ
+        skip = 0  # types 1-6 carry no data (as GNU tar and Python's tarfile read them)
+        if typ in (tarfmt.REGULAR, b"7"):
+            self._regular(parts, entry)
+            return
+        if typ == tarfmt.DIRECTORY:
+            self._directory(parts, entry)
+        elif typ == tarfmt.SYMLINK:
+            self._special(parts, entry, lambda n, d: os.symlink(entry.linkname, n, dir_fd=d))
+        elif typ == tarfmt.HARDLINK:
+            self._hardlink(parts, entry)
+        elif typ in (tarfmt.CHARDEV, tarfmt.BLOCKDEV):
+            kind = stat.S_IFCHR if typ == tarfmt.CHARDEV else stat.S_IFBLK
+            dev = os.makedev(entry.devmajor, entry.devminor)
+            self._special(parts, entry, lambda n, d: os.mknod(n, kind | 0o600, dev, dir_fd=d))
+        elif typ == tarfmt.FIFO:
+            self._special(parts, entry, lambda n, d: os.mkfifo(n, 0o600, dir_fd=d))
+        elif typ == b"S":
+            raise IntegrityError(
+                f"the archive's entry {show(entry.name)} uses the old GNU sparse format, "
+                "which volbak does not read",
+                hint="extract this archive with GNU tar",
+            )
+        else:
+            self.report.skipped += 1
+            self.report.warn(f"{show(entry.name)}: unknown tar entry type {typ!r}; skipped")
+            skip = entry.size + tarfmt.padding(entry.size)
+        self._to_skip(skip)
+
+    def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
+        """``what`` is "entry" for the entry's own name, "hardlink" for its link target."""
+        """The path below the target for an archive name, or IntegrityError."""
+        def refuse(why: str) -> IntegrityError:
+            return IntegrityError(
+                f"refusing the archive: entry {show(entry.name)} {why}",
+                hint="this archive was not written by volbak or has been tampered with; "
+                     "nothing was written outside the target",
+            )
+
+        if b"\0" in name or not name:
+            raise refuse("has an empty or NUL-containing name")
+        if name.startswith(b"/"):
+            raise refuse("has an absolute name" if what == "entry" else
+                         f"links to the absolute name {show(name)}")
+        parts = [p for p in name.split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise refuse("has a '..' component" if what == "entry" else
+                         f"links to {show(name)}, which has a '..' component")
+        if not parts or parts[0] != self.root:
+            raise refuse(f"is outside the archive's root {show(self.root)}/"
+                         if what == "entry" else
+                         f"links to {show(name)}, outside {show(self.root)}/")
+        return tuple(parts[1:])
+
+    def _refuse_path(self, entry: _Entry, why: str) -> IntegrityError:
+        return IntegrityError(
+            f"refusing the archive: entry {show(entry.name)} {why}",
+            hint="this archive was not written by volbak or has been tampered with; "
+                 "nothing was written outside the target",
+        )
+
+    def _dir_fd(self, parts: tuple[bytes, ...], entry: _Entry, create: bool = True) -> int:
+        """An open handle on the directory ``parts`` below the target, each component
+        opened with O_NOFOLLOW below the previous one, so a symlink anywhere is refused."""
+        if not parts:
+            return self._tfd
+        cached = self._cache.get(parts)
+        if cached is not None:
+            return cached
+        parent = self._dir_fd(parts[:-1], entry, create)
+        name = parts[-1]
+        try:
+            fd = os.open(name, _O_DIR, dir_fd=parent)
+        except FileNotFoundError:
+            if not create:
+                raise self._refuse_path(entry, f"needs {show(b'/'.join(parts))}, which the "
+                                        "archive has not created") from None
+            # Archives may omit parent directories: make them as tar does.
+            try:
+                os.mkdir(name, 0o755, dir_fd=parent)
+                fd = os.open(name, _O_DIR, dir_fd=parent)
+            except OSError as e:
+                raise self._oserror(entry.name, e) from None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                what = "a symlink" if _is_link(name, parent) else "a non-directory"
+                raise self._refuse_path(entry, f"passes through {what} "
+                                        f"({show(b'/'.join(parts))})") from None
+            raise self._oserror(entry.name, e) from None
+        if len(self._cache) >= self.DIR_CACHE:
+            old = next(iter(self._cache))
+            os.close(self._cache.pop(old))
+        self._cache[parts] = fd
+        return fd
+
+    def _make_room(self, parent: int, name: bytes, entry: _Entry) -> None:
+        """A later entry of the same name replaces an earlier non-directory (tar's rule);
+        a directory is never replaced."""
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise self._refuse_path(entry, "would replace a directory")
+        os.unlink(name, dir_fd=parent)
+
+    def _regular(self, parts: tuple[bytes, ...], entry: _Entry) -> None:
+        if not parts:
+            raise self._refuse_path(entry, "would replace the target directory")
+        parent = self._dir_fd(parts[:-1], entry)
+        name = parts[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            try:
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+            except FileExistsError:  # O_EXCL: never follows a symlink that is there
+                self._make_room(parent, name, entry)
+                fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except OSError as e:
+            raise self._oserror(entry.name, e) from None
+        if entry.sparse is not None:
+            segments = entry.sparse
+            for offset, length in segments:
+                if offset < 0 or length < 0 or offset + length > entry.realsize:
+                    os.close(fd)
+                    raise IntegrityError(
+                        f"the archive's entry {show(entry.name)} has a bad sparse map")
+        else:
+            segments = [(0, entry.size)]
+        self._sink = _FileSink(fd, entry, segments)
+        self._sink_parent, self._sink_name = parent, name
+        payload = sum(n for _, n in segments)
+        if self._state == self._SPARSEMAP:
+            remaining = self._left  # data after the map blocks
+            if payload != remaining:
+                os.close(fd)
+                raise IntegrityError(
+                    f"the archive's entry {show(entry.name)} has a bad sparse map")
+        elif entry.sparse is not None and payload != entry.size:
+            os.close(fd)
+            raise IntegrityError(f"the archive's entry {show(entry.name)} has a bad sparse map")
+        self._left = payload
+        self._pad = tarfmt.padding(entry.size)
+        self.report.file_bytes += payload
+        if payload:
+            self._state = self._DATA
+        else:
+            self._finish_file()
+            self._to_skip(self._pad)
+
+    def _finish_file(self) -> None:
+        sink, self._sink = self._sink, None
+        assert sink is not None
+        entry = sink.entry
+        fd = sink.fd
+        try:
+            if entry.sparse is not None:
+                os.ftruncate(fd, entry.realsize)
+            self._chown(entry, lambda: os.fchown(fd, entry.uid, entry.gid))
+            self._set_xattrs(fd, entry.xattrs, entry.name)  # after chown, which drops caps
+            os.fchmod(fd, entry.mode)
+            self._set_acls(fd, entry.acl_access, None, entry.name)
+            os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
+        except OSError as e:
+            raise self._oserror(entry.name, e) from None
+        finally:
+            os.close(fd)
+
+    def _directory(self, parts: tuple[bytes, ...], entry: _Entry) -> None:
+        if parts:
+            parent = self._dir_fd(parts[:-1], entry)
+            name = parts[-1]
+            try:
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            except OSError as e:
+                raise self._oserror(entry.name, e) from None
+            try:
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    os.unlink(name, dir_fd=parent)
+                    st = None
+                if st is None:
+                    os.mkdir(name, 0o700, dir_fd=parent)
+            except OSError as e:
+                raise self._oserror(entry.name, e) from None
+        fd = self._dir_fd(parts, entry)
+        try:
+            self._chown(entry, lambda: os.fchown(fd, entry.uid, entry.gid))
+            self._set_xattrs(fd, entry.xattrs, entry.name)
+        except OSError as e:
+            raise self._oserror(entry.name, e) from None
+        # Mode, ACLs and mtime wait until the end: a read-only or default-ACL directory
+        # would change how its children are created, and each child bumps its mtime.
+        self._dirs[parts] = _DirAttrs(entry.mode, entry.mtime_ns, entry.atime_ns,
+                                      entry.acl_access, entry.acl_default)
+
+    def _special(self, parts: tuple[bytes, ...], entry: _Entry,
+                 make: Callable[[bytes, int], None]) -> None:
+        if not parts:
+            raise self._refuse_path(entry, "would replace the target directory")
+        parent = self._dir_fd(parts[:-1], entry)
+        name = parts[-1]
+        try:
+            self._make_room(parent, name, entry)
+            make(name, parent)
+            self._chown(entry, lambda: os.chown(name, entry.uid, entry.gid, dir_fd=parent,
+                                                follow_symlinks=False))
+            self._set_xattrs(_proc(parent, name), entry.xattrs, entry.name)
+            if entry.typ != tarfmt.SYMLINK:
+                # Just made by us in a directory only we write: not a symlink.
+                os.chmod(name, entry.mode, dir_fd=parent)
+                self._set_acls(_proc(parent, name), entry.acl_access, None, entry.name)
+            os.utime(name, ns=(entry.atime_ns, entry.mtime_ns), dir_fd=parent,
+                     follow_symlinks=False)
+        except OSError as e:
+            raise self._oserror(entry.name, e) from None
+
+    def _hardlink(self, parts: tuple[bytes, ...], entry: _Entry) -> None:
+        if not parts:
+            raise self._refuse_path(entry, "would replace the target directory")
+        source = self._parts(entry.linkname, entry, what="hardlink")
+        if not source:
+            raise self._refuse_path(entry, "links to the archive's root directory")
+        src_parent = self._dir_fd(source[:-1], entry, create=False)
+        parent = self._dir_fd(parts[:-1], entry)
+        name = parts[-1]
+        try:
+            src = os.stat(source[-1], dir_fd=src_parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise self._refuse_path(entry, f"links to {show(entry.linkname)}, which the "
+                                    "archive has not created") from None
+        if stat.S_ISDIR(src.st_mode):
+            raise self._refuse_path(entry, f"links to the directory {show(entry.linkname)}")
+        try:
+            if (src_parent, source[-1]) != (parent, name):
+                self._make_room(parent, name, entry)
+                # Never follows a symlink: linkat without AT_SYMLINK_FOLLOW links it.
+                os.link(source[-1], name, src_dir_fd=src_parent, dst_dir_fd=parent,
+                        follow_symlinks=False)
+        except OSError as e:
+            raise self._oserror(entry.name, e) from None
+
+    # -- attributes
+
+    def _chown(self, entry: _Entry, do: Callable[[], None]) -> None:
+        try:
+            do()
+        except PermissionError:
+            if self._root_user:
+                raise
+            self.report.warn(f"{show(entry.name)}: owner {entry.uid}:{entry.gid} not set "
+                             "(not running as root)")
+
+    def _set_xattrs(self, target: int | bytes, xattrs: list[tuple[str, bytes]],
+                    name: bytes) -> None:
+        follow = isinstance(target, int)
+        for key, value in xattrs:
+            try:
+                os.setxattr(target, key, value, follow_symlinks=follow)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EACCES, errno.EINVAL):
+                    raise
+                self.report.warn(f"{show(name)}: extended attribute {key} not restored "
+                                 f"({e.strerror})")
+
+    def _set_acls(self, target: int | bytes, access: bytes | None, default: bytes | None,
+                  name: bytes) -> None:
+        follow = isinstance(target, int)
+        for key, text in ((tarfmt.ACL_ACCESS_XATTR, access),
+                          (tarfmt.ACL_DEFAULT_XATTR, default)):
+            if text is None:
+                continue
+            try:
+                value = tarfmt.acl_from_text(text)
+            except ValueError as e:
+                self.report.warn(f"{show(name)}: ACL not restored ({e})")
+                continue
+            try:
+                os.setxattr(target, key, value, follow_symlinks=follow)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EINVAL):
+                    raise
+                self.report.warn(f"{show(name)}: ACL not restored ({e.strerror})")
+
+    def _apply_dirs(self) -> None:
+        # Deepest first: nothing below a directory changes after its attributes are set.
+        for parts in sorted(self._dirs, key=len, reverse=True):
+            attrs = self._dirs[parts]
+            name = self.root + b"/" + b"/".join(parts)
+            fd = self._tfd
+            for part in parts:  # one component at a time: paths may exceed PATH_MAX
+                try:
+                    child = os.open(part, _O_DIR, dir_fd=fd)
+                finally:
+                    if fd != self._tfd:
+                        os.close(fd)
+                fd = child
+            try:
+                os.fchmod(fd, attrs.mode)
+                self._set_acls(fd, attrs.acl_access, attrs.acl_default, name)
+                os.utime(fd, ns=(attrs.atime_ns, attrs.mtime_ns))
+            except OSError as e:
+                raise self._oserror(name, e) from None
+            finally:
+                if parts:
+                    os.close(fd)
+
+    def _oserror(self, name: bytes, e: OSError) -> VolbakError:
+        return VolbakError(
+            f"cannot extract {show(name)} into {show(self.path)}: {e.strerror or e}",
+            hint="is the target volume's directory writable by volbak? "
+                 "otherwise use --source api",
+        )
+
+
+def extract(path: str | bytes, chunks: Iterable[bytes], root: str = "data") -> Report:
+    """Extract the tar stream ``chunks`` into ``path``; see DirectTarget."""
+    return DirectTarget(path, root).extract(chunks)
+
+
+# ------------------------------------------------------------------ header helpers
+
+
+def _field(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
+
+
+def _ustar_name(block: bytes) -> bytes:
+    name = _field(block[:100])
+    if block[257:263] == b"ustar\x00":  # POSIX: a prefix field may hold the leading part
+        prefix = _field(block[345:500])
+        if prefix:
+            name = prefix + b"/" + name
+    return name
+
+
+def _pax_int(value: bytes) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise IntegrityError("the tar stream has a malformed PAX number") from None
+
+
+def _is_link(name: bytes, parent: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _xattrs(records: list[tuple[bytes, bytes]]
+            ) -> tuple[list[tuple[str, bytes]], bytes | None, bytes | None]:
+    """xattrs (SCHILY and libarchive records) and ACL texts of one entry. A raw
+    ``system.posix_acl_*`` xattr (GNU tar stores both) wins over the text: it holds ids."""
+    xattrs: dict[str, bytes] = {}
+    acls: dict[str, bytes] = {}
+    for key, value in records:
+        if key.startswith(b"SCHILY.xattr."):
+            xattrs[os.fsdecode(key[len(b"SCHILY.xattr."):])] = value
+        elif key.startswith(b"LIBARCHIVE.xattr."):
+            name = urllib.parse.unquote_to_bytes(key[len(b"LIBARCHIVE.xattr."):])
+            with contextlib.suppress(ValueError):
+                xattrs[os.fsdecode(name)] = base64.b64decode(value + b"==")
+        elif key == b"SCHILY.acl.access":
+            acls["access"] = value
+        elif key == b"SCHILY.acl.default":
+            acls["default"] = value
+    for kind, xname in (("access", tarfmt.ACL_ACCESS_XATTR),
+                        ("default", tarfmt.ACL_DEFAULT_XATTR)):
+        raw = xattrs.pop(xname, None)
+        if raw is not None:
+            with contextlib.suppress(ValueError):
+                acls[kind] = tarfmt.acl_to_text(raw)
+    return list(xattrs.items()), acls.get("access"), acls.get("default")
+
+
+def _sparse_info(pax: dict[bytes, bytes], size: int
+                 ) -> tuple[list[tuple[int, int]] | None, int]:
+    """The sparse map of a GNU PAX sparse 0.1 entry (1.0 keeps it in the data; its map
+    is read later), and the file's real size."""
+    if pax.get(b"GNU.sparse.major") == b"1":
+        return None, _pax_int(pax.get(b"GNU.sparse.realsize", b"%d" % size))
+    if b"GNU.sparse.map" in pax:
+        values = [_pax_int(v) for v in pax[b"GNU.sparse.map"].split(b",") if v]
+        if len(values) % 2:
+            raise IntegrityError("the tar stream has a malformed sparse map")
+        real = _pax_int(pax.get(b"GNU.sparse.size", pax.get(b"GNU.sparse.realsize", b"0")))
+        return list(zip(values[::2], values[1::2], strict=True)), real
+    if b"GNU.sparse.offset" in pax or b"GNU.sparse.numblocks" in pax:
+        raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak does not "
+                             "read", hint="extract this archive with GNU tar")
+    return None, size
