@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from volbak.crypto import age
-from volbak.errors import CryptoError
+from volbak.errors import CryptoError, TargetExistsError
 
 TESTKIT = Path(__file__).parent / "data" / "age-testkit"
 
@@ -362,7 +362,7 @@ def test_identity_file_mode_and_excl(tmp_path, key):
     assert text.endswith(f"{key}\n")
     [loaded] = age.load_identity_file(path)
     assert str(loaded) == str(key)
-    with pytest.raises(age.AgeKeyError, match="already exists") as ei:
+    with pytest.raises(TargetExistsError, match="already exists") as ei:
         age.write_identity_file(path, age.X25519Identity.generate())
     assert ei.value.hint
     assert path.read_text() == text  # untouched

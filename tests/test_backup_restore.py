@@ -218,10 +218,11 @@ def test_unknown_volume_container_and_backup(run):
     assert "no-such-volume-xyz" in err
     _, err = run("backup", "--container", "no-such-ctr-xyz", expect=3)
     assert "no-such-ctr-xyz" in err and "--container" in err
-    _, err = run("restore", "no-such-volume-xyz", "--to-volume", "x", expect=3)
-    assert "no-such-volume-xyz" in err
-    _, err = run("restore", "vol@20000101T000000Z", "--to-volume", "x", expect=3)
-    assert "volbak list" in err
+    # nothing was stored, so there is no repository yet: that is said, not "no backup"
+    _, err = run("restore", "no-such-volume-xyz", "--to-volume", "x", expect=5)
+    assert "no repository" in err
+    _, err = run("restore", "vol@20000101T000000Z", "--to-volume", "x", expect=5)
+    assert "no repository" in err
 
 
 def test_unreachable_engine_names_host_and_docker_host(tmp_path, capsys, monkeypatch):
@@ -233,8 +234,9 @@ def test_unreachable_engine_names_host_and_docker_host(tmp_path, capsys, monkeyp
 
 
 def test_bad_repository_url_names_the_plugin(run):
+    # only a plugin volbak knows of gets an install line (see tests/test_backend_s3.py)
     _, err = run("list", repo_path="nosuch://bucket/x", expect=5)
-    assert "pip install" in err
+    assert "nosuch://" in err and "pip install" not in err
 
 
 # -- the repository's disk --------------------------------------------------------------------
@@ -270,7 +272,8 @@ def test_full_disk_leaves_no_backup(resources, docker_client, run, tmp_path):
         assert "no space" in err
         leftovers = [f for _, _, files in os.walk(small) for f in files]
         assert leftovers == []
-        assert json.loads(run("list", "--json", repo_path=small)[0]) == []
+        _, err = run("list", "--json", repo_path=small, expect=5)  # still no repository
+        assert "empty directory" in err
 
 
 def test_direct_keeps_xattrs_acls_and_holes(resources, docker_client, run):

@@ -213,10 +213,15 @@ def open_backend(url: str, options: Mapping[str, str] | None = None) -> Backend:
     scheme = scheme_of(url)
     eps = entry_points(group=ENTRY_POINT_GROUP, name=scheme)
     if not eps:
-        dist = KNOWN_PLUGINS.get(scheme, f"volbak-{scheme}")
+        dist = KNOWN_PLUGINS.get(scheme)
+        # Only a plugin we know exists is worth an install line; for any other scheme
+        # (a typo such as s4://) that line would send the user to a name that may not
+        # exist, or to someone else's package.
         raise BackendMissing(
             f"no storage backend is installed for '{scheme}://' (repository {url})",
-            hint=f"install the plugin: pip install {dist}",
+            hint=f"install the plugin: pip install {dist}" if dist else
+            f"known schemes: file (a plain path), {', '.join(sorted(KNOWN_PLUGINS))}; "
+            "check the repository URL",
         )
     cls = next(iter(eps)).load()
     return cls.from_url(url, options or {})

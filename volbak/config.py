@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import re
 import tomllib
 from collections.abc import Iterable
@@ -60,8 +61,12 @@ COMPRESSIONS = ("zstd", "gzip", "none")
 JOB_KEYS = (
     "volumes", "containers", "labels", "repo", "repo_options", "recipients",
     "recipients_file", "passphrase_file", "compress", "stop", "pre_backup", "post_backup",
-    "keep", "on_failure", "webhook",
+    "keep", "on_failure", "webhook", "identity_file",
 )
+# Keys a job needs no volume for: what every other command reads as its defaults
+# (``volbak list --config FILE [--job NAME]``).
+SETTING_KEYS = ("repo", "repo_options", "recipients", "recipients_file", "passphrase_file",
+                "compress", "identity_file")
 TOP_KEYS = ("defaults", "jobs")
 _SECRET_RE = re.compile(
     r"pass(word|phrase|wd)?|secret|token|private[_-]?key|credential|api[_-]?key|identity",
@@ -90,6 +95,7 @@ class Job:
     keep: Policy | None = None
     on_failure: str | None = None
     webhook: str | None = None
+    identity_file: Path | None = None  # for restore/verify defaults; `run` never decrypts
 
     @property
     def encrypted(self) -> bool:
@@ -97,9 +103,37 @@ class Job:
 
 
 @dataclasses.dataclass(frozen=True)
+class Settings:
+    """The defaults a config gives the other commands (list, restore, verify, ...)."""
+
+    source: str  # "FILE" or "FILE, job NAME": for messages
+    repo: str | None = None
+    repo_options: dict[str, str] = dataclasses.field(default_factory=dict)
+    recipients: tuple[str, ...] = ()
+    recipients_file: Path | None = None
+    passphrase_file: Path | None = None
+    compress: str | None = None
+    identity_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: Path
     jobs: dict[str, Job]
+    defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # parsed [defaults]
+
+    def settings(self, job: str | None = None) -> Settings:
+        """A job's settings (``--job NAME``); without a name the [defaults] table, or the
+        only job when the file has one job and [defaults] names no repository."""
+        if job is None and "repo" not in self.defaults and len(self.jobs) == 1:
+            job = next(iter(self.jobs))
+        if job is None:
+            values = self.defaults
+            source = str(self.path)
+        else:
+            values = dataclasses.asdict(self.select([job])[0])
+            source = f"{self.path}, job {job}"
+        return Settings(source, **{k: values[k] for k in SETTING_KEYS if values.get(k)})
 
     def select(self, names: Iterable[str] = ()) -> list[Job]:
         """The named jobs (in the order given), or all jobs in file order."""
@@ -247,6 +281,23 @@ class _Parser:
         where = f"jobs.{name}"
         merged: dict[str, tuple[str, Any]] = {k: (f"defaults.{k}", v) for k, v in defaults.items()}
         merged.update({k: (f"{where}.{k}", v) for k, v in table.items()})
+        kw = self.values(merged)
+        if "repo" not in kw:
+            raise UsageError(f"{self.path}: {where}: no 'repo' (in the job or in [defaults])",
+                             hint="add repo = \"/path/or/url\" to the job or to [defaults]")
+        if not (kw.get("volumes") or kw.get("containers") or kw.get("labels")):
+            raise UsageError(
+                f"{self.path}: {where}: selects nothing: give volumes, containers or labels"
+            )
+        if "passphrase_file" in kw and ("recipients" in kw or "recipients_file" in kw):
+            raise UsageError(
+                f"{self.path}: {where}: passphrase_file cannot be combined with recipients",
+                hint="age encrypts to a passphrase or to recipients, not both",
+            )
+        return Job(name=name, **kw)
+
+    def values(self, merged: dict[str, tuple[str, Any]]) -> dict[str, Any]:
+        """Checked values of a job's keys: {key: (key path for messages, raw value)}."""
         kw: dict[str, Any] = {}
         for k, (kp, v) in merged.items():
             if k in ("volumes", "containers"):
@@ -259,7 +310,7 @@ class _Parser:
                 kw[k] = self.options(kp, v)
             elif k == "recipients":
                 kw[k] = self.recipients(kp, v)
-            elif k in ("recipients_file", "passphrase_file"):
+            elif k in ("recipients_file", "passphrase_file", "identity_file"):
                 kw[k] = self.path_value(kp, v)
             elif k == "compress":
                 if v not in COMPRESSIONS:
@@ -280,19 +331,7 @@ class _Parser:
                 kw[k] = url
             else:  # pragma: no cover - keys were checked against JOB_KEYS
                 raise AssertionError(k)
-        if "repo" not in kw:
-            raise UsageError(f"{self.path}: {where}: no 'repo' (in the job or in [defaults])",
-                             hint="add repo = \"/path/or/url\" to the job or to [defaults]")
-        if not (kw.get("volumes") or kw.get("containers") or kw.get("labels")):
-            raise UsageError(
-                f"{self.path}: {where}: selects nothing: give volumes, containers or labels"
-            )
-        if "passphrase_file" in kw and ("recipients" in kw or "recipients_file" in kw):
-            raise UsageError(
-                f"{self.path}: {where}: passphrase_file cannot be combined with recipients",
-                hint="age encrypts to a passphrase or to recipients, not both",
-            )
-        return Job(name=name, **kw)
+        return kw
 
     def config(self, doc: dict[str, Any]) -> Config:
         self.check_keys(doc, "", TOP_KEYS)
@@ -312,7 +351,8 @@ class _Parser:
                 raise self.error(f"jobs.{name}", "a table", table)
             self.check_keys(table, f"jobs.{name}", JOB_KEYS)
             out[name] = self.job(name, table, defaults)
-        return Config(self.path, out)
+        return Config(self.path, out,
+                      self.values({k: (f"defaults.{k}", v) for k, v in defaults.items()}))
 
 
 def parse(text: str, path: str | Path = "volbak.toml") -> Config:
@@ -323,6 +363,21 @@ def parse(text: str, path: str | Path = "volbak.toml") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: invalid TOML: {e}") from None
     return _Parser(path).config(doc)
+
+
+def default_path() -> Path | None:
+    """The config every command reads when no --config is given: $VOLBAK_CONFIG (set
+    to "" for none), else /etc/volbak.toml as root, else ~/.config/volbak.toml
+    ($XDG_CONFIG_HOME); None when that file does not exist (not an error)."""
+    env = os.environ.get("VOLBAK_CONFIG")
+    if env is not None:
+        return Path(env).expanduser() if env else None
+    if os.geteuid() == 0:
+        path = Path("/etc/volbak.toml")
+    else:
+        base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+        path = Path(base) / "volbak.toml"
+    return path if path.is_file() else None
 
 
 def load(path: str | Path) -> Config:

@@ -75,7 +75,8 @@ class CryptoError(VolbakError):
 
 
 class TargetExistsError(VolbakError):
-    """A restore or migration target already holds data."""
+    """A restore or migration target already holds data (or is in use), or a file to
+    create already exists."""
 
     exit_code = 8
 
@@ -130,7 +131,8 @@ EXIT_CODES: list[tuple[str, str]] = [
      "integrity: corrupt or truncated archive, damaged manifest, read-back mismatch"),
     (str(CryptoError.exit_code),
      "encryption: wrong key or passphrase, bad key file, tampered data"),
-    (str(TargetExistsError.exit_code), "restore/migrate target already exists"),
+    (str(TargetExistsError.exit_code),
+     "target already exists: restore/migrate target, keygen output file"),
     (str(LockBusyError.exit_code), "another volbak run holds the lock"),
     (str(HookError.exit_code), "a pre/post-backup hook failed"),
     (f"{Interrupted.exit_code} / {Terminated.exit_code}",

@@ -14,7 +14,9 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..errors import EXIT_CODES, Interrupted, Terminated, VolbakError
+from ..errors import EXIT_CODES, Interrupted, Terminated, UsageError, VolbakError
+from ..util.redact import redact
+from .context import group_options
 
 _terminated = False
 
@@ -61,17 +63,26 @@ def _exit_codes_epilog() -> str:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
              epilog=_exit_codes_epilog())
 @click.version_option(__version__, prog_name="volbak")
-def cli() -> None:
+@group_options
+@click.pass_context
+def cli(click_ctx: click.Context, **common: Any) -> None:
     """Back up, restore and migrate Docker volumes.
+
+    The common options (-H, --repo, -o, --config, --job, --json, -q) go before or
+    after the command name. A backup is named by its ID (VOLUME@STAMP), a container
+    set ID (CONTAINER@STAMP), 'latest', NAME@latest, a volume or container name (its
+    newest backup) or a unique prefix of these.
 
     \b
     Examples:
       volbak backup pgdata                     # one volume -> default local repository
-      volbak backup --container web            # every volume of container 'web'
-      volbak list
+      volbak backup --container web            # every volume of container 'web', one set
+      volbak -H ssh://admin@db2 list
       volbak restore pgdata --to-volume pgdata2
       volbak restore web@20261129T070001Z --to-container web2
+      volbak restore web@latest --to-container web2
     """
+    click_ctx.obj = common
 
 
 def _register() -> None:
@@ -79,6 +90,7 @@ def _register() -> None:
         cmd_backup,
         cmd_cleanup,
         cmd_dump,
+        cmd_forget,
         cmd_init,
         cmd_keygen,
         cmd_list,
@@ -93,7 +105,7 @@ def _register() -> None:
     for cmd in (cmd_backup.backup, cmd_list.list_, cmd_list.show, cmd_restore.restore,
                 cmd_verify.verify, cmd_prune.prune, cmd_run.run, cmd_recover.recover,
                 cmd_keygen.keygen, cmd_migrate.migrate, cmd_cleanup.cleanup, cmd_init.init,
-                cmd_dump.dump):
+                cmd_dump.dump, cmd_forget.forget):
         cli.add_command(cmd)
 
 
@@ -122,8 +134,14 @@ def _main(argv: list[str] | None) -> int:
         cli.main(args=argv, prog_name="volbak", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
+    except click.UsageError as e:
+        # click's own usage errors in volbak's one-line form, with the command's --help
+        where = e.ctx.command_path if e.ctx else "volbak"
+        click.echo(f"volbak: error: {redact(e.format_message())}", err=True)
+        click.echo(f"hint: see '{where} --help'", err=True)
+        return UsageError.exit_code
     except click.ClickException as e:
-        e.show()
+        click.echo(f"volbak: error: {redact(e.format_message())}", err=True)
         return e.exit_code
     except click.Abort:  # click turns KeyboardInterrupt (and so our SIGTERM) into Abort
         if _terminated:
@@ -132,9 +150,9 @@ def _main(argv: list[str] | None) -> int:
         click.echo("volbak: interrupted; cleanup done", err=True)
         return Interrupted.exit_code
     except VolbakError as e:
-        click.echo(f"volbak: error: {e.message}", err=True)
+        click.echo(f"volbak: error: {redact(e.message)}", err=True)
         if e.hint:
-            click.echo(f"hint: {e.hint}", err=True)
+            click.echo(f"hint: {redact(e.hint)}", err=True)
         return e.exit_code
     except Terminated:
         click.echo("volbak: terminated; cleanup done", err=True)

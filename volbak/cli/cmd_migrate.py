@@ -52,7 +52,7 @@ def _context(name: str | None, flag: str) -> str | None:
 @click.option("--helper-image", metavar="IMAGE",
               help="Image for helper containers on both engines (default: an empty image "
               "volbak imports).")
-@common
+@common(repo=False)
 def migrate(ctx: Ctx, volume: str | None, container: str | None, from_host: str | None,
             from_context: str | None, to_host: str | None, to_context: str | None,
             as_name: str | None, force: bool, stop: bool, stop_timeout: int | None,

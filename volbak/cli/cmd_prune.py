@@ -4,52 +4,84 @@ from __future__ import annotations
 
 import click
 
-from .context import Ctx, common
+from ..errors import UsageError
+from .context import Ctx, common, plural
+
+
+def _keep(kind: str, text: str):
+    return click.option(f"--keep-{kind}", kind, type=click.IntRange(min=0), default=None,
+                        metavar="N", help=text)
 
 
 @click.command()
-@click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest.")
-@click.option("--keep-hourly", type=int, default=0, metavar="N", help="Newest of N hours.")
-@click.option("--keep-daily", type=int, default=0, metavar="N", help="Newest of N days.")
-@click.option("--keep-weekly", type=int, default=0, metavar="N", help="Newest of N ISO weeks.")
-@click.option("--keep-monthly", type=int, default=0, metavar="N", help="Newest of N months.")
-@click.option("--keep-yearly", type=int, default=0, metavar="N", help="Newest of N years.")
-@click.option("--volume", metavar="NAME", help="Only this volume's backups.")
+@click.argument("volumes", nargs=-1, metavar="[VOLUME]...")
+@_keep("last", "Keep the N newest. '--keep-last 0' alone, with VOLUMEs named, keeps none "
+       "of theirs (like 'volbak forget VOLUME').")
+@_keep("hourly", "Newest of N hours.")
+@_keep("daily", "Newest of N days.")
+@_keep("weekly", "Newest of N ISO weeks.")
+@_keep("monthly", "Newest of N months.")
+@_keep("yearly", "Newest of N years.")
+@click.option("--volume", "volume_opts", multiple=True, metavar="NAME", hidden=True,
+              help="Same as the VOLUME argument (older form).")
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
-              help="Wait for another run holding the repository.")
-@common
-def prune(ctx: Ctx, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
-          keep_monthly: int, keep_yearly: int, volume: str | None, dry_run: bool,
-          lock_wait: float) -> None:
+              help="Wait for other runs using the repository (backups, prune).")
+@common(engine=False)
+def prune(ctx: Ctx, volumes: tuple[str, ...], last: int | None, hourly: int | None,
+          daily: int | None, weekly: int | None, monthly: int | None, yearly: int | None,
+          volume_opts: tuple[str, ...], dry_run: bool, lock_wait: float) -> None:
     """Delete old backups, per volume, with restic's 'forget' rules.
 
     Buckets are UTC hours, days, ISO weeks, months and years; in each, the newest
-    backup is kept. The newest backup of a volume is never deleted, and a prune
-    that is interrupted never leaves a listed backup without its archive.
+    backup is kept. The newest backup of a volume is never deleted (except with an
+    explicit '--keep-last 0' for named volumes), and a prune that is interrupted never
+    leaves a listed backup without its archive. Without VOLUME, every volume.
 
     \b
     Examples:
       volbak prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12
-      volbak prune --keep-last 3 --volume pgdata --dry-run
+      volbak prune pgdata --keep-last 3 --dry-run
+      volbak prune oldvolume --keep-last 0         # every backup of a deleted volume
     """
     from ..ops import lock
-    from ..ops.retention import Policy
+    from ..ops.forget import expand_sets, forget
+    from ..ops.retention import Decision, Policy
     from ..ops.retention import prune as do_prune
 
-    policy = Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly)
+    names = list(dict.fromkeys([*volumes, *volume_opts]))
+    counts = {"last": last, "hourly": hourly, "daily": daily, "weekly": weekly,
+              "monthly": monthly, "yearly": yearly}
+    keep_none = last == 0 and not any(counts[k] for k in counts if k != "last")
+    if keep_none and not names:
+        raise UsageError("'--keep-last 0' without a VOLUME would delete every backup",
+                         hint="name the volumes whose backups should all go "
+                         "(volbak prune VOLUME --keep-last 0), or use 'volbak forget'")
+    policy = Policy(**{k: v or 0 for k, v in counts.items()})
+    if not keep_none:
+        policy.check()  # a usage error comes before any look at the repository
     repo = ctx.repo()
+    decisions: list[Decision] = []
     with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(
             f"waiting for the lock on {k}")):
-        decisions = do_prune(repo, policy, volume, dry_run)
+        if keep_none:
+            chosen = expand_sets(repo, [i for v in names for i in repo.find(v)])
+            decisions = [Decision(i, False, []) for i in forget(repo, chosen, dry_run)]
+        else:
+            for v in names or [None]:
+                decisions += do_prune(repo, policy, v, dry_run)
         from ..ops.cleanup import collect
 
         garbage = collect(repo, dry_run=dry_run)  # what killed runs left, older than 24 h
         gc = None if dry_run else repo.collect_garbage()  # dedup repositories only
+    width = len("would delete")
     for d in decisions:
         ctx.emit({**d.summary(), "dry_run": dry_run})
-        verb = "keep  " if d.keep else ("would delete" if dry_run else "delete")
-        ctx.say(f"{verb}  {d.info.id}  {', '.join(d.reasons)}".rstrip())
+        verb = "keep" if d.keep else ("would delete" if dry_run else "delete")
+        ctx.say(f"{verb.ljust(width)}  {d.info.id}  {', '.join(d.reasons)}".rstrip())
+    gone = sum(1 for d in decisions if not d.keep)
+    ctx.say(f"{plural(gone, 'backup')} {'would be ' if dry_run else ''}deleted, "
+            f"{len(decisions) - gone} kept, in {repo.url}")
     if garbage.found:
         ctx.emit({"garbage": garbage.summary()})
         ctx.say(f"{'would remove' if dry_run else 'removed'} {len(garbage.orphans)} orphan "

@@ -11,7 +11,7 @@ from .context import Ctx, common
 
 
 @click.command()
-@common
+@common(engine=False, repo=False)
 def recover(ctx: Ctx) -> None:
     """Finish what volbak processes that died (kill -9, reboot) left: start the
     containers they stopped, complete their volume replacements, remove their

@@ -8,15 +8,44 @@ from typing import Any
 import click
 
 from ..errors import JobFailed
-from .context import Ctx
+from .context import Ctx, plural
+
+
+def _dry_run(ctx: Ctx, jobs: list[Any]) -> None:
+    from ..ops.orchestrate import Consistency, plan_backup, volumes_by_label
+
+    for job in jobs:
+        engine = ctx.engine()
+        volumes = list(job.volumes) + volumes_by_label(engine, job.labels)
+        plan, _, _ = plan_backup(engine, volumes, list(job.containers),
+                                 Consistency(job.stop, job.pre_backup, job.post_backup))
+        ctx.emit({"job": job.name, "repo": job.repo, **plan.summary(),
+                  "keep": str(job.keep) if job.keep else None})
+        ctx.say(f"job {job.name}: into {job.repo}"
+                f"{', encrypted' if job.encrypted else ''}, {job.compress}")
+        for v in plan.volumes:
+            ctx.say(f"  would back up volume {v}")
+        for c, vs in plan.sets.items():
+            ctx.say(f"  would back up container {c} as one set: volumes {', '.join(vs)}")
+        for c in plan.stop:
+            ctx.say(f"  would stop and restart container {c}")
+        for c in plan.in_use:
+            ctx.say(f"  container {c} uses the volumes and would keep running")
+        if job.keep:
+            ctx.say(f"  then prune those volumes: {job.keep}")
+    ctx.say("dry run: nothing was done")
 
 
 @click.command()
-@click.option("--config", "config_path", required=True, metavar="FILE",
-              help="Job file (TOML); see the README for its keys.")
+@click.option("--config", "config_path", metavar="FILE",
+              help="Job file (TOML); see the README for its keys. Default: $VOLBAK_CONFIG, "
+              "/etc/volbak.toml as root, ~/.config/volbak.toml.")
 @click.argument("jobs", nargs=-1, metavar="[JOB]...")
 @click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
               help="Wait for another run holding the same volume or repository.")
+@click.option("--dry-run", is_flag=True,
+              help="Check the jobs and show what each would back up, stop and prune; "
+              "do nothing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON summary per job on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("-H", "--host", metavar="URL|CONTEXT", help="Docker engine (as for backup).")
@@ -25,8 +54,9 @@ from .context import Ctx
               "the jobs' on_failure).")
 @click.option("--webhook", metavar="URL",
               help="POST a failed job's JSON summary to URL (overrides the jobs' webhook).")
-def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool, quiet: bool,
-        host: str | None, on_failure: str | None, webhook: str | None) -> None:
+def run(config_path: str | None, jobs: tuple[str, ...], lock_wait: float, dry_run: bool,
+        as_json: bool, quiet: bool, host: str | None, on_failure: str | None,
+        webhook: str | None) -> None:
     """Run the named jobs of a config file (all of them by default), as cron would.
 
     Each job backs up its volumes (with its encryption, compression, --stop and hooks),
@@ -37,20 +67,37 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
     Examples:
       volbak run --config /etc/volbak.toml
       volbak run --config volbak.toml nightly --json --wait 600
+      volbak run --dry-run
     """
-    from ..config import load
+    from ..config import default_path, load
+    from ..errors import UsageError
     from ..ops.orchestrate import run_job
     from ..repository import Repository
+    from .context import merged
 
-    ctx = Ctx(host, None, (), as_json, quiet)
+    o = merged({"host": host, "as_json": as_json, "quiet": quiet, "config": config_path})
+    path = o["config"] or default_path()
+    if not path:
+        raise UsageError("no job file", hint="pass --config FILE, set VOLBAK_CONFIG, or "
+                         "create /etc/volbak.toml (root) or ~/.config/volbak.toml")
+    ctx = Ctx(o["host"], None, (), bool(o["as_json"]), bool(o["quiet"]), str(path))
     try:
         ctx.recover()
-        config = load(config_path)
+        config = load(path)
+        if dry_run:
+            _dry_run(ctx, config.select(jobs))
+            return
 
         def open_repo(job: Any) -> Repository:
             from ..backend import open_backend
 
-            return Repository(open_backend(job.repo, job.repo_options))
+            repo = Repository(open_backend(job.repo, job.repo_options))
+            try:
+                repo.check_location(create=True)
+            except BaseException:
+                repo.close()
+                raise
+            return repo
 
         def make_recipients(job: Any) -> list[Any]:
             from ..crypto.keys import recipients
@@ -65,12 +112,15 @@ def run(config_path: str, jobs: tuple[str, ...], lock_wait: float, as_json: bool
                 job = dataclasses.replace(job, on_failure=on_failure or job.on_failure,
                                           webhook=webhook or job.webhook)
             report = run_job(job, ctx.engine, open_repo, make_recipients, lock_wait,
-                             ctx.progress, ctx.event)
+                             ctx.progress, ctx.event, on_warning=ctx.warn)
             ctx.emit(report.summary())
             if report.status == "ok":
-                ctx.say(f"job {job.name}: {len(report.backups)} backup(s), "
-                        f"{len(report.pruned)} pruned, {report.seconds:.1f} s")
+                ctx.say(f"job {job.name}: {plural(len(report.backups), 'backup')} in {job.repo}"
+                        f", {len(report.pruned)} pruned, {report.seconds:.1f} s")
             else:
+                if report.backups:
+                    click.echo(f"volbak: job {job.name} stored before failing: "
+                               f"{', '.join(b['id'] for b in report.backups)}", err=True)
                 click.echo(f"volbak: job {job.name} failed: {report.error}", err=True)
                 if report.hint:
                     click.echo(f"hint: {report.hint}", err=True)

@@ -11,8 +11,9 @@ from .context import Ctx, common, decryption_options
 
 
 @click.command()
-@click.argument("refs", nargs=-1, metavar="[ID|VOLUME]...")
-@click.option("--all", "all_", is_flag=True, help="Verify every backup in the repository.")
+@click.argument("refs", nargs=-1, metavar="[ID|VOLUME|CONTAINER]...")
+@click.option("--all", "all_", is_flag=True,
+              help="Verify every backup in the repository (the default without arguments).")
 @decryption_options
 @common
 def verify(ctx: Ctx, refs: tuple[str, ...], all_: bool, identity: tuple[str, ...],
@@ -22,23 +23,29 @@ def verify(ctx: Ctx, refs: tuple[str, ...], all_: bool, identity: tuple[str, ...
     With the key (or for unencrypted backups) the stored hash, decryption,
     decompression and the whole tar stream are checked. Without the key of an
     encrypted backup only the stored hash is checked, and the report says so.
-    A VOLUME means all of its backups.
+    A VOLUME or CONTAINER means all of its backups; no argument means every backup.
 
     \b
     Examples:
-      volbak verify --all
+      volbak verify
       volbak verify pgdata -i backup.key --json
+      volbak verify latest
     """
     from ..crypto.keys import identities
     from ..ops.verify import verify_backup
+    from .context import key_files
 
     repo = ctx.repo()
-    if all_ == bool(refs):
-        raise UsageError("say what to verify", hint="pass backup IDs or volume names, or --all")
-    infos = repo.list() if all_ else [
-        i for r in refs for i in ([repo.get(r)] if "@" in r else repo.list(r) or [repo.get(r)])]
+    if all_ and refs:
+        raise UsageError("--all and backup IDs exclude each other",
+                         hint="pass backup IDs or names, or --all (or nothing) for every backup")
+    infos = repo.list() if not refs else list({
+        i.id: i for r in refs
+        for i in ([repo.get(r)] if "@" in r or r == "latest" else repo.find(r))}.values())
+    identity, passphrase_file = key_files(ctx, identity, passphrase_file)
     keys = identities(identity, passphrase_file)
     failed = None
+    ctx.say(f"repository {repo.url}: verifying {len(infos)} backup(s)")
     for info in infos:
         res = verify_backup(repo, info, keys)
         ctx.emit(res.summary())

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from volbak.errors import CryptoError
+from volbak.errors import CryptoError, TargetExistsError
 
 __all__ = [
     "AgeArmorError",
@@ -252,6 +252,19 @@ def _aead_unwrap(key: bytes, body: bytes, what: str) -> bytes | None:
 # --------------------------------------------------------------------------- X25519
 
 
+def _is_secret(s: str) -> bool:
+    return s.upper().startswith(("AGE-SECRET-KEY-", "AGE-PLUGIN-"))
+
+
+def _shown(s: str) -> str:
+    """How a malformed recipient is quoted in a message. It may be anything (a key typed
+    in the wrong place, a secret key's data after a mangled prefix), so only its first
+    characters are shown."""
+    if s.lower().startswith("age1"):
+        return repr(s[:12] + "...")
+    return f"(a {len(s)}-character string that does not start with 'age1')"
+
+
 class X25519Recipient:
     """A public key, ``age1...``."""
 
@@ -264,7 +277,14 @@ class X25519Recipient:
     @classmethod
     def parse(cls, s: str) -> X25519Recipient:
         s = s.strip()
-        shown = s if len(s) <= 80 else s[:77] + "..."
+        if _is_secret(s):
+            # An identity given where a recipient belongs: never echo it.
+            raise AgeKeyError(
+                "this is an age secret key (identity), not a recipient (public key)",
+                hint="encrypt with its public key: -r age1... (shown by 'age-keygen -y FILE' "
+                "or in the file's '# public key:' line); the secret key is for restore, -i FILE",
+            )
+        shown = _shown(s)
         if s.startswith(("ssh-", "ecdsa-")):
             raise AgeKeyError(
                 "SSH public keys are not supported as recipients",
@@ -273,13 +293,15 @@ class X25519Recipient:
         try:
             hrp, data = bech32_decode(s)
         except ValueError as e:
-            raise AgeKeyError(f"malformed age recipient {shown!r}: {e}") from None
+            raise AgeKeyError(f"malformed age recipient {shown}: {e}",
+                              hint="a recipient is a public key, age1..., as printed by "
+                              "'volbak keygen' or 'age-keygen -y FILE'") from None
         if hrp == "age1pq":
             raise AgeKeyError("post-quantum (age1pq) recipients are not supported")
         if hrp.startswith("age1"):
-            raise AgeKeyError(f"age plugin recipients are not supported: {shown!r}")
+            raise AgeKeyError(f"age plugin recipients are not supported: {shown}")
         if hrp != "age" or len(data) != 32:
-            raise AgeKeyError(f"malformed age recipient {shown!r}: not an X25519 public key")
+            raise AgeKeyError(f"malformed age recipient {shown}: not an X25519 public key")
         return cls(data)
 
     def __str__(self) -> str:
@@ -455,17 +477,29 @@ class ScryptIdentity:
 # --------------------------------------------------------------------------- key files
 
 
-def parse_recipients(lines: Iterable[str]) -> list[X25519Recipient]:
-    """Parse a recipients file: one ``age1...`` per line, ``#`` comments, blank lines."""
+def parse_recipients(lines: Iterable[str], where: str = "recipients file"
+                     ) -> list[X25519Recipient]:
+    """Parse a recipients file: one ``age1...`` per line, ``#`` comments, blank lines.
+    An identity file given instead is refused without quoting any of it."""
     out = []
+    lines = list(lines)
     for n, line in enumerate(lines, 1):
         s = line.strip()
         if not s or s.startswith("#"):
             continue
+        if _is_secret(s):
+            public = [x.split(":", 1)[1].strip() for x in lines
+                      if x.strip().lower().startswith("# public key:")]
+            raise AgeKeyError(
+                f"{where} holds an age identity (a secret key), not recipients",
+                hint=("encrypt to its public key instead: -r " + public[0] if public else
+                      "encrypt to its public key: -r age1... ('age-keygen -y FILE' prints it)")
+                + "; keep the identity file for restore (-i FILE), off the backup host",
+            )
         try:
             out.append(X25519Recipient.parse(s))
         except AgeKeyError as e:
-            raise AgeKeyError(f"line {n}: {e.message}", hint=e.hint) from None
+            raise AgeKeyError(f"{where}, line {n}: {e.message}", hint=e.hint) from None
     return out
 
 
@@ -505,16 +539,19 @@ def load_identity_file(path: os.PathLike | str) -> list[X25519Identity]:
     return out
 
 
+def identity_file_text(identity: X25519Identity) -> str:
+    """An identity file's content, as age-keygen writes it."""
+    created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"# created: {created}\n# public key: {identity.recipient()}\n{identity}\n"
+
+
 def write_identity_file(path: os.PathLike | str, identity: X25519Identity) -> None:
     """Create ``path`` (mode 0600, never overwriting) holding ``identity`` like age-keygen."""
-    created = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-    text = (f"# created: {created}\n# public key: {identity.recipient()}\n{identity}\n").encode(
-        "ascii"
-    )
+    text = identity_file_text(identity).encode("ascii")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
-        raise AgeKeyError(
+        raise TargetExistsError(
             f"key file {os.fspath(path)} already exists; refusing to overwrite it",
             hint="choose another path, or move the old key away if you really mean to replace it",
         ) from None

@@ -56,7 +56,8 @@ def recipients(
     for r in recipient:
         out.append(age.X25519Recipient.parse(r.strip()))
     for f in recipients_file:
-        out.extend(age.parse_recipients(_read_file(f, "--recipients-file")))
+        out.extend(age.parse_recipients(_read_file(f, "--recipients-file"),
+                                        f"recipients file {f}"))
     pfile = _passphrase_file(passphrase_file)
     if pfile or ask_passphrase:
         if out:

@@ -127,9 +127,9 @@ _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]+$")
 def check_volume_name(name: str, flag: str = "--to-volume") -> None:
     if not _NAME_OK.match(name):
         raise UsageError(
-            f"invalid volume name '{name}' ({flag})",
-            hint="a volume name has at least 2 characters: letters, digits, '_', '.', '-', "
-            "starting with a letter or digit",
+            f"invalid volume name '{name}' ({flag}): a name has 2 or more characters, "
+            "letters, digits, '_', '.' or '-', and starts with a letter or digit",
+            hint="Docker's rule for volume and container names: [a-zA-Z0-9][a-zA-Z0-9_.-]+",
         )
 
 
@@ -300,3 +300,31 @@ def delete_volume(engine: Engine, name: str, why: str) -> None:
     """Remove a user's volume on purpose (replacing it); errors are raised."""
     with api_errors(engine, f"removing volume '{name}' {why}"):
         engine.api.remove_volume(name)
+
+
+def clear_volume(engine: Engine, name: str, image: str | None = None) -> None:
+    """Empty a volume in place (its root directory stays): for replacing the contents
+    of a volume that containers mount, which the engine will not let us remove.
+
+    Helpers have no shell, so the deletion is done by the archive API itself: its
+    extractor replaces an existing path with a non-directory entry of the same name by
+    removing the whole subtree first. An entry named like the mount point removes every
+    file under it; removing the mount point itself then fails ("device or resource
+    busy"), which is expected. What counts is the check that follows: the volume must
+    be empty, or EngineError names it."""
+    import io
+    import tarfile
+
+    from .archive import put_archive
+    from .helpers import VolumeMount, helper
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo(ARCHIVE_ROOT))
+    with helper(engine, [VolumeMount(name, "/" + ARCHIVE_ROOT, read_only=False)],
+                image) as cid, contextlib.suppress(EngineError):
+        put_archive(engine, cid, "/", iter([buf.getvalue()]))
+    if not volume_is_empty(engine, name, image):
+        raise EngineError(f"could not empty volume '{name}' on {engine.url} to replace it",
+                          hint="this engine's archive API does not remove files; stop and "
+                          "remove the containers using it, or restore to a new volume")

@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import FORMAT_VERSION, __version__
@@ -44,6 +44,7 @@ class BackupOptions:
     helper_image: str | None = None
     progress: bool = False
     source: str = "auto"  # auto | direct | api (volbak.volumes.select)
+    exclude: Sequence[str] = ()  # patterns of paths inside the volume to leave out
 
 
 def backup_volume(
@@ -79,7 +80,12 @@ def backup_volume(
             repo.create_backup(volume, started, compression=opts.compression,
                                recipients=opts.recipients) as writer, \
             Progress(f"backup {volume}", total, opts.progress) as bar:
-        pump_into(src.read, writer.write, parser.feed, bar.update)
+        read = src.read
+        if opts.exclude:
+            from ..stream.exclude import ExcludeFilter
+
+            read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
+        pump_into(read, writer.write, parser.feed, bar.update)
         parser.check_complete()
         manifest = Manifest(
             volume={
@@ -103,12 +109,15 @@ def backup_volume(
             format=FORMAT_VERSION,
             volbak_version=__version__,
         )
+        if opts.exclude:
+            manifest.extra["exclude"] = list(opts.exclude)
         manifest.duration_seconds = round(time.monotonic() - t0, 3)
         return writer.commit(manifest)
 
 
 def backup_container(
-    engine: Engine, repo: Repository, name: str, opts: BackupOptions
+    engine: Engine, repo: Repository, name: str, opts: BackupOptions,
+    on_stored: Callable[[BackupInfo], Any] | None = None,
 ) -> list[BackupInfo]:
     """Back up every volume of a container, as one set (restorable together)."""
     attrs = inspect_container(engine, name)
@@ -120,8 +129,10 @@ def backup_container(
         )
     cname = attrs["Name"].lstrip("/")
     set_id = f"{cname}@{make_stamp(dt.datetime.now(dt.UTC))}"
-    return [
-        backup_volume(engine, repo, vol, opts, container=cname, mount_path=path,
-                      set_id=set_id, flag="--container")
-        for vol, path in vols
-    ]
+    out = []
+    for vol, path in vols:
+        out.append(backup_volume(engine, repo, vol, opts, container=cname, mount_path=path,
+                                 set_id=set_id, flag="--container"))
+        if on_stored:
+            on_stored(out[-1])
+    return out

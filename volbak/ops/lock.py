@@ -113,9 +113,11 @@ def _holder_text(info: dict[str, Any]) -> str:
 class Lock:
     """Held locks for a set of keys; release with ``release()`` or by leaving ``with``."""
 
-    def __init__(self, keys: list[str], fds: dict[str, int]) -> None:
+    def __init__(self, keys: list[str], fds: dict[str, int],
+                 shared: frozenset[str] = frozenset()) -> None:
         self.keys = keys
         self._fds = fds
+        self._shared = shared
 
     @property
     def held(self) -> bool:
@@ -126,8 +128,9 @@ class Lock:
             fd = self._fds.pop(key, None)
             if fd is None:
                 continue
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+            if key not in self._shared:  # other holders of a shared lock may still be there
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -174,8 +177,13 @@ def acquire(
     *,
     directory: Path | None = None,
     on_wait: Callable[[str, dict[str, Any]], None] | None = None,
+    shared: Iterable[str] = (),
 ) -> Lock:
     """Take the locks for all ``keys`` (sorted, duplicates dropped) or none of them.
+
+    Keys also in ``shared`` are taken shared: any number of holders at once, none while
+    an exclusive holder has it. Backups hold the repository shared (two backups of
+    different volumes run side by side), prune and forget exclusively.
 
     ``wait``: seconds to keep trying (0 = fail at once, ``float('inf')`` = forever).
     ``on_wait(key, holder)`` is called once when a key is found busy and we start to
@@ -183,17 +191,19 @@ def acquire(
     Raises LockBusyError naming the key and its holder when the time runs out.
     """
     ordered = sorted(set(keys))
+    shared_keys = frozenset(shared) & set(ordered)
     directory = directory or lock_dir()
     deadline = time.monotonic() + max(wait, 0)
     fds: dict[str, int] = {}
-    lock = Lock(ordered, fds)
+    lock = Lock(ordered, fds, shared_keys)
     try:
         for key in ordered:
             fd = _open(directory, key)
             announced = False
             while True:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    mode = fcntl.LOCK_SH if key in shared_keys else fcntl.LOCK_EX
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
                     break
                 except OSError as e:
                     if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):

@@ -279,7 +279,13 @@ def _roll_forward(engine: Engine, rec: dict[str, Any], fresh: bool,
         on_event(f"completing the replacement of volume '{target}' from '{staging}'")
     # An empty target is filled in place (it may be mounted by a container that waits
     # for it); anything else is recreated empty with its own labels, driver, options.
-    if not (fresh and rec.get("empty")):
+    if rec.get("in_use"):
+        # containers mount the target: the engine will not remove it, so it is emptied
+        # in place (a roll-forward may repeat this: emptying is idempotent)
+        from ..volumes import clear_tree
+
+        clear_tree(engine, target, image=image)
+    elif not (fresh and rec.get("empty")):
         if _inspect_volume(engine, target) is not None and not remove_volume(engine, target):
             raise EngineError(f"cannot remove volume '{target}' on {engine.url} to replace "
                               "its content (in use?)", hint="'volbak recover' retries")
@@ -307,7 +313,7 @@ def _roll_forward(engine: Engine, rec: dict[str, Any], fresh: bool,
 def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
                          helper_image: str | None = None, flag: str = "--to-volume",
                          what: str = "restored", rerun: str = "rerun the restore",
-                         journal_dir: Path | None = None) -> None:
+                         journal_dir: Path | None = None, in_use: bool = False) -> None:
     """Replace ``target``'s content with the complete, verified ``staging`` volume's,
     crash-safe (see the module doc), then remove ``staging``.
 
@@ -321,7 +327,8 @@ def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
     journal.touch_engine(engine.url, journal_dir)
     rec = {"engine": engine.url, "target": target, "staging": staging, "empty": empty,
            "labels": info.get("Labels") or {}, "driver": info.get("Driver") or "local",
-           "options": info.get("Options") or {}, "helper_image": helper_image}
+           "options": info.get("Options") or {}, "helper_image": helper_image,
+           "in_use": in_use}
     entry = journal.Entry("replace", rec, journal_dir)
     try:
         _roll_forward(engine, entry.record, fresh=True)

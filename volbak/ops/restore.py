@@ -43,6 +43,7 @@ from ..volumes import owners_comparable, read_back, write_tree
 from ..volumes.select import choose
 from . import recovery
 from .recovery import fill_staging, replace_from_staging
+from .stopper import stopped
 
 RESTORED_LABEL = "volbak.restored-from"
 
@@ -55,6 +56,9 @@ class RestoreOptions:
     progress: bool = False
     source: str = "auto"  # auto | direct | api (volbak.volumes.select)
     on_warning: Callable[[str], Any] | None = None
+    stop: bool = False  # stop running users of a --force target while it is replaced
+    stop_timeout: int | None = None
+    on_event: Callable[[str], None] | None = None
 
 
 @dataclasses.dataclass
@@ -114,21 +118,22 @@ def restore_to_volume(
     t0 = time.monotonic()
     exists = volume_exists(engine, target)
     empty = not exists or volume_is_empty(engine, target, opts.helper_image)
-    if exists and not empty:
-        if not opts.force:
-            raise TargetExistsError(
-                f"volume '{target}' already exists and is not empty (--to-volume)",
-                hint="pick a new volume name, or add --force to replace its contents "
-                "once the whole backup has been read and verified",
-            )
-        users = [c.name for c in containers_using(engine.client, target, running_only=False)]
-        if users:
-            raise TargetExistsError(
-                f"volume '{target}' is used by container(s) {', '.join(users)}; "
-                "--force cannot replace a volume in use",
-                hint="remove those containers first (their volume stays), or restore "
-                "to a new volume name",
-            )
+    if exists and not empty and not opts.force:
+        raise TargetExistsError(
+            f"volume '{target}' already exists and is not empty (--to-volume)",
+            hint="pick a new volume name, or add --force to replace its contents "
+            "once the whole backup has been read and verified",
+        )
+    # Containers that merely mount the target are no obstacle (the content is replaced
+    # in place); running ones must be stopped for it (--stop), and are started again.
+    users = containers_using(engine.client, target, running_only=False) if exists else []
+    running = [c for c in users if c.status in ("running", "restarting", "paused")]
+    if running and not empty and not opts.stop:
+        raise TargetExistsError(
+            f"volume '{target}' is in use by running container(s) "
+            f"{', '.join(c.name for c in running)}",
+            hint="add --stop to stop them while the contents are replaced (they are "
+            "started again), or restore to a new volume name")
     labels = {RESTORED_LABEL: info.id}
     with repo.open_backup(info, opts.identities) as reader:  # a wrong key fails here
         if not exists:
@@ -142,8 +147,11 @@ def restore_to_volume(
                 engine, lambda vol: result.append(_fill(engine, reader, info, vol, opts)),
                 labels)
             # From here the backup is fully read and verified; only now is the target
-            # touched.
-            replace_from_staging(engine, staging, target, empty, opts.helper_image)
+            # touched, and only now are its users stopped.
+            with stopped(engine.client, running if opts.stop else [], engine_url=engine.url,
+                         timeout=opts.stop_timeout, on_event=opts.on_event):
+                replace_from_staging(engine, staging, target, empty, opts.helper_image,
+                                     in_use=bool(users))
             parser = result[0]
     return RestoreResult(info.id, target, parser.tar_bytes, parser.entries,
                          round(time.monotonic() - t0, 3), replaced=exists and not empty)

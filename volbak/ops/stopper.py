@@ -211,16 +211,23 @@ def stopped(
     try:
         for n, c in enumerate(running):
             if on_event:
-                on_event(f"stopping container {_name(c)}")
+                # docker stop waits for the process to exit: say how long it may take.
+                on_event(f"stopping container {_name(c)} (it gets up to "
+                         f"{items[n]['timeout']} s to exit "
+                         "before it is killed; --stop-timeout changes that)")
             # Recovery must know a stop may still be under way in the engine when this
             # process dies in the middle of it (the engine finishes the stop anyway).
             items[n]["stopping_since"] = time.time()
             entry.update(containers=items)
+            t_stop = time.monotonic()
             try:
                 if timeout is None:
                     c.stop()
                 else:
                     c.stop(timeout=timeout)
+                if on_event:
+                    on_event(f"container {_name(c)} stopped after "
+                             f"{time.monotonic() - t_stop:.1f} s")
             except docker.errors.NotFound:
                 pass
             except _DOCKER_ERRORS as e:

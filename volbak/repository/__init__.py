@@ -134,30 +134,38 @@ class Repository:
     def volumes(self) -> list[str]:
         return sorted({i.volume for i in self.list()})
 
-    def get(self, ref: str) -> BackupInfo:
-        """A backup ID, or a volume name meaning its newest complete backup."""
-        if "@" in ref:
-            try:
+    def get(self, ref: str, *, one_volume: bool = False) -> BackupInfo:
+        """The backup ``ref`` means: an ID, a set ID, ``latest``, ``NAME@latest``, a
+        volume or container name (its newest backup), or a unique prefix of these
+        (see resolve.py). A container set gives one member; see ``members``."""
+        from .resolve import resolve
+
+        ref = ref.strip()
+        if "@" in ref and not ref.endswith("@latest"):
+            with contextlib.suppress(ValueError, NotFoundError):
+                # The common case, a full ID, without listing the repository.
                 volume, stamp = split_id(ref)
-            except ValueError:
-                raise NotFoundError(
-                    f"malformed backup ID '{ref}'",
-                    hint="IDs look like VOLUME@20261129T070001Z; see volbak list",
-                ) from None
-            try:
                 return self._load(f"{volume}/{stamp}{MANIFEST_SUFFIX}")
-            except NotFoundError:
-                raise NotFoundError(
-                    f"no backup '{ref}' in repository {self.url}",
-                    hint="run 'volbak list' to see the backup IDs",
-                ) from None
-        found = self.list(ref)
-        if not found:
-            raise NotFoundError(
-                f"no backup of volume '{ref}' in repository {self.url}",
-                hint="run 'volbak list' to see the backups, or check --repo / VOLBAK_REPO",
-            )
-        return found[0]
+        return resolve(self.list(), ref, self.url, one_volume=one_volume)
+
+    def find(self, ref: str) -> list[BackupInfo]:
+        """Every backup ``ref`` names: all of a volume's or container's, or one backup
+        or set; NotFoundError when none."""
+        from .resolve import select
+
+        infos = select(self.list(), ref.strip(), every=True).infos
+        if not infos:
+            raise NotFoundError(f"no backup matches '{ref}' in repository {self.url}",
+                                hint="run 'volbak list' to see the backups, or check "
+                                "--repo / VOLBAK_REPO")
+        return infos
+
+    def check_location(self, create: bool = False) -> None:
+        """BackendError (exit 5) unless this location is a repository, or with
+        ``create`` a new or empty place for one (see resolve.check_location)."""
+        from .resolve import check_location
+
+        check_location(self.backend, self.url, create)
 
     def members(self, info: BackupInfo) -> list[BackupInfo]:
         """All backups made in the same run as ``info`` (a container's volumes)."""

@@ -129,3 +129,28 @@ def copy_tree(engine: Engine, src: str, dst: str, root: str = "data",
 
     copy_volume(engine, src, dst, image)
     return "api"
+
+
+def clear_tree(engine: Engine, volume: str, requested: str = "auto",
+               image: str | None = None) -> None:
+    """Empty a volume in place, its root directory kept (containers mount it, so the
+    engine will not remove it): directly on the host where possible, else through the
+    archive API (engine.clear_volume)."""
+    info = inspect_volume(engine, volume)
+    kind, _ = choose(engine.url, info, requested, write=True)
+    if kind != "direct":
+        from ..engine import clear_volume
+
+        clear_volume(engine, volume, image)
+        return
+    import os
+    import shutil
+
+    root = info["Mountpoint"]
+    # rmtree works through directory handles and never follows a symlink out
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
