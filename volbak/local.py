@@ -29,6 +29,7 @@ from .errors import (
     ObjectNotFound,
     UsageError,
 )
+from .util.host import fsync_dir
 
 TMP_PREFIX = ".volbak-tmp-"
 
@@ -47,14 +48,6 @@ def _translate(exc: OSError, what: str) -> BackendError:
     if exc.errno == errno.ENOENT:
         return ObjectNotFound(f"no such object: {what}")
     return BackendError(f"repository I/O error on {what}: {exc.strerror or exc}")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _LocalWriter(ObjectWriter):

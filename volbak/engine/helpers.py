@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-import os
 import socket
 import tarfile
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import requests.exceptions
 from docker.types import LogConfig, Mount
 
 from ..errors import EngineError
+from ..util.host import owner, pid_alive
 from .client import Engine, _short, api_errors
 from .retry import retry
 
@@ -56,10 +56,6 @@ def ensure_helper_image(engine: Engine, image: str | None = None) -> str:
     return HELPER_IMAGE
 
 
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 @dataclasses.dataclass(frozen=True)
 class VolumeMount:
     volume: str
@@ -84,7 +80,7 @@ def helper(
             image,
             command=["/volbak-helper-is-never-started"],
             host_config=host_config,
-            labels={HELPER_LABEL: "helper", OWNER_LABEL: _owner()},
+            labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
             network_disabled=True,
         )["Id"]
     try:
@@ -115,7 +111,7 @@ def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> list[str]:
         for c in api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"}):
             owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
             ohost, _, pid = owner.rpartition(":")
-            if ohost == host and pid.isdigit() and not _alive(int(pid)) \
+            if ohost == host and pid.isdigit() and not pid_alive(int(pid)) \
                     and _remove_with_timeout(engine, c["Id"], timeout):
                 removed.append(c["Id"])
     return removed
@@ -134,15 +130,5 @@ def _remove_with_timeout(engine: Engine, cid: str, timeout: float) -> bool:
             return True
         return res.status_code < 300
     return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 

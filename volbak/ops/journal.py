@@ -36,48 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VolbakError
+from ..util.host import fsync_dir, pid_alive, state_dir
 
 VERSION = 1
-
-
-def state_dir() -> Path:
-    env = os.environ.get("VOLBAK_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/volbak")
-    xdg = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(xdg) / "volbak"
 
 
 def default_journal_dir() -> Path:
     return state_dir() / "journal"
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # -- owners ----------------------------------------------------------------------------------
-
-
-def owner() -> str:
-    """This process as an owner label: ``<hostname>:<pid>`` (the helpers' format)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_alive(label: str | None) -> bool:
@@ -87,7 +55,7 @@ def owner_alive(label: str | None) -> bool:
     host, _, pid = (label or "").rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return True
-    return int(pid) == os.getpid() or _pid_alive(int(pid))
+    return int(pid) == os.getpid() or pid_alive(int(pid))
 
 
 # -- entries ---------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from typing import Any
 
 from ...backend import Backend
 from ...errors import CryptoError, IntegrityError, NotFoundError, UsageError
+from ...util.host import state_dir
 
 CONFIG = "volbak-repo.json"
 REPO_KEYS = "_keys/repo.age"
@@ -107,19 +108,9 @@ def load_config(backend: Backend) -> RepoConfig | None:
 
 # -- the host key file -------------------------------------------------------------------
 
-def _state_dir() -> Path:
-    # Same rule as the --stop journal's state directory (ops/stopper.state_dir).
-    env = os.environ.get("VOLBAK_STATE_DIR")
-    if env:
-        return Path(env)
-    if os.geteuid() == 0:
-        return Path("/var/lib/volbak")
-    return Path(os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")) / "volbak"
-
-
 def host_key_path(repo_id: str) -> Path:
     env = os.environ.get(HOST_KEY_ENV)
-    return Path(env) if env else _state_dir() / "host-keys" / f"{repo_id}.json"
+    return Path(env) if env else state_dir() / "host-keys" / f"{repo_id}.json"
 
 
 def write_host_key(config: RepoConfig, keys: Keys, url: str) -> Path:
