@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from volbak.ops import journal
+from volbak.util.host import owner
 
 
 def test_entry_lifecycle(tmp_path):
@@ -56,7 +57,7 @@ def test_old_entries_are_stop_entries(tmp_path):
 
 def test_owner_alive():
     host = socket.gethostname()
-    assert journal.owner_alive(journal.owner())
+    assert journal.owner_alive(owner())
     assert journal.owner_alive("otherhost:1")  # unknown: never taken
     assert journal.owner_alive(None)
     p = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -57,6 +57,7 @@ from ..engine import (
     sweep_stale_helpers,
 )
 from ..errors import EngineError, IntegrityError, VolbakError
+from ..util.host import owner
 from ..util.signals import deferred
 from . import journal, stopper
 
@@ -228,7 +229,7 @@ def staging_name() -> str:
 def staging_labels(labels: dict[str, str] | None = None) -> dict[str, str]:
     """Labels of a staging volume: managed, and owned by this process (recovery removes
     only dead owners' staging volumes)."""
-    return {**(labels or {}), MANAGED_LABEL: "staging", OWNER_LABEL: journal.owner()}
+    return {**(labels or {}), MANAGED_LABEL: "staging", OWNER_LABEL: owner()}
 
 
 def create_staging(engine: Engine, labels: dict[str, str] | None = None) -> str:
