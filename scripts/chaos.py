@@ -332,7 +332,8 @@ class World:
             new = [i for i in ids if i not in self.verified]
             r = self.volbak("verify", *new) if new else ls
             self.verified.update(new if r.returncode == 0 else [])
-            if r.returncode not in (0,) or "Traceback" in r.stderr:
+            nothing = r.returncode == 5 and "no repository at" in r.stderr
+            if (r.returncode != 0 and not nothing) or "Traceback" in r.stderr:
                 res.violations.append(f"{kind}: verify --all exited {r.returncode}: "
                                       f"{r.stderr.strip()[-300:]}")
 
@@ -552,8 +553,8 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
             res.violations.append(f"repo-full: recover exited {r.returncode}")
         v = subprocess.run([*VOLBAK, "verify", "--all", "--repo", str(mnt / "repo")],
                            env=w.env, capture_output=True, text=True)
-        if v.returncode not in (0, 2) or "Traceback" in v.stderr:
-            # 2: nothing listed is a usage error for verify --all? accept only clean ones
+        nothing = v.returncode == 5 and "no repository at" in v.stderr  # nothing was stored
+        if (v.returncode not in (0, 2) and not nothing) or "Traceback" in v.stderr:
             res.violations.append(f"repo-full: verify --all exited {v.returncode}: "
                                   f"{v.stderr.strip()[-200:]}")
         temps = list((mnt / "repo").rglob(".volbak-tmp-*")) if (mnt / "repo").exists() else []

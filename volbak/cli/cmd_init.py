@@ -42,7 +42,7 @@ def init(ctx: Ctx, fmt: str, host_key: bool, identity: tuple[str, ...],
     """
     from ..crypto.keys import identities, recipients
 
-    repo = ctx.repo()
+    repo = ctx.repo(create=not host_key)  # init makes the repository; --host-key needs one
     if host_key:
         from ..repository.dedup.keys import unlock, write_host_key
 
