@@ -114,12 +114,16 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     global _held
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM):
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
+    old = {sig: signal.getsignal(sig) for sig in sigs}  # main() may run in-process (tests)
+    for sig in sigs:
         signal.signal(sig, _on_signal)
     try:
         rc = _main(argv)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
     if _held is not None and rc == 0:  # held in a last import: the user still asked to stop
         term, _held = _held == signal.SIGTERM, None
         click.echo(f"volbak: {'terminated' if term else 'interrupted'}; cleanup done", err=True)
