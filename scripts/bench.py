@@ -82,11 +82,13 @@ def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
             from volbak.crypto.age import X25519Identity
 
             recipients = [X25519Identity.generate().recipient()]
-        info = backup_volume(engine, repository, volume, BackupOptions(recipients=recipients))
+        info = backup_volume(engine, repository, volume, BackupOptions(
+            recipients=recipients, source=os.environ.get("BENCH_SOURCE", "auto")))
         nbytes = info.manifest.tar["size"]
     elif kind == "restore":
         info = repository.list(volume)[0]
-        res = restore_to_volume(engine, repository, info, arg, RestoreOptions())
+        res = restore_to_volume(engine, repository, info, arg, RestoreOptions(
+            source=os.environ.get("BENCH_SOURCE", "auto")))
         nbytes = res.tar_bytes
     seconds = time.monotonic() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -172,7 +174,13 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--s3", action="store_true", help="also back up to a local moto S3")
+    ap.add_argument("--source", choices=["auto", "direct", "api"], default="auto",
+                    help="how volbak reads and writes the volumes (default: auto)")
+    ap.add_argument("--format", choices=["archive", "dedup"], default="archive",
+                    help="the format of the new repository (default: archive)")
     args = ap.parse_args()
+    os.environ["BENCH_SOURCE"] = args.source  # the workers read both
+    os.environ["VOLBAK_REPO_FORMAT"] = args.format
     moto = start_moto() if args.s3 else None
 
     import docker
