@@ -117,18 +117,22 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
         ctx.say(f"stored in {repo.url}")
 
 
+def plan_lines(plan: Any) -> list[str]:
+    """What a --dry-run backup (or job) would do, one line each."""
+    return [
+        *(f"would back up volume {v}" for v in plan.volumes),
+        *(f"would back up container {c} as one set: volumes {', '.join(vs)}"
+          for c, vs in plan.sets.items()),
+        *(f"would stop and restart container {c}" for c in plan.stop),
+        *(f"container {c} uses the volumes and would keep running" for c in plan.in_use),
+        *(f"would run pre/post-backup hooks in container {c}" for c in plan.hooks),
+    ]
+
+
 def _report_plan(ctx: Ctx, plan: Any, repo_url: str) -> None:
     ctx.emit({**plan.summary(), "repo": repo_url})
-    for v in plan.volumes:
-        ctx.say(f"would back up volume {v}")
-    for c, vs in plan.sets.items():
-        ctx.say(f"would back up container {c} as one set: volumes {', '.join(vs)}")
-    for c in plan.stop:
-        ctx.say(f"would stop and restart container {c}")
-    for c in plan.in_use:
-        ctx.say(f"container {c} uses the volumes and would keep running")
-    for c in plan.hooks:
-        ctx.say(f"would run pre/post-backup hooks in container {c}")
+    for line in plan_lines(plan):
+        ctx.say(line)
     ctx.say(f"into repository {repo_url} (dry run: nothing was done)")
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..errors import JobFailed
+from .cmd_backup import plan_lines
 from .context import Ctx, plural
 
 
@@ -23,14 +24,8 @@ def _dry_run(ctx: Ctx, jobs: list[Any]) -> None:
                   "keep": str(job.keep) if job.keep else None})
         ctx.say(f"job {job.name}: into {job.repo}"
                 f"{', encrypted' if job.encrypted else ''}, {job.compress}")
-        for v in plan.volumes:
-            ctx.say(f"  would back up volume {v}")
-        for c, vs in plan.sets.items():
-            ctx.say(f"  would back up container {c} as one set: volumes {', '.join(vs)}")
-        for c in plan.stop:
-            ctx.say(f"  would stop and restart container {c}")
-        for c in plan.in_use:
-            ctx.say(f"  container {c} uses the volumes and would keep running")
+        for line in plan_lines(plan):
+            ctx.say(f"  {line}")
         if job.keep:
             ctx.say(f"  then prune those volumes: {job.keep}")
     ctx.say("dry run: nothing was done")

@@ -22,7 +22,6 @@ MANAGED_LABEL = "volbak.managed"  # volumes/containers volbak created (staging, 
 ARCHIVE_ROOT = "data"  # helpers mount the volume at /data: tar entries are "data/..."
 
 
-
 def inspect_volume(engine: Engine, name: str, flag: str = "VOLUME") -> dict[str, Any]:
     try:
         return engine.api.inspect_volume(name)
