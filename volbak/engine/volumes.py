@@ -157,22 +157,24 @@ def remove_volume(engine: Engine, name: str, patience: float = 15) -> bool:
     Gone means inspect says NotFound: a forced removal the driver could not carry out
     drops only the engine's record, and the local driver brings the volume (with its
     half-written content) back on the next lookup. So force is the last resort."""
-    deadline = time.monotonic() + patience
+    start = time.monotonic()
+    deadline = start + patience
+    # A dropped connection is retried briefly (a pooled connection the engine closed
+    # after an aborted transfer fails once); an engine that stays away is not waited for.
+    lost_until = start + min(3.0, patience)
     with deferred():
         while True:
             last = time.monotonic() > deadline
             try:
                 engine.api.remove_volume(name, force=last)
-            except docker.errors.APIError:
-                pass  # NotFound included: the inspect below decides
-            except TRANSIENT:
-                return False
-            try:
                 engine.api.inspect_volume(name)
             except docker.errors.NotFound:
                 return True
+            except docker.errors.APIError:
+                pass  # refused (in use for a moment): retried until ``patience``
             except TRANSIENT:
-                return False
+                if time.monotonic() > lost_until:
+                    return False
             if last:
                 return False
             time.sleep(0.3)

@@ -40,6 +40,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -165,7 +166,7 @@ class NewTargets:
         return left
 
 
-_current: NewTargets | None = None
+_local = threading.local()  # the active group, per thread (library calls may run in threads)
 
 
 @contextlib.contextmanager
@@ -173,11 +174,11 @@ def new_targets(journal_dir: Path | None = None) -> Iterator[NewTargets]:
     """A group of new targets: complete when the outermost block ends normally, undone
     (removed) when it raises. Inner blocks join the outer group, so a restore into a
     new container keeps every new volume journalled until the container exists."""
-    global _current
-    if _current is not None:
-        yield _current
+    current = getattr(_local, "group", None)
+    if current is not None:
+        yield current
         return
-    group = _current = NewTargets(journal_dir)
+    group = _local.group = NewTargets(journal_dir)
     try:
         yield group
     except BaseException:
@@ -186,14 +187,15 @@ def new_targets(journal_dir: Path | None = None) -> Iterator[NewTargets]:
     else:
         group.done()
     finally:
-        _current = None
+        _local.group = None
 
 
 def current_targets() -> NewTargets:
     """The group of the enclosing ``new_targets()`` block."""
-    if _current is None:
+    current = getattr(_local, "group", None)
+    if current is None:
         raise RuntimeError("no new_targets() block is active")
-    return _current
+    return current
 
 
 def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
