@@ -259,8 +259,9 @@ def _digest(engine: Engine, volume: str, image: str | None) -> Any:
     from ..volumes import owners_comparable, read_back
     from ..volumes.select import choose
 
-    kind, _ = choose(engine.url, inspect_volume(engine, volume), "auto")
-    return read_back(engine, volume, "data", kind, owners=owners_comparable(engine, kind),
+    info = inspect_volume(engine, volume)
+    kind, _ = choose(engine.url, info, "auto")
+    return read_back(engine, volume, info, "data", kind, owners=owners_comparable(engine, kind),
                      all_xattrs=kind == "direct", image=image)
 
 

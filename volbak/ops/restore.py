@@ -80,16 +80,17 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
     """Stream the backup into ``volume``, then read it back the same way and compare."""
     m = info.manifest
     root = m.archive_root
-    kind, _ = choose(engine.url, inspect_volume(engine, volume), opts.source, write=True)
+    vol = inspect_volume(engine, volume)
+    kind, _ = choose(engine.url, vol, opts.source, write=True)
     owners = owners_comparable(engine, kind)
     parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=kind == "direct",
                        what=f"backup {info.id}")
     with Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
-        write_tree(engine, volume, root,
+        write_tree(engine, volume, vol, root,
                    checked_chunks(reader.read, parser.feed, parser.check_complete,
                                   progress=bar.update), kind, opts.helper_image)
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
-        got = read_back(engine, volume, root, kind, owners=owners, all_xattrs=kind == "direct",
+        got = read_back(engine, volume, vol, root, kind, owners=owners, all_xattrs=kind == "direct",
                         image=opts.helper_image, progress=bar.update)
     if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:
         raise IntegrityError(

@@ -17,6 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import queue
+import tarfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -379,9 +382,6 @@ class Renamed:
 
     def __init__(self, read: Callable[[int], bytes], rename: Callable[[str], str],
                  owners: Callable[[Any], None] | None = None) -> None:
-        import queue
-        import threading
-
         self._q: Any = queue.Queue(8)
         self._buf = b""
         self._done = False
@@ -391,8 +391,6 @@ class Renamed:
         self._t.start()
 
     def _put(self, item: Any) -> None:
-        import queue
-
         while not self._stop.is_set():
             try:
                 self._q.put(item, timeout=0.2)
@@ -402,8 +400,6 @@ class Renamed:
         raise EOFError("reader closed")
 
     def _run(self) -> None:
-        import tarfile
-
         outer = self
 
         class _In:

@@ -69,19 +69,17 @@ def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
             tar.close()
 
 
-def write_tree(engine: Engine, volume: str, root: str, chunks: Iterator[bytes],
-               requested: str = "auto", image: str | None = None) -> str:
-    """Write a tar stream named "<root>/..." into the (new, empty) ``volume``; returns
-    the way it went ("direct" or "api")."""
-    kind, _ = choose(engine.url, inspect_volume(engine, volume), requested, write=True)
+def write_tree(engine: Engine, volume: str, info: dict[str, Any], root: str,
+               chunks: Iterator[bytes], kind: str, image: str | None = None) -> None:
+    """Write a tar stream named "<root>/..." into the (new, empty) ``volume`` (``info``:
+    its inspect), the way ``choose(..., write=True)`` decided."""
     if kind == "direct":
         from .direct import DirectTarget
 
-        DirectTarget(inspect_volume(engine, volume)["Mountpoint"], root).extract(chunks)
-        return kind
+        DirectTarget(info["Mountpoint"], root).extract(chunks)
+        return
     with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)], image) as cid:
         put_volume_tar(engine, cid, root, chunks)
-    return kind
 
 
 def owners_comparable(engine: Engine, kind: str) -> bool:
@@ -89,7 +87,7 @@ def owners_comparable(engine: Engine, kind: str) -> bool:
     return kind == "direct" or not engine.is_podman
 
 
-def read_back(engine: Engine, volume: str, root: str, kind: str, *,
+def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind: str, *,
               owners: bool = True, all_xattrs: bool = True, image: str | None = None,
               progress: Callable[[int], Any] | None = None) -> TarParser:
     """Read a volume back the way it was written and return the finished TarParser
@@ -103,7 +101,7 @@ def read_back(engine: Engine, volume: str, root: str, kind: str, *,
 
     parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=all_xattrs,
                        what=f"volume '{volume}' as read back from its directory")
-    with DirectSource(inspect_volume(engine, volume)["Mountpoint"], root) as src:
+    with DirectSource(info["Mountpoint"], root) as src:
         for _ in checked_chunks(src.read, parser.feed, parser.check_complete,
                                 progress=progress):
             pass
@@ -115,14 +113,15 @@ def copy_tree(engine: Engine, src: str, dst: str, root: str = "data",
     """Copy volume ``src``'s whole tree (root mode and owner included) into the empty
     volume ``dst``: directly on the host when both allow it (every attribute kept),
     else through the archive API. Returns the way it went."""
-    read_kind, _ = choose(engine.url, inspect_volume(engine, src), requested)
-    write_kind, _ = choose(engine.url, inspect_volume(engine, dst), requested, write=True)
+    src_info, dst_info = inspect_volume(engine, src), inspect_volume(engine, dst)
+    read_kind, _ = choose(engine.url, src_info, requested)
+    write_kind, _ = choose(engine.url, dst_info, requested, write=True)
     if read_kind == write_kind == "direct":
         from ..stream.pump import CHUNK
         from .direct import DirectSource, DirectTarget
 
-        with DirectSource(inspect_volume(engine, src)["Mountpoint"], root) as source:
-            DirectTarget(inspect_volume(engine, dst)["Mountpoint"], root).extract(
+        with DirectSource(src_info["Mountpoint"], root) as source:
+            DirectTarget(dst_info["Mountpoint"], root).extract(
                 iter(lambda: source.read(CHUNK), b""))
         return "direct"
     from ..engine import copy_volume
