@@ -151,6 +151,9 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     ctx.emit(summary)
     for warning in m.warnings:
         ctx.warn(f"{info.id}: {warning}")
+    if cache and cache.get("save_error"):
+        ctx.warn(f"{info.id}: the file cache was not saved ({cache['save_error']}); "
+                 "the next backup reads every file")
     reused = ""
     if cache and cache.get("files_reused"):
         reused = (f" ({plural(cache['files_reused'], 'unchanged file')}, "

@@ -113,6 +113,8 @@ def backup_volume(
         info = writer.commit(manifest)
         if cache is not None:
             cache.save()  # only after the manifest: a failed backup leaves the old cache
+            # what the host's cache became is this run's news, not part of the backup
+            info.manifest.extra["file_cache"] = cache.stats.as_dict()
         return info
 
 
