@@ -409,7 +409,9 @@ class DirectSource:
         cache = self._cache
         if cache is not None and not sparse and st.st_size >= cache.min_size:
             reused = cache.lookup(rel, st)
-            if reused is not None:
+            # The chunker follows PAX headers up to 64 KiB (chunker.TarCuts); behind a
+            # bigger one (huge xattrs) it might not cut, so such a file is read.
+            if reused is not None and sum(len(k) + len(v) + 32 for k, v in pax) < 60_000:
                 # As good as read at this fstat: the same instant a read would begin.
                 header = self._file_header(rel, st, st.st_size, pax)
                 cache.region(rel, st, self._produced + len(header), st.st_size)
