@@ -262,7 +262,7 @@ class Session:
     # -- the source's side
 
     def lookup(self, path: bytes, st: os.stat_result) -> Reused | None:
-        entry = self.old.get(path)
+        entry = self.old.pop(path, None)  # each path is asked once: free as we go
         if entry is None or entry[0] != _Stat.of(st).key():
             return None
         chunks = entry[1]
