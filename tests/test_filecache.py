@@ -326,3 +326,40 @@ def test_cache_file_round_trip(tmp_path: Path) -> None:
     assert status == "used"
     assert entries == {b"data/\xff name": ((1, 2, 3, 4, 5), recs)}
     assert not [p for p in path.parent.iterdir() if p.name != "x.cache"]  # no temp left
+
+
+def test_skipping_is_refused_where_it_cannot_be_accounted_for() -> None:
+    """The parser and the chunker take skipped data only exactly where a big file's
+    data (with padding) is; the parser never in digest mode (it would need the bytes)."""
+    import io
+    import tarfile
+
+    from volbak.errors import IntegrityError
+    from volbak.repository.dedup.chunker import Chunker
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        ti = tarfile.TarInfo("data/f")
+        ti.size = 100_000
+        t.addfile(ti, io.BytesIO(bytes(100_000)))
+    header = buf.getvalue()[:512]
+    padded = 100_000 + (-100_000 % 512)
+    for digest in (False, True):
+        p = TarParser(root="data", digest=digest)
+        p.feed(header)
+        if digest:
+            with pytest.raises(IntegrityError):
+                p.skip(padded)
+            continue
+        with pytest.raises(IntegrityError):
+            p.skip(padded - 512)
+        p.skip(padded)
+        assert p.tar_bytes == 512 + padded and p.file_bytes == 100_000
+    chunks: list[bytes] = []
+    c = Chunker(chunks.append, CUT, 4 * CUT, 16 * CUT)
+    c.write(header[:100])
+    assert not c.skip(padded)  # the header is not complete yet
+    c.write(header[100:])
+    assert not c.skip(padded + 512) and not c.skip(padded - 512)
+    assert c.skip(padded)
+    assert chunks == [header] and not c.skip(padded)
