@@ -37,6 +37,12 @@ the backup's manifest is committed. It holds the volume's paths and the chunk id
 (keyed hashes) of its big files: nothing the host cannot read anyway, and never stored
 in the repository. Memory: the previous cache is held whole, about 150 bytes per big
 file plus 36 bytes per chunk (a 5 GiB volume of 1 MiB files: ~5,000 entries, ~1 MB).
+
+Measured (``scripts/bench_direct.py --incremental-mib 5120 --only-incremental --rounds
+2``, 2 cores shared with other jobs, load 10-13): 1,271 files of 256 KiB-8 MiB plus
+2,000 small ones (5,375 MB of tar), 12 files (1%) changed: ``docker cp`` out 30.2 s,
+incremental backup with the cache 3.2 s (0.106x; 1,259 files reused, peak RSS 123 MiB),
+with ``--no-cache`` 83.5 s. What is left is the walk, headers and small files.
 """
 
 from __future__ import annotations
