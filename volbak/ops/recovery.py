@@ -39,32 +39,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests.exceptions
-
 from ..engine import (
     MANAGED_LABEL,
     OWNER_LABEL,
+    STAGING_PREFIX,  # noqa: F401 - public name
     Engine,
-    api_errors,
+    create_volume,
+    inspect_container,
+    inspect_volume,
+    list_volumes,
+    remove_container,
     remove_volume,
+    staging_name,
     sweep_stale_helpers,
 )
-from ..errors import EngineError, IntegrityError, VolbakError
+from ..errors import EngineError, IntegrityError, NotFoundError, VolbakError
 from ..util.host import owner
 from ..util.signals import deferred
 from . import journal, stopper
 
 Event = Callable[[str], None]
-STAGING_PREFIX = "volbak-staging-"
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 # -- volumes -----------------------------------------------------------------------------------
@@ -72,29 +72,9 @@ _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
 
 def _inspect_volume(engine: Engine, name: str) -> dict[str, Any] | None:
     try:
-        return engine.api.inspect_volume(name)
-    except docker.errors.NotFound:
+        return inspect_volume(engine, name)
+    except NotFoundError:
         return None
-    except _ENGINE_ERRORS as e:
-        raise EngineError(f"cannot inspect volume '{name}' on {engine.url}: {e}") from None
-
-
-def create_volume(engine: Engine, name: str, labels: dict[str, str], driver: str = "local",
-                  options: dict[str, str] | None = None) -> dict[str, Any]:
-    with api_errors(engine, f"creating volume '{name}'"):
-        return engine.api.create_volume(name, driver=driver, driver_opts=options or None,
-                                        labels=labels)
-
-
-def _remove_container(engine: Engine, name: str) -> bool:
-    with deferred():
-        try:
-            engine.api.remove_container(name, v=False, force=True)
-        except docker.errors.NotFound:
-            pass
-        except _ENGINE_ERRORS:
-            return False
-    return True
 
 
 def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
@@ -203,14 +183,15 @@ def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
     name, want = rec["name"], rec.get("labels") or {}
     if rec.get("type") == "container":
         try:
-            attrs = engine.api.inspect_container(name)
-        except docker.errors.NotFound:
+            attrs = inspect_container(engine, name)
+        except NotFoundError:
             return True
-        except _ENGINE_ERRORS:
+        except EngineError:
             return False
         if not _labels_match((attrs.get("Config") or {}).get("Labels"), want):
             return True  # not ours (any more): leave it
-        return _remove_container(engine, attrs["Id"])
+        # one attempt: what the engine refuses now, the next recovery retries
+        return remove_container(engine, attrs["Id"], patience=0)
     info = _inspect_volume(engine, name)
     if info is None:
         return True
@@ -222,10 +203,6 @@ def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
 
 
 # -- staging and replacement -------------------------------------------------------------------
-
-
-def staging_name() -> str:
-    return f"{STAGING_PREFIX}{secrets.token_hex(6)}"
 
 
 def staging_labels(labels: dict[str, str] | None = None) -> dict[str, str]:
@@ -325,8 +302,6 @@ def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
     replacement: the target never ends up with a mix, and the data is never lost."""
     info = _inspect_volume(engine, target)
     if info is None:
-        from ..errors import NotFoundError
-
         raise NotFoundError(f"no volume '{target}' on engine {engine.url} ({flag})")
     journal.touch_engine(engine.url, journal_dir)
     rec = {"engine": engine.url, "target": target, "staging": staging, "empty": empty,
@@ -384,11 +359,7 @@ def sweep_staging(engine: Engine, keep: Iterable[str] = ()) -> list[str]:
     named in ``keep`` (still the data of a pending replacement)."""
     keep = set(keep)
     removed = []
-    try:
-        vols = engine.api.volumes(filters={"label": f"{MANAGED_LABEL}=staging"})
-    except _ENGINE_ERRORS as e:
-        raise EngineError(f"cannot list volumes on {engine.url}: {e}") from None
-    for v in vols.get("Volumes") or []:
+    for v in list_volumes(engine, f"{MANAGED_LABEL}=staging"):
         labels = v.get("Labels") or {}
         owner = labels.get(OWNER_LABEL)
         if v["Name"] in keep or not owner or journal.owner_alive(owner):
