@@ -222,7 +222,7 @@ class TarParser:
         self._root = root.strip("/").encode() if root is not None else None
         self._on_entry = on_entry
         self._what = what
-        self._owners = owners  # digest uid/gid (not where an engine replaces them)
+        self.owners = owners  # digest uid/gid (not where an engine replaces them)
         # all xattrs and ACLs, or only what the archive API can write (a capability)
         self._all_xattrs = all_xattrs
         self._header = bytearray()
@@ -397,7 +397,7 @@ class TarParser:
                 else (b"SCHILY.xattr.security.capability",)
             xattrs = sorted((k.split(b".", 1)[1], v) for k, v in pax.items()
                             if k.startswith(kept))
-            owner = (uid, gid) if self._owners else ()
+            owner = (uid, gid) if self.owners else ()
             self._record = (name, kind, entry.mode, *owner, real, mtime, link, device, xattrs)
         return size, entry
 
