@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -511,79 +510,3 @@ def _engines_of(e: dict[str, Any]) -> list[str]:
 def pending_entries(journal_dir: Path | None = None) -> list[dict[str, Any]]:
     """Journal entries left by dead runs that recovery could not finish yet."""
     return [e for e in journal.entries(journal_dir) if not e["live"]]
-
-
-# -- repository garbage (the lead wires these into recover/prune/verify) -----------------------
-
-
-@dataclasses.dataclass
-class Garbage:
-    name: str  # object name or temp file path
-    kind: str  # "temp" | "orphan" | "multipart"
-    age: float  # seconds
-    upload_id: str | None = None
-
-
-SAFE_AGE = 24 * 3600.0  # a live run on another host may still write younger files
-
-
-def repository_garbage(repo: Any, min_age: float = SAFE_AGE) -> list[Garbage]:
-    """Temp files, orphan archives and incomplete multipart uploads older than
-    ``min_age`` seconds. Reads only; ``remove_garbage`` deletes."""
-    backend = repo.backend
-    now = time.time()
-    out: list[Garbage] = []
-    root = getattr(backend, "root", None)
-    if isinstance(root, Path):
-        from ..local import TMP_PREFIX
-
-        if root.is_dir():
-            for dirpath, _dirs, files in os.walk(root):
-                for fn in files:
-                    p = Path(dirpath, fn)
-                    if fn.startswith(TMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            age = now - p.lstat().st_mtime
-                            if age >= min_age:
-                                out.append(Garbage(str(p), "temp", age))
-        for name in repo.orphans():
-            with contextlib.suppress(OSError):
-                age = now - (root / name).lstat().st_mtime
-                if age >= min_age:
-                    out.append(Garbage(name, "orphan", age))
-        return out
-    client = getattr(backend, "_client", None)
-    bucket = getattr(backend, "bucket", None)
-    if client is not None and bucket:
-        prefix = getattr(backend, "prefix", "") or ""
-        with contextlib.suppress(Exception):
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
-            while True:
-                resp = client.list_multipart_uploads(**kw)
-                for u in resp.get("Uploads") or []:
-                    age = now - u["Initiated"].timestamp()
-                    if age >= min_age:
-                        out.append(Garbage(u["Key"], "multipart", age, u["UploadId"]))
-                if not resp.get("IsTruncated"):
-                    break
-                kw["KeyMarker"] = resp.get("NextKeyMarker")
-                kw["UploadIdMarker"] = resp.get("NextUploadIdMarker")
-        # Orphan archives on S3 need object ages, which ObjectInfo does not carry yet.
-    return out
-
-
-def remove_garbage(repo: Any, items: Iterable[Garbage]) -> list[str]:
-    """Delete what ``repository_garbage`` found; returns what is gone."""
-    gone = []
-    backend = repo.backend
-    for g in items:
-        with contextlib.suppress(Exception):
-            if g.kind == "temp":
-                os.unlink(g.name)
-            elif g.kind == "orphan":
-                backend.delete(g.name)
-            elif g.kind == "multipart":
-                backend._client.abort_multipart_upload(
-                    Bucket=backend.bucket, Key=g.name, UploadId=g.upload_id)
-            gone.append(g.name)
-    return gone
