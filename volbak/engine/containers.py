@@ -35,6 +35,13 @@ def failures() -> Iterator[None]:
         raise EngineError(str(e)) from None
 
 
+def name(container: Any) -> str:
+    """The container's name for messages (its short ID if it has none)."""
+    shown = getattr(container, "name", None) or container.attrs.get("Name", "") \
+        or container.id[:12]
+    return shown.lstrip("/")
+
+
 def get(client: docker.DockerClient, cid: str) -> Any:
     with failures():
         return client.containers.get(cid)

@@ -65,10 +65,6 @@ class HookResult:
         return dataclasses.asdict(self)
 
 
-def _name(c: Any) -> str:
-    return (getattr(c, "name", None) or c.id[:12]).lstrip("/")
-
-
 def _tail(data: bytes, lines: int) -> str:
     text = data.decode("utf-8", "replace").rstrip("\n")
     return "\n".join(text.splitlines()[-lines:]) if text else ""
@@ -86,7 +82,7 @@ def hook_commands(container: Any, pre: str | None = None,
 def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = None,
              tail_lines: int = 20) -> HookResult:
     """Run ``sh -c cmd`` in the running ``container``; HookError unless it exits 0."""
-    name = _name(container)
+    name = ctrs.name(container)
     started = time.monotonic()
 
     def fail(what: str, output: str = "", exit_code: int | None = None) -> HookError:
@@ -179,7 +175,7 @@ def hooks(
 
     def run(c: Any, cmd: str, phase: str) -> None:
         if on_event:
-            on_event(f"running {phase} hook in {_name(c)}")
+            on_event(f"running {phase} hook in {ctrs.name(c)}")
         results.append(run_hook(c, cmd, phase, timeout=timeout))
 
     def run_posts() -> list[BaseException]:

@@ -61,11 +61,6 @@ def _is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
 
 
-def _name(c: Any) -> str:
-    name = getattr(c, "name", None) or c.attrs.get("Name", "") or c.id[:12]
-    return name.lstrip("/")
-
-
 def select_to_stop(containers: Iterable[Any], force: bool = False) -> list[Any]:
     """The containers to stop: all of them with ``--stop`` (``force``), otherwise those
     that opt in with the label ``volbak.stop=true``. Duplicates (by ID) are dropped."""
@@ -176,7 +171,7 @@ def stopped(
         except NotFoundError:
             continue
         except EngineError as e:
-            raise EngineError(f"cannot inspect container {_name(c)}: {e}") from None
+            raise EngineError(f"cannot inspect container {ctrs.name(c)}: {e}") from None
         if c.status in ("running", "restarting") and all(r.id != c.id for r in running):
             running.append(c)
     if not running:
@@ -184,7 +179,7 @@ def stopped(
         return
 
     items: list[dict[str, Any]] = [
-        {"id": c.id, "name": _name(c), "timeout": _effective_timeout(c, timeout),
+        {"id": c.id, "name": ctrs.name(c), "timeout": _effective_timeout(c, timeout),
          "started_at": (c.attrs.get("State") or {}).get("StartedAt")}
         for c in running]
     record = {"engine": engine_url or engine_url_of(client), "containers": items}
@@ -194,7 +189,7 @@ def stopped(
         for n, c in enumerate(running):
             if on_event:
                 # docker stop waits for the process to exit: say how long it may take.
-                on_event(f"stopping container {_name(c)} (it gets up to "
+                on_event(f"stopping container {ctrs.name(c)} (it gets up to "
                          f"{items[n]['timeout']} s to exit "
                          "before it is killed; --stop-timeout changes that)")
             # Recovery must know a stop may still be under way in the engine when this
@@ -205,12 +200,12 @@ def stopped(
             try:
                 ctrs.stop(c, timeout)
                 if on_event:
-                    on_event(f"container {_name(c)} stopped after "
+                    on_event(f"container {ctrs.name(c)} stopped after "
                              f"{time.monotonic() - t_stop:.1f} s")
             except NotFoundError:
                 pass
             except EngineError as e:
-                raise EngineError(f"cannot stop container {_name(c)}: {e}") from None
+                raise EngineError(f"cannot stop container {ctrs.name(c)}: {e}") from None
         yield running
     except BaseException as e:
         body_error = e
