@@ -183,11 +183,9 @@ def remove_volume(engine: Engine, name: str, patience: float = 15) -> bool:
 
 def container_exists(engine: Engine, name: str) -> bool:
     try:
-        engine.api.inspect_container(name)
-    except docker.errors.NotFound:
+        inspect_container(engine, name)
+    except NotFoundError:
         return False
-    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-        raise EngineError(f"cannot inspect containers on {engine.url}: {_short(e)}") from None
     return True
 
 
