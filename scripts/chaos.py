@@ -329,7 +329,7 @@ class World:
         temps = [p for p in self.repo.rglob(".volbak-tmp-*")]
         if temps:
             if what.startswith("SIGKILL") or what.startswith("read-only"):
-                res.garbage += len(temps)  # age-gated garbage, see recovery.repository_garbage
+                res.garbage += len(temps)  # age-gated garbage, see ops/cleanup.py (volbak cleanup)
                 for p in temps:
                     with contextlib.suppress(OSError):
                         p.unlink()

@@ -64,7 +64,8 @@ def test_round_trip_keeps_every_byte_and_bit(compression, source, resources, doc
     assert summary["volume"] == src and summary["compression"] == compression
     assert summary["source"] == source
     target = _new_target(resources)
-    run("restore", summary["id"], "--to-volume", target, "--source", source)
+    out, _ = run("restore", summary["id"], "--to-volume", target, "--source", source, "--json")
+    assert json.loads(out)["verified"] == "read-back"  # owners compared too
     _same(docker_client, src, target)
     root = volume_path(docker_client, target)
     st = root.stat()
@@ -373,7 +374,8 @@ def test_podman_api_backup_warns(resources, docker_client, run, engine_kind):
     shown = json.loads(run("show", backup["id"], "--json")[0])
     assert any("Podman" in w for w in shown["warnings"])
     target = _new_target(resources)
-    run("restore", backup["id"], "--to-volume", target, "--source", "api")
+    out, _ = run("restore", backup["id"], "--to-volume", target, "--source", "api", "--json")
+    assert json.loads(out)["verified"] == "read-back-without-owners"
     got = volume_path(docker_client, target)
     assert (got / "d" / "f").read_text() == "x"
     assert (got / "d" / "f").stat().st_mode & 0o7777 == 0o4755

@@ -651,3 +651,57 @@ def test_direct_target_into_a_new_volume(resources, busybox_image: str, tmp_path
                                           network_mode="none", remove=True,
                                           labels={"volbak-test": "1"})
     assert out == b"hello volbak\n" * 100
+
+
+# ------------------------------------------------------------------ through the one tar parser
+
+
+@pytest.mark.parametrize("step", [1, 7, 511, 513])
+def test_sparse_and_pax_entries_survive_any_chunking(tmp_path: Path, step: int) -> None:
+    """The target reads through TarParser: a sparse map, PAX records and data split at
+    any byte still extract to the same files (holes as holes)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "holey", "wb") as f:
+        f.seek(1 << 20)
+        f.write(b"middle")
+        f.truncate(3 << 20)
+    (src / ("long-" + "n" * 150)).write_bytes(b"pax path\n")
+    os.utime(src / "holey", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    data = b"".join(read_all(DirectSource(src)))
+    assert b"GNU.sparse.major" in data
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    DirectTarget(dst).extract(data[i:i + step] for i in range(0, len(data), step))
+    holey = dst / "holey"
+    assert holey.read_bytes() == (src / "holey").read_bytes()
+    assert holey.stat().st_blocks * 512 < 1 << 20
+    assert holey.stat().st_mtime_ns == 1_600_000_000_123_456_789
+    assert (dst / ("long-" + "n" * 150)).read_bytes() == b"pax path\n"
+
+
+@pytest.mark.parametrize("sparse_map", [b"1\n0\n99999999\n", b"2\n0\n3\n", b"-1\n",
+                                        b"x\n", b"1\n-5\n1\n"])
+def test_bad_sparse_maps_are_refused(tmp_path: Path, sparse_map: bytes) -> None:
+    body = sparse_map + b"\0" * (-len(sparse_map) % 512) + b"abc"
+    info = tarfile.TarInfo("data/s")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                        "GNU.sparse.name": "data/s", "GNU.sparse.realsize": "10"}
+    data = _tar(_dir("data"), (info, body))
+    with pytest.raises(IntegrityError, match="sparse"):
+        direct.extract(tmp_path, [data])
+
+
+def test_old_gnu_sparse_formats_are_refused(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("data/s")
+    info.pax_headers = {"GNU.sparse.offset": "0", "GNU.sparse.numblocks": "1"}
+    with pytest.raises(IntegrityError, match=r"sparse format 0\.0"):
+        direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))])
+
+
+def test_sparse_0_1_map_in_pax_extracts(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("data/s")
+    info.pax_headers = {"GNU.sparse.map": "4,3", "GNU.sparse.size": "10",
+                        "GNU.sparse.name": "data/s"}
+    direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))])
+    assert (tmp_path / "s").read_bytes() == b"\0\0\0\0abc\0\0\0"

@@ -44,13 +44,13 @@ def init(ctx: Ctx, fmt: str, host_key: bool, identity: tuple[str, ...],
 
     repo = ctx.repo(create=not host_key)  # init makes the repository; --host-key needs one
     if host_key:
-        from ..repository.dedup.keys import unlock, write_host_key
+        from ..repository.dedup.keys import write_host_key
 
         store = repo.dedup()
         if not store.config.encrypted:
             raise UsageError(f"repository {repo.url} is not encrypted: it needs no host key")
-        keys, _ = unlock(repo.backend, store.config,
-                         identities(identity, passphrase_file, store.config.encryption))
+        keys, _ = store.read_keys(identities(identity, passphrase_file,
+                                             store.config.encryption))
         path = write_host_key(store.config, keys, repo.url)
         ctx.emit({"repo": repo.url, "id": store.config.id, "host_key": str(path)})
         ctx.say(f"wrote the host key file {path} for repository {repo.url}")

@@ -3,6 +3,7 @@ containers (``helpers``), volumes and containers (``volumes``), the archive API
 (``archive``) and the one retry helper (``retry``). Only this package calls docker-py,
 and only here are its internals used, each behind a fallback to its public API."""
 
+from . import containers
 from .archive import PODMAN_LOSSES, ArchiveStream, VolumeTar, put_archive, put_volume_tar
 from .client import Engine, api_errors, connect, resolve_host, same_engine
 from .helpers import (
@@ -18,6 +19,7 @@ from .helpers import (
 from .volumes import (
     ARCHIVE_ROOT,
     MANAGED_LABEL,
+    STAGING_PREFIX,
     check_volume_name,
     clear_volume,
     container_exists,
@@ -30,6 +32,7 @@ from .volumes import (
     describe_container,
     inspect_container,
     inspect_volume,
+    list_volumes,
     read_tree_digest,
     remove_volume,
     same_volume,
@@ -48,6 +51,7 @@ __all__ = [
     "MANAGED_LABEL",
     "OWNER_LABEL",
     "PODMAN_LOSSES",
+    "STAGING_PREFIX",
     "ArchiveStream",
     "Engine",
     "VolumeMount",
@@ -58,6 +62,7 @@ __all__ = [
     "connect",
     "container_exists",
     "container_volumes",
+    "containers",
     "containers_using",
     "copy_volume",
     "create_data_container",
@@ -68,6 +73,7 @@ __all__ = [
     "helper",
     "inspect_container",
     "inspect_volume",
+    "list_volumes",
     "put_archive",
     "put_volume_tar",
     "read_tree_digest",

@@ -17,6 +17,10 @@ from docker.context import ContextAPI
 
 from ..errors import EngineError, NotFoundError, UsageError
 
+# What a call to an engine can raise besides a result: the engine refused, docker-py
+# failed, the connection broke.
+FAILURES = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
 
 @dataclasses.dataclass
 class Engine:

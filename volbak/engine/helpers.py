@@ -89,12 +89,14 @@ def helper(
         remove_container(engine, cid)
 
 
-def remove_container(engine: Engine, cid: str) -> bool:
-    """Remove a helper; never its volumes (v=False). Signals wait until it is gone.
+def remove_container(engine: Engine, cid: str, patience: float = 10.0) -> bool:
+    """Remove a helper (or another container volbak made); never its volumes (v=False).
+    True once it is gone. Signals wait until it is gone.
 
     Right after an aborted transfer the engine may still be finishing its tar process
-    and refuse the removal for a moment, so failures are retried for about 10 s."""
-    done, _ = retry(lambda: engine.api.remove_container(cid, v=False, force=True))
+    and refuse the removal for a moment, so failures are retried for ``patience`` s."""
+    done, _ = retry(lambda: engine.api.remove_container(cid, v=False, force=True),
+                    seconds=patience)
     return done
 
 

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import docker.errors
-import requests.exceptions
 
 from ..util.signals import deferred
+from .client import FAILURES
 
 T = TypeVar("T")
 
-TRANSIENT = (docker.errors.APIError, requests.exceptions.RequestException, OSError)
+TRANSIENT = FAILURES
 
 
 def retry(op: Callable[[], T], *, seconds: float = 10.0,

@@ -15,10 +15,11 @@ import requests.exceptions
 
 from ..errors import EngineError, NotFoundError, UsageError
 from ..util.signals import deferred
-from .client import Engine, _short, api_errors
+from .client import FAILURES, Engine, _short, api_errors
 from .retry import TRANSIENT
 
 MANAGED_LABEL = "volbak.managed"  # volumes/containers volbak created (staging, restores)
+STAGING_PREFIX = "volbak-staging-"
 ARCHIVE_ROOT = "data"  # helpers mount the volume at /data: tar entries are "data/..."
 
 
@@ -30,7 +31,7 @@ def inspect_volume(engine: Engine, name: str, flag: str = "VOLUME") -> dict[str,
             f"no volume '{name}' on engine {engine.url} ({flag})",
             hint="list volumes with 'docker volume ls'; -H/--host selects the engine",
         ) from None
-    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+    except FAILURES as e:
         raise EngineError(f"cannot inspect volume '{name}' on {engine.url}: {_short(e)}") from None
 
 
@@ -50,7 +51,7 @@ def inspect_container(engine: Engine, name: str, flag: str = "--container") -> d
             f"no container '{name}' on engine {engine.url} ({flag})",
             hint="list containers with 'docker ps -a'; -H/--host selects the engine",
         ) from None
-    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
+    except FAILURES as e:
         raise EngineError(f"cannot inspect container '{name}': {_short(e)}") from None
 
 
@@ -139,7 +140,7 @@ def volume_for(container: str, mount_path: str) -> str:
 
 
 def staging_name() -> str:
-    return f"volbak-staging-{secrets.token_hex(6)}"
+    return f"{STAGING_PREFIX}{secrets.token_hex(6)}"
 
 
 def create_volume(engine: Engine, name: str, labels: dict[str, str],
@@ -182,11 +183,9 @@ def remove_volume(engine: Engine, name: str, patience: float = 15) -> bool:
 
 def container_exists(engine: Engine, name: str) -> bool:
     try:
-        engine.api.inspect_container(name)
-    except docker.errors.NotFound:
+        inspect_container(engine, name)
+    except NotFoundError:
         return False
-    except (docker.errors.APIError, requests.exceptions.RequestException) as e:
-        raise EngineError(f"cannot inspect containers on {engine.url}: {_short(e)}") from None
     return True
 
 
@@ -290,11 +289,19 @@ def same_volume(dst: Engine, name: str, info: dict[str, Any]) -> bool:
     return all(other.get(k) == info.get(k) for k in ("Mountpoint", "CreatedAt", "Driver"))
 
 
+def list_volumes(engine: Engine, label: str) -> list[dict[str, Any]]:
+    """The volumes carrying ``label`` (``KEY`` or ``KEY=VALUE``), as the engine lists
+    them (Name, Labels...)."""
+    try:
+        return engine.api.volumes(filters={"label": label}).get("Volumes") or []
+    except FAILURES as e:
+        raise EngineError(f"cannot list volumes with label {label} on {engine.url}: "
+                          f"{_short(e)}") from None
+
+
 def volumes_with_label(engine: Engine, label: str) -> list[str]:
-    """Names of the volumes carrying ``label`` (``KEY`` or ``KEY=VALUE``), sorted."""
-    with api_errors(engine, f"listing volumes with label {label}"):
-        found = engine.api.volumes(filters={"label": label}).get("Volumes") or []
-    return sorted(v["Name"] for v in found)
+    """Names of the volumes carrying ``label``, sorted."""
+    return sorted(v["Name"] for v in list_volumes(engine, label))
 
 
 def delete_volume(engine: Engine, name: str, why: str) -> None:

@@ -41,8 +41,5 @@ def collect(repo: Repository, grace: dt.timedelta = DEFAULT_ORPHAN_GRACE, *,
     found = clean_orphans(repo, grace, dry_run=dry_run)
     old = [o.name for o in found if o.expired]
     young = [o.name for o in found if not o.expired]
-    seconds = grace.total_seconds()
-    backend = repo.backend
-    incomplete = backend.list_incomplete(seconds) if dry_run \
-        else backend.remove_incomplete(seconds)
-    return Garbage(old, young, list(incomplete), dry_run)
+    incomplete = repo.incomplete_writes(grace.total_seconds(), remove=not dry_run)
+    return Garbage(old, young, incomplete, dry_run)

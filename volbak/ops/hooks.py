@@ -43,16 +43,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import docker.errors
-import requests.exceptions
-
-from ..errors import HookError
+from ..engine import containers as ctrs
+from ..errors import EngineError, HookError, NotFoundError
 
 PRE = "pre-backup"
 POST = "post-backup"
 LABELS = {PRE: "volbak.pre-backup", POST: "volbak.post-backup"}
 TAIL_BYTES = 64 * 1024
-_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 @dataclasses.dataclass
@@ -66,18 +63,6 @@ class HookResult:
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _name(c: Any) -> str:
-    return (getattr(c, "name", None) or c.id[:12]).lstrip("/")
-
-
-def _running(container: Any) -> bool:
-    try:
-        container.reload()
-    except _DOCKER_ERRORS:
-        return True  # cannot tell: report the engine's own words
-    return container.status == "running"
 
 
 def _tail(data: bytes, lines: int) -> str:
@@ -97,8 +82,7 @@ def hook_commands(container: Any, pre: str | None = None,
 def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = None,
              tail_lines: int = 20) -> HookResult:
     """Run ``sh -c cmd`` in the running ``container``; HookError unless it exits 0."""
-    name = _name(container)
-    api = container.client.api
+    name = ctrs.name(container)
     started = time.monotonic()
 
     def fail(what: str, output: str = "", exit_code: int | None = None) -> HookError:
@@ -114,18 +98,12 @@ def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = No
         return err
 
     try:
-        exec_id = api.exec_create(container.id, ["sh", "-c", cmd], stdout=True, stderr=True,
-                                  tty=False)["Id"]
-    except docker.errors.NotFound:
+        exec_id = ctrs.exec_create(container, ["sh", "-c", cmd])
+    except NotFoundError:
         raise fail("could not run: the container does not exist") from None
-    except docker.errors.APIError as e:
-        why = e.explanation or str(e)
-        # dockerd answers 409 for a stopped container, Podman 500 ("container state
-        # improper"): ask the container itself rather than trust the status code.
-        if e.status_code == 409 or "not running" in str(why) or not _running(container):
-            raise fail("could not run: the container is not running") from None
-        raise fail(f"could not run: {why}") from None
-    except _DOCKER_ERRORS as e:
+    except ctrs.NotRunning:
+        raise fail("could not run: the container is not running") from None
+    except EngineError as e:
         raise fail(f"could not run: {e}") from None
 
     buf = bytearray()
@@ -133,7 +111,7 @@ def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = No
 
     def pump() -> None:
         try:
-            for chunk in api.exec_start(exec_id, stream=True, demux=False):
+            for chunk in ctrs.exec_output(container, exec_id):
                 buf.extend(chunk)
                 if len(buf) > 2 * TAIL_BYTES:
                     del buf[:-TAIL_BYTES]
@@ -150,18 +128,17 @@ def run_hook(container: Any, cmd: str, phase: str, *, timeout: float | None = No
             raise fail(f"did not finish within {timeout:g} s (it may still be running)",
                        _tail(bytes(buf[-TAIL_BYTES:]), tail_lines))
     if problem:
-        if isinstance(problem[0], _DOCKER_ERRORS):
+        if isinstance(problem[0], EngineError):
             raise fail(f"failed: {problem[0]}")
         raise problem[0]
     output = _tail(bytes(buf[-TAIL_BYTES:]), tail_lines)
     exit_code = None
     for _ in range(50):  # the stream can end a moment before the engine records the exit
         try:
-            info = api.exec_inspect(exec_id)
-        except _DOCKER_ERRORS as e:
+            exit_code = ctrs.exec_exit_code(container, exec_id)
+        except EngineError as e:
             raise fail(f"state unknown: {e}", output) from None
-        if not info.get("Running") and info.get("ExitCode") is not None:
-            exit_code = int(info["ExitCode"])
+        if exit_code is not None:
             break
         time.sleep(0.1)
     if exit_code is None:
@@ -198,7 +175,7 @@ def hooks(
 
     def run(c: Any, cmd: str, phase: str) -> None:
         if on_event:
-            on_event(f"running {phase} hook in {_name(c)}")
+            on_event(f"running {phase} hook in {ctrs.name(c)}")
         results.append(run_hook(c, cmd, phase, timeout=timeout))
 
     def run_posts() -> list[BaseException]:

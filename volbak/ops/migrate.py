@@ -62,6 +62,7 @@ from ..engine import (
     connect,
     container_exists,
     container_volumes,
+    containers,
     containers_using,
     create_data_container,
     create_volume,
@@ -265,13 +266,13 @@ def _stopped(src: Engine, volumes: Sequence[str], opts: MigrateOptions) -> Itera
 
     users = [c for v in volumes for c in containers_using(src.client, v)]
     victims = stopper.select_to_stop(users, force=opts.stop)
-    left = sorted({stopper._name(c) for c in users} - {stopper._name(c) for c in victims})
+    left = sorted({containers.name(c) for c in users} - {containers.name(c) for c in victims})
     if left:
         _say(opts, f"warning: running container(s) {', '.join(left)} use the source volume(s); "
              "the copy may be inconsistent (--stop stops them during the transfer)")
     with stopper.stopped(src.client, victims, engine_url=src.url, on_event=opts.on_event,
                          timeout=opts.stop_timeout) as were:
-        yield [stopper._name(c) for c in were]
+        yield [containers.name(c) for c in were]
 
 
 def _remove_volume(engine: Engine, name: str, leftovers: list[str]) -> None:

@@ -38,33 +38,32 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests.exceptions
-
 from ..engine import (
     MANAGED_LABEL,
     OWNER_LABEL,
+    STAGING_PREFIX,  # noqa: F401 - public name
     Engine,
-    api_errors,
+    create_volume,
+    inspect_container,
+    inspect_volume,
+    list_volumes,
+    remove_container,
     remove_volume,
+    staging_name,
     sweep_stale_helpers,
 )
-from ..errors import EngineError, IntegrityError, VolbakError
+from ..errors import EngineError, IntegrityError, NotFoundError, VolbakError
 from ..util.host import owner
 from ..util.signals import deferred
 from . import journal, stopper
 
 Event = Callable[[str], None]
-STAGING_PREFIX = "volbak-staging-"
-_ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
 # -- volumes -----------------------------------------------------------------------------------
@@ -72,29 +71,9 @@ _ENGINE_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestExce
 
 def _inspect_volume(engine: Engine, name: str) -> dict[str, Any] | None:
     try:
-        return engine.api.inspect_volume(name)
-    except docker.errors.NotFound:
+        return inspect_volume(engine, name)
+    except NotFoundError:
         return None
-    except _ENGINE_ERRORS as e:
-        raise EngineError(f"cannot inspect volume '{name}' on {engine.url}: {e}") from None
-
-
-def create_volume(engine: Engine, name: str, labels: dict[str, str], driver: str = "local",
-                  options: dict[str, str] | None = None) -> dict[str, Any]:
-    with api_errors(engine, f"creating volume '{name}'"):
-        return engine.api.create_volume(name, driver=driver, driver_opts=options or None,
-                                        labels=labels)
-
-
-def _remove_container(engine: Engine, name: str) -> bool:
-    with deferred():
-        try:
-            engine.api.remove_container(name, v=False, force=True)
-        except docker.errors.NotFound:
-            pass
-        except _ENGINE_ERRORS:
-            return False
-    return True
 
 
 def _labels_match(have: dict[str, str] | None, want: dict[str, str]) -> bool:
@@ -203,14 +182,15 @@ def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
     name, want = rec["name"], rec.get("labels") or {}
     if rec.get("type") == "container":
         try:
-            attrs = engine.api.inspect_container(name)
-        except docker.errors.NotFound:
+            attrs = inspect_container(engine, name)
+        except NotFoundError:
             return True
-        except _ENGINE_ERRORS:
+        except EngineError:
             return False
         if not _labels_match((attrs.get("Config") or {}).get("Labels"), want):
             return True  # not ours (any more): leave it
-        return _remove_container(engine, attrs["Id"])
+        # one attempt: what the engine refuses now, the next recovery retries
+        return remove_container(engine, attrs["Id"], patience=0)
     info = _inspect_volume(engine, name)
     if info is None:
         return True
@@ -222,10 +202,6 @@ def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
 
 
 # -- staging and replacement -------------------------------------------------------------------
-
-
-def staging_name() -> str:
-    return f"{STAGING_PREFIX}{secrets.token_hex(6)}"
 
 
 def staging_labels(labels: dict[str, str] | None = None) -> dict[str, str]:
@@ -325,8 +301,6 @@ def replace_from_staging(engine: Engine, staging: str, target: str, empty: bool,
     replacement: the target never ends up with a mix, and the data is never lost."""
     info = _inspect_volume(engine, target)
     if info is None:
-        from ..errors import NotFoundError
-
         raise NotFoundError(f"no volume '{target}' on engine {engine.url} ({flag})")
     journal.touch_engine(engine.url, journal_dir)
     rec = {"engine": engine.url, "target": target, "staging": staging, "empty": empty,
@@ -384,11 +358,7 @@ def sweep_staging(engine: Engine, keep: Iterable[str] = ()) -> list[str]:
     named in ``keep`` (still the data of a pending replacement)."""
     keep = set(keep)
     removed = []
-    try:
-        vols = engine.api.volumes(filters={"label": f"{MANAGED_LABEL}=staging"})
-    except _ENGINE_ERRORS as e:
-        raise EngineError(f"cannot list volumes on {engine.url}: {e}") from None
-    for v in vols.get("Volumes") or []:
+    for v in list_volumes(engine, f"{MANAGED_LABEL}=staging"):
         labels = v.get("Labels") or {}
         owner = labels.get(OWNER_LABEL)
         if v["Name"] in keep or not owner or journal.owner_alive(owner):
@@ -540,79 +510,3 @@ def _engines_of(e: dict[str, Any]) -> list[str]:
 def pending_entries(journal_dir: Path | None = None) -> list[dict[str, Any]]:
     """Journal entries left by dead runs that recovery could not finish yet."""
     return [e for e in journal.entries(journal_dir) if not e["live"]]
-
-
-# -- repository garbage (the lead wires these into recover/prune/verify) -----------------------
-
-
-@dataclasses.dataclass
-class Garbage:
-    name: str  # object name or temp file path
-    kind: str  # "temp" | "orphan" | "multipart"
-    age: float  # seconds
-    upload_id: str | None = None
-
-
-SAFE_AGE = 24 * 3600.0  # a live run on another host may still write younger files
-
-
-def repository_garbage(repo: Any, min_age: float = SAFE_AGE) -> list[Garbage]:
-    """Temp files, orphan archives and incomplete multipart uploads older than
-    ``min_age`` seconds. Reads only; ``remove_garbage`` deletes."""
-    backend = repo.backend
-    now = time.time()
-    out: list[Garbage] = []
-    root = getattr(backend, "root", None)
-    if isinstance(root, Path):
-        from ..local import TMP_PREFIX
-
-        if root.is_dir():
-            for dirpath, _dirs, files in os.walk(root):
-                for fn in files:
-                    p = Path(dirpath, fn)
-                    if fn.startswith(TMP_PREFIX):
-                        with contextlib.suppress(OSError):
-                            age = now - p.lstat().st_mtime
-                            if age >= min_age:
-                                out.append(Garbage(str(p), "temp", age))
-        for name in repo.orphans():
-            with contextlib.suppress(OSError):
-                age = now - (root / name).lstat().st_mtime
-                if age >= min_age:
-                    out.append(Garbage(name, "orphan", age))
-        return out
-    client = getattr(backend, "_client", None)
-    bucket = getattr(backend, "bucket", None)
-    if client is not None and bucket:
-        prefix = getattr(backend, "prefix", "") or ""
-        with contextlib.suppress(Exception):
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
-            while True:
-                resp = client.list_multipart_uploads(**kw)
-                for u in resp.get("Uploads") or []:
-                    age = now - u["Initiated"].timestamp()
-                    if age >= min_age:
-                        out.append(Garbage(u["Key"], "multipart", age, u["UploadId"]))
-                if not resp.get("IsTruncated"):
-                    break
-                kw["KeyMarker"] = resp.get("NextKeyMarker")
-                kw["UploadIdMarker"] = resp.get("NextUploadIdMarker")
-        # Orphan archives on S3 need object ages, which ObjectInfo does not carry yet.
-    return out
-
-
-def remove_garbage(repo: Any, items: Iterable[Garbage]) -> list[str]:
-    """Delete what ``repository_garbage`` found; returns what is gone."""
-    gone = []
-    backend = repo.backend
-    for g in items:
-        with contextlib.suppress(Exception):
-            if g.kind == "temp":
-                os.unlink(g.name)
-            elif g.kind == "orphan":
-                backend.delete(g.name)
-            elif g.kind == "multipart":
-                backend._client.abort_multipart_upload(
-                    Bucket=backend.bucket, Key=g.name, UploadId=g.upload_id)
-            gone.append(g.name)
-    return gone

@@ -69,6 +69,9 @@ class RestoreResult:
     entries: int
     seconds: float
     replaced: bool = False
+    # How the restored volume was checked: read back and compared entry by entry with
+    # what was sent ("read-back"), or so without owners ("read-back-without-owners"),
+    # where the engine's archive API replaces them on read (Podman; documented).
     verified: str = "read-back"
 
     def summary(self) -> dict[str, Any]:
@@ -155,7 +158,8 @@ def restore_to_volume(
                                      in_use=bool(users))
             parser = result[0]
     return RestoreResult(info.id, target, parser.tar_bytes, parser.entries,
-                         round(time.monotonic() - t0, 3), replaced=exists and not empty)
+                         round(time.monotonic() - t0, 3), replaced=exists and not empty,
+                         verified="read-back" if parser.owners else "read-back-without-owners")
 
 
 def restore_to_container(

@@ -9,7 +9,7 @@ Usage::
         run_backup()                                        # any exception, Ctrl-C, SIGTERM...
     # ...and here every container in were_stopped is running again
 
-    recover(lambda url: docker.DockerClient(base_url=url))  # at the start of every command
+    recover(lambda url: connect(url).client)              # at the start of every command
 
 The crash-safety protocol:
 
@@ -42,46 +42,23 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
-import docker.errors
-import requests.exceptions
-
+from ..engine import containers as ctrs
 from ..engine import containers_using
-from ..errors import EngineError, VolbakError
+from ..engine.containers import engine_url_of
+from ..errors import EngineError, NotFoundError, VolbakError
 from ..util.signals import deferred
 from . import journal
 from .journal import default_journal_dir, state_dir  # noqa: F401 - public names
 
 STOP_LABEL = "volbak.stop"
 TRUE_VALUES = {"true", "1", "yes", "on"}
-_DOCKER_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 Event = Callable[[str], None]
-
-
-def engine_url_of(client: docker.DockerClient) -> str:
-    """The URL a client talks to, as the user would write it (unix://, tcp://, ssh://)."""
-    api = client.api
-    adapter = getattr(api, "_custom_adapter", None)
-    sock = getattr(adapter, "socket_path", None)
-    if sock:
-        return f"unix://{sock}"
-    ssh_host = getattr(adapter, "ssh_host", None)
-    if ssh_host:
-        return ssh_host if "://" in ssh_host else f"ssh://{ssh_host}"
-    base = api.base_url
-    if base.startswith("http://"):
-        return "tcp://" + base[len("http://"):]
-    return base
+Client = Any  # a docker.DockerClient (the engine package owns docker-py)
 
 
 def _is_true(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
-
-
-def _name(c: Any) -> str:
-    name = getattr(c, "name", None) or c.attrs.get("Name", "") or c.id[:12]
-    return name.lstrip("/")
 
 
 def select_to_stop(containers: Iterable[Any], force: bool = False) -> list[Any]:
@@ -98,7 +75,7 @@ def select_to_stop(containers: Iterable[Any], force: bool = False) -> list[Any]:
     return out
 
 
-def containers_to_stop(client: docker.DockerClient, volumes: Iterable[str],
+def containers_to_stop(client: Client, volumes: Iterable[str],
                        force: bool = False) -> list[Any]:
     """The running containers using any of ``volumes`` that ``select_to_stop`` picks."""
     users: list[Any] = []
@@ -120,13 +97,13 @@ def _effective_timeout(c: Any, timeout: int | None) -> int:
     return int(own) if isinstance(own, int) and own >= 0 else 10
 
 
-def _settle(client: docker.DockerClient, item: dict[str, Any], on_event: Event | None) -> Any:
+def _settle(client: Client, item: dict[str, Any], on_event: Event | None) -> Any:
     """The container, once any stop that may still be under way for it is over.
 
     A ``docker stop`` whose caller died (or was interrupted) goes on in the engine: the
     container is still running, with the same StartedAt, until its timeout. Starting
     it is only right after that, so wait (bounded) while it may still be stopping."""
-    c = client.containers.get(item["id"])
+    c = ctrs.get(client, item["id"])
     since = item.get("stopping_since")
     if since is None or c.status != "running":
         return c
@@ -139,11 +116,11 @@ def _settle(client: docker.DockerClient, item: dict[str, Any], on_event: Event |
             on_event(f"waiting for the stop of container {item.get('name')} to finish")
             said = True
         time.sleep(0.2)
-        c.reload()
+        ctrs.reload(c)
     return c
 
 
-def _start_all(client: docker.DockerClient, items: list[dict[str, Any]],
+def _start_all(client: Client, items: list[dict[str, Any]],
                on_event: Event | None) -> tuple[list[str], list[str]]:
     """Start containers in reverse order and see them running. Returns (started
     names, failure messages)."""
@@ -157,23 +134,23 @@ def _start_all(client: docker.DockerClient, items: list[dict[str, Any]],
                 continue
             if on_event:
                 on_event(f"starting container {name}")
-            c.start()
-            c.reload()
+            ctrs.start(c)
+            ctrs.reload(c)
             if c.status not in ("running", "restarting", "exited"):
                 failed.append(f"{name}: is {c.status} after start")
                 continue
             started.append(name)
-        except docker.errors.NotFound:
+        except NotFoundError:
             if on_event:
                 on_event(f"container {name} no longer exists; nothing to start")
-        except _DOCKER_ERRORS as e:
+        except EngineError as e:
             failed.append(f"{name}: {e}")
     return started, failed
 
 
 @contextlib.contextmanager
 def stopped(
-    client: docker.DockerClient,
+    client: Client,
     containers: Iterable[Any],
     *,
     journal_dir: Path | None = None,
@@ -190,11 +167,11 @@ def stopped(
     running = []
     for c in containers:
         try:
-            c.reload()
-        except docker.errors.NotFound:
+            ctrs.reload(c)
+        except NotFoundError:
             continue
-        except _DOCKER_ERRORS as e:
-            raise EngineError(f"cannot inspect container {_name(c)}: {e}") from None
+        except EngineError as e:
+            raise EngineError(f"cannot inspect container {ctrs.name(c)}: {e}") from None
         if c.status in ("running", "restarting") and all(r.id != c.id for r in running):
             running.append(c)
     if not running:
@@ -202,7 +179,7 @@ def stopped(
         return
 
     items: list[dict[str, Any]] = [
-        {"id": c.id, "name": _name(c), "timeout": _effective_timeout(c, timeout),
+        {"id": c.id, "name": ctrs.name(c), "timeout": _effective_timeout(c, timeout),
          "started_at": (c.attrs.get("State") or {}).get("StartedAt")}
         for c in running]
     record = {"engine": engine_url or engine_url_of(client), "containers": items}
@@ -212,7 +189,7 @@ def stopped(
         for n, c in enumerate(running):
             if on_event:
                 # docker stop waits for the process to exit: say how long it may take.
-                on_event(f"stopping container {_name(c)} (it gets up to "
+                on_event(f"stopping container {ctrs.name(c)} (it gets up to "
                          f"{items[n]['timeout']} s to exit "
                          "before it is killed; --stop-timeout changes that)")
             # Recovery must know a stop may still be under way in the engine when this
@@ -221,17 +198,14 @@ def stopped(
             entry.update(containers=items)
             t_stop = time.monotonic()
             try:
-                if timeout is None:
-                    c.stop()
-                else:
-                    c.stop(timeout=timeout)
+                ctrs.stop(c, timeout)
                 if on_event:
-                    on_event(f"container {_name(c)} stopped after "
+                    on_event(f"container {ctrs.name(c)} stopped after "
                              f"{time.monotonic() - t_stop:.1f} s")
-            except docker.errors.NotFound:
+            except NotFoundError:
                 pass
-            except _DOCKER_ERRORS as e:
-                raise EngineError(f"cannot stop container {_name(c)}: {e}") from None
+            except EngineError as e:
+                raise EngineError(f"cannot stop container {ctrs.name(c)}: {e}") from None
         yield running
     except BaseException as e:
         body_error = e
@@ -261,7 +235,7 @@ def pending(journal_dir: Path | None = None) -> list[dict[str, Any]]:
     return [e for e in journal.entries(journal_dir) if e["kind"] == "stop"]
 
 
-def recover_entry(rec: dict[str, Any], client_factory: Callable[[str], docker.DockerClient],
+def recover_entry(rec: dict[str, Any], client_factory: Callable[[str], Client],
                   clients: dict[str, Any], on_event: Event | None) -> tuple[list[str], list[str]]:
     """Start the containers of one claimed stop entry. Returns (started, errors); the
     caller forgets the entry when there are no errors."""
@@ -271,15 +245,16 @@ def recover_entry(rec: dict[str, Any], client_factory: Callable[[str], docker.Do
     except (KeyError, TypeError) as e:
         return [], [f"journal entry {rec.get('path')} is unreadable ({e}); remove it by hand"]
     try:
-        client = clients.get(engine) or client_factory(engine)
+        with ctrs.failures():
+            client = clients.get(engine) or client_factory(engine)
         clients[engine] = client
-    except (VolbakError, *_DOCKER_ERRORS) as e:
+    except VolbakError as e:
         return [], [f"cannot reach engine {engine}: {e}"]
     return _start_all(client, items, on_event)
 
 
 def recover(
-    client_factory: Callable[[str], docker.DockerClient],
+    client_factory: Callable[[str], Client],
     journal_dir: Path | None = None,
     *,
     on_event: Event | None = None,

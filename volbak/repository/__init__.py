@@ -307,3 +307,11 @@ class Repository:
     def delete_orphan(self, name: str) -> None:
         with contextlib.suppress(NotFoundError):
             self.backend.delete(name)
+
+    def incomplete_writes(self, older_than_seconds: float, *, remove: bool = False
+                          ) -> list[str]:
+        """Unfinished writes older than that (local temp files, S3 multipart uploads),
+        as far as the backend can tell; removed first with ``remove``."""
+        if remove:
+            return list(self.backend.remove_incomplete(older_than_seconds))
+        return list(self.backend.list_incomplete(older_than_seconds))

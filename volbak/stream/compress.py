@@ -3,6 +3,9 @@
 Each compressor is a push stage: ``write(chunk) -> bytes`` returns whatever output is
 ready, ``finish() -> bytes`` flushes the end. zstd runs multi-threaded inside libzstd,
 outside the GIL, so it overlaps with reading the Docker stream.
+
+Stored archives are read back through ``Reader`` (pull, bounded output, every codec);
+``decompressor`` is the push stage for a gzip stream an engine sends.
 """
 
 from __future__ import annotations
@@ -80,8 +83,8 @@ def compressor(name: str, level: int | None = None) -> Compressor:
 
 
 class _Decompressor:
-    """One wrapper for every codec: ``write`` returns what is ready, ``finish`` checks
-    that the stream ended properly (a truncated backup must not pass as whole)."""
+    """``write`` returns what is ready, ``finish`` checks that the stream ended properly
+    (a truncated stream must not pass as whole)."""
 
     def __init__(self, name: str, obj: Any, errors: type[Exception] | tuple[type[Exception], ...]
                  ) -> None:
@@ -110,11 +113,8 @@ class _Decompressor:
         return out
 
     def pieces(self, data: bytes | memoryview, limit: int = 2**20) -> Iterator[bytes]:
-        """Like ``write``, in pieces of at most ``limit`` bytes where the codec allows
-        it (gzip): a few MiB of gzip can inflate to gigabytes."""
-        if self._name != "gzip":  # only zlib can bound its output
-            yield self.write(data)
-            return
+        """Like ``write``, in pieces of at most ``limit`` bytes: a few MiB of gzip can
+        inflate to gigabytes."""
         while data:
             try:
                 out = self._d.decompress(data, limit)
@@ -144,12 +144,13 @@ class _IdentityD:
 
 
 def decompressor(name: str) -> Decompressor:
-    if name == "zstd":
-        return _Decompressor("zstd", zstandard.ZstdDecompressor().decompressobj(),
-                             zstandard.ZstdError)
+    """A push decompressor for a stream an engine sends (its GET archive answers gzip
+    when asked to); stored archives are read with ``Reader``, which also reads zstd."""
     if name == "gzip":
         return _Decompressor("gzip", zlib.decompressobj(31), zlib.error)
-    return _IdentityD()
+    if name == "none":
+        return _IdentityD()
+    raise ValueError(f"no push decompressor for {name!r}: read stored archives with Reader")
 
 
 class _Source:

@@ -6,7 +6,8 @@ and (with ``root``) refuses entries outside the archive's root directory. With
 ``digest=True`` it also computes a canonical per-entry digest (see ``hexdigest``), which
 costs a sha256 pass over the file contents; without it file data is skipped by
 arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
-parsed header (for path checks on the direct restore path).
+parsed header; it may return a ``Sink`` that then receives the entry's data (the direct
+target extracts this way, so the project has one tar reader).
 
 Understands ustar, GNU long names (L/K), PAX headers (x/g, including the ``size``
 record Go's tar writer uses for files over 8 GiB) and base-256 numbers.
@@ -21,7 +22,7 @@ import queue
 import tarfile
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import IntegrityError
 
@@ -30,6 +31,7 @@ _META_TYPES = {b"x", b"g", b"L", b"K"}
 _FILE_TYPES = {b"0", b"\0", b"7"}
 _NO_DATA_TYPES = {b"1", b"2", b"3", b"4", b"5", b"6"}
 _USTAR = b"ustar\x0000"
+MAX_META = 16 * 2**20  # one entry's PAX/long-name data, or a sparse map: memory stays bounded
 
 
 def parse_number(field: bytes) -> int:
@@ -49,23 +51,69 @@ def checksum_ok(header: bytes) -> bool:
 
 
 def pax_records(data: bytes) -> dict[bytes, bytes]:
-    """The key=value records of a PAX extended header's data."""
+    """The key=value records of a PAX extended header's data (NUL padding after the
+    last record is allowed; anything else malformed is an IntegrityError)."""
     out = {}
     pos = 0
-    while pos < len(data):
+    while pos < len(data) and data[pos] != 0:
         space = data.find(b" ", pos)
-        if space < 0:
-            break
         try:
             length = int(data[pos:space])
         except ValueError:
             raise IntegrityError("the tar stream has a malformed PAX header") from None
-        if length <= 0:
-            break
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+        end = pos + length
+        if space < 0 or length <= 0 or end > len(data) or data[end - 1:end] != b"\n":
+            raise IntegrityError("the tar stream has a malformed PAX header")
+        key, eq, value = data[space + 1:end - 1].partition(b"=")
+        if not eq:
+            raise IntegrityError("the tar stream has a malformed PAX header")
         out[key] = value
-        pos += length
+        pos = end
     return out
+
+
+def parse_time_ns(text: bytes) -> int:
+    """A PAX time ("123", "123.456", "-1.5") in nanoseconds."""
+    try:
+        neg = text.startswith(b"-")
+        whole, _, frac = text.lstrip(b"-").partition(b".")
+        ns = int(whole or b"0") * 10**9 + int((frac[:9] or b"0").ljust(9, b"0"))
+    except ValueError:
+        raise IntegrityError("the tar stream has a malformed PAX time") from None
+    return -ns if neg else ns
+
+
+def parse_sparse_map(data: bytes | bytearray) -> tuple[list[tuple[int, int]], int] | None:
+    """GNU sparse 1.0: the (offset, length) segments at the start of an entry's data,
+    and the bytes the map takes (padded to a block); None while lines are missing."""
+    lines = bytes(data).split(b"\n")
+    if len(lines) < 2:
+        return None
+    try:
+        count = int(lines[0])
+        if count < 0:
+            raise ValueError(count)
+        if len(lines) < 2 + 2 * count:
+            return None
+        values = [int(x) for x in lines[1 : 1 + 2 * count]]
+    except ValueError:
+        raise IntegrityError("a sparse file's map in the tar stream is corrupt") from None
+    text = sum(len(x) + 1 for x in lines[: 1 + 2 * count])
+    return list(zip(values[::2], values[1::2], strict=True)), text + (-text % BLOCK)
+
+
+def _sparse_01(pax: dict[bytes, bytes]) -> tuple[list[tuple[int, int]], int] | None:
+    """GNU sparse 0.1 keeps its map in the PAX header: (segments, real size)."""
+    if b"GNU.sparse.map" not in pax:
+        return None
+    try:
+        values = [int(v) for v in pax[b"GNU.sparse.map"].split(b",") if v]
+        real = int(pax.get(b"GNU.sparse.size", pax.get(b"GNU.sparse.realsize", b"0")))
+    except ValueError:
+        raise IntegrityError("the tar stream has a malformed sparse map") from None
+    if len(values) % 2:
+        raise IntegrityError("the tar stream has a malformed sparse map")
+    return list(zip(values[::2], values[1::2], strict=True)), real
 
 
 def _cstr(field: bytes) -> bytes:
@@ -91,25 +139,39 @@ class Entry:
     link: bytes  # symlink target verbatim, or hardlink target normalised
     device: tuple[int, int]
     pax: dict[bytes, bytes]
+    # Set only for ``on_entry`` (extraction needs them, counting and digesting do not):
+    path: bytes = b""  # the name as the archive spells it (absolute, "..": not normalised)
+    linkpath: bytes = b""  # the link target as spelled, hardlinks included
+    mtime_ns: int = 0
+    sparse: list[tuple[int, int]] | None = None  # data segments of a GNU sparse file
+    realsize: int = 0  # the file's logical size (a sparse file's holes included)
+    payload: int = 0  # data bytes the sink receives (a sparse 1.0 map is not among them)
+
+
+class Sink(Protocol):
+    """Receives one entry's data from ``on_entry``; ``close`` follows its last byte (at
+    once when it has none). Not called when the stream ends early."""
+
+    def write(self, data: memoryview) -> object: ...
+
+    def close(self) -> None: ...
 
 
 _ZEROS = bytes(2**20)
 
 
 class _SparseHash:
-    """sha256 of a GNU sparse 1.0 file's logical content, fed its stored data: the map
-    (decimal lines, padded to a block), then the data segments; holes hash as zeros."""
+    """sha256 of a sparse file's logical content, fed the data of its ``segments``
+    (offset, length) in order; holes hash as zeros."""
 
-    def __init__(self, realsize: int) -> None:
+    def __init__(self, realsize: int, segments: list[tuple[int, int]]) -> None:
         self._h = hashlib.sha256()
         self._real = realsize
-        self._map = bytearray()
-        self._segments: list[tuple[int, int]] | None = None
-        self._map_len = 0
+        self._segments = segments
         self._pos = 0  # logical offset hashed so far
         self._seg = 0  # index of the segment being fed
         self._seg_left = 0
-        self.done = False
+        self._next_segment()
 
     def _zeros(self, upto: int) -> None:
         while self._pos < upto:
@@ -117,32 +179,9 @@ class _SparseHash:
             self._h.update(_ZEROS[:n])
             self._pos += n
 
-    def _parse_map(self) -> bool:
-        lines = bytes(self._map).split(b"\n")
-        if len(lines) < 2:
-            return False
-        try:
-            count = int(lines[0])
-            if len(lines) < 2 + 2 * count:
-                return False
-            values = [int(x) for x in lines[1 : 1 + 2 * count]]
-        except ValueError:
-            raise IntegrityError("a sparse file's map in the tar stream is corrupt") from None
-        text = sum(len(x) + 1 for x in lines[: 1 + 2 * count])
-        self._map_len = text + (-text % BLOCK)
-        self._segments = list(zip(values[::2], values[1::2], strict=True))
-        return True
-
     def update(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        if self._segments is None:
-            self._map += view
-            if not self._parse_map():
-                return
-            view = memoryview(bytes(self._map))[self._map_len:]
-            self._map = bytearray()
-            self._next_segment()
-        while len(view) and self._segments is not None and self._seg_left:
+        while len(view) and self._seg_left:
             take = min(self._seg_left, len(view))
             self._h.update(view[:take])
             self._pos += take
@@ -153,7 +192,6 @@ class _SparseHash:
                 self._next_segment()
 
     def _next_segment(self) -> None:
-        assert self._segments is not None
         while self._seg < len(self._segments):
             offset, size = self._segments[self._seg]
             self._zeros(offset)
@@ -162,11 +200,9 @@ class _SparseHash:
                 return
             self._seg += 1
         self._zeros(self._real)
-        self.done = True
 
     def hexdigest(self) -> str:
-        if not self.done and self._segments is not None:
-            self._zeros(self._real)
+        self._zeros(self._real)
         return self._h.hexdigest()
 
 
@@ -174,7 +210,7 @@ class TarParser:
     """See the module docstring. Read the counters after feeding."""
 
     def __init__(self, *, digest: bool = False, root: str | None = None,
-                 on_entry: Callable[[Entry], None] | None = None,
+                 on_entry: Callable[[Entry], Sink | None] | None = None,
                  what: str = "the archive", owners: bool = True,
                  all_xattrs: bool = True) -> None:
         self.entries = 0
@@ -186,7 +222,7 @@ class TarParser:
         self._root = root.strip("/").encode() if root is not None else None
         self._on_entry = on_entry
         self._what = what
-        self._owners = owners  # digest uid/gid (not where an engine replaces them)
+        self.owners = owners  # digest uid/gid (not where an engine replaces them)
         # all xattrs and ACLs, or only what the archive API can write (a capability)
         self._all_xattrs = all_xattrs
         self._header = bytearray()
@@ -194,8 +230,10 @@ class TarParser:
         self._pad = 0  # then padding bytes to skip
         self._meta: bytearray | None = None  # collecting a PAX/GNU header's data
         self._meta_type = b""
+        self._map: bytearray | None = None  # collecting a GNU sparse 1.0 map
+        self._entry: Entry | None = None  # the entry whose map is being collected
         self._content: Any = None  # sha256 of the current file's data (digest mode)
-        self._finished: Any = None
+        self._sink: Sink | None = None  # the on_entry consumer of the current data
         self._record: tuple[Any, ...] | None = None
         self._pax: dict[bytes, bytes] = {}
         self._gpax: dict[bytes, bytes] = {}
@@ -209,14 +247,18 @@ class TarParser:
         while pos < n and not self.ended:
             if self._left:
                 take = min(self._left, n - pos)
-                if self._meta is not None:
-                    self._meta += view[pos : pos + take]
-                elif self._content is not None:
-                    self._content.update(view[pos : pos + take])
-                    if getattr(self._content, "done", False):
-                        self._finished, self._content = self._content, None
+                piece = view[pos : pos + take]
                 self._left -= take
                 pos += take
+                if self._meta is not None:
+                    self._meta += piece
+                elif self._map is not None:
+                    self._map_piece(piece)
+                else:
+                    if self._content is not None:
+                        self._content.update(piece)
+                    if self._sink is not None:
+                        self._sink.write(piece)
                 if not self._left:
                     self._end_member()
                 continue
@@ -224,6 +266,11 @@ class TarParser:
                 take = min(self._pad, n - pos)
                 self._pad -= take
                 pos += take
+                continue
+            if not self._header and n - pos >= BLOCK:  # the usual case: no copy to a buffer
+                header = bytes(view[pos : pos + BLOCK])
+                pos += BLOCK
+                self._on_header(header)
                 continue
             take = min(BLOCK - len(self._header), n - pos)
             self._header += view[pos : pos + take]
@@ -257,6 +304,7 @@ class TarParser:
         if h == bytes(BLOCK):
             self.ended = True
             return
+        entry = None
         # A damaged header must be an IntegrityError, not the ValueError of a
         # non-octal field or PAX value.
         try:
@@ -265,18 +313,28 @@ class TarParser:
             typ = h[156:157]
             size = parse_number(h[124:136])
             if typ in _META_TYPES:
+                if not 0 <= size <= MAX_META:
+                    raise self._corrupt(f"an oversized extended header ({size} bytes)")
                 self._meta = bytearray()
                 self._meta_type = typ
             else:
-                size = self._on_entry_header(h, typ, size)
+                size, entry = self._on_entry_header(h, typ, size)
+                if size < 0:
+                    raise self._corrupt("a negative size")
         except ValueError as e:
             raise self._corrupt(f"unreadable header field: {e}") from None
         self._left = size
         self._pad = -size % BLOCK
+        if entry is not None:
+            # outside the try: a consumer's own ValueError is no corrupt header
+            if entry.kind == b"0" and entry.pax.get(b"GNU.sparse.major") == b"1":
+                self._entry, self._map = entry, bytearray()
+            else:
+                self._begin(entry)
         if not size:
             self._end_member()
 
-    def _on_entry_header(self, h: bytes, typ: bytes, size: int) -> int:
+    def _on_entry_header(self, h: bytes, typ: bytes, size: int) -> tuple[int, Entry | None]:
         pax = {**self._gpax, **self._pax} if self._gpax else self._pax
         self._pax = {}
         name = _cstr(h[0:100])
@@ -287,13 +345,14 @@ class TarParser:
         link = self._longlink if self._longlink is not None else _cstr(h[157:257])
         self._longname = self._longlink = None
         if pax:
-            # GNU sparse 1.0 (the direct source's sparse files) keeps the real name here
+            # GNU sparse (the direct source's sparse files) keeps the real name here
             name = pax.get(b"GNU.sparse.name") or pax.get(b"path", name)
             link = pax.get(b"linkpath", link)
             if b"size" in pax:
                 size = int(pax[b"size"])
         if typ in _NO_DATA_TYPES:
             size = 0
+        raw_name, raw_link = name, link
         name = norm(name)
         # ".." would climb out of the root after the prefix check; a hardlink's target
         # must be inside too, or the engine links to a file of the helper's own tree.
@@ -315,7 +374,7 @@ class TarParser:
         if kind == b"0":
             self.file_bytes += size
         if self._digest is None and self._on_entry is None:
-            return size
+            return size, None
         mtime = parse_number(h[136:148])
         if b"mtime" in pax:
             mtime = int(pax[b"mtime"].split(b".")[0])
@@ -329,8 +388,19 @@ class TarParser:
             link = b""
         entry = Entry(name, kind, parse_number(h[100:108]) & 0o7777, uid, gid, size, mtime,
                       link, device, pax)
+        sparse = kind == b"0" and pax.get(b"GNU.sparse.major") == b"1"
+        # A sparse file is digested by its content, holes read as zeros, so a copy
+        # written densely (through the archive API) compares equal.
+        real = int(pax.get(b"GNU.sparse.realsize", size)) if sparse else size
+        entry.realsize, entry.payload = real, size
         if self._on_entry is not None:
-            self._on_entry(entry)
+            entry.path, entry.linkpath = raw_name, raw_link
+            entry.mtime_ns = parse_time_ns(pax[b"mtime"]) if b"mtime" in pax \
+                else mtime * 10**9
+            if not sparse and kind == b"0" and pax:
+                old = _sparse_01(pax)
+                if old is not None:
+                    entry.sparse, entry.realsize = old
         if self._digest is not None:
             # xattrs and POSIX ACLs, where the stream carries them (the direct source)
             if any(k.startswith((b"SCHILY.xattr.", b"SCHILY.acl.")) and
@@ -340,14 +410,41 @@ class TarParser:
                 else (b"SCHILY.xattr.security.capability",)
             xattrs = sorted((k.split(b".", 1)[1], v) for k, v in pax.items()
                             if k.startswith(kept))
-            owner = (uid, gid) if self._owners else ()
-            sparse = kind == b"0" and pax.get(b"GNU.sparse.major") == b"1"
-            # A sparse file is digested by its content, holes read as zeros, so a copy
-            # written densely (through the archive API) compares equal.
-            real = int(pax.get(b"GNU.sparse.realsize", size)) if sparse else size
+            owner = (uid, gid) if self.owners else ()
             self._record = (name, kind, entry.mode, *owner, real, mtime, link, device, xattrs)
-            self._content = _SparseHash(real) if sparse else hashlib.sha256()
-        return size
+        return size, entry
+
+    def _begin(self, entry: Entry) -> None:
+        """The entry's header (and sparse map) is read: its data comes next."""
+        if self._digest is not None:
+            if entry.sparse is not None and entry.pax.get(b"GNU.sparse.major") == b"1":
+                self._content = _SparseHash(entry.realsize, entry.sparse)
+            else:
+                self._content = hashlib.sha256()
+        if self._on_entry is not None:
+            self._sink = self._on_entry(entry)
+
+    def _map_piece(self, piece: memoryview) -> None:
+        """Collect a GNU sparse 1.0 map from the start of the entry's data; once it is
+        complete, the entry begins and the rest of the data goes on as usual."""
+        assert self._map is not None and self._entry is not None
+        self._map += piece
+        if len(self._map) > MAX_META:
+            raise self._corrupt(f"entry {self._entry.name!r} has an oversized sparse map")
+        parsed = parse_sparse_map(self._map)
+        if parsed is None or len(self._map) < parsed[1]:
+            return
+        segments, map_len = parsed
+        entry, rest = self._entry, memoryview(bytes(self._map))[map_len:]
+        self._map = self._entry = None
+        entry.sparse = segments
+        entry.payload = entry.size - map_len
+        self._begin(entry)
+        if len(rest):
+            if self._content is not None:
+                self._content.update(rest)
+            if self._sink is not None:
+                self._sink.write(rest)
 
     def _end_member(self) -> None:
         if self._meta is not None:
@@ -362,12 +459,17 @@ class TarParser:
             elif self._meta_type == b"K":
                 self._longlink = _cstr(data)
             return
+        if self._map is not None:
+            assert self._entry is not None
+            raise self._corrupt(f"entry {self._entry.name!r} has a bad sparse map")
         if self._record is not None and self._digest is not None:
-            content = self._content or self._finished
-            record = repr((*self._record, content.hexdigest())).encode()
+            record = repr((*self._record, self._content.hexdigest())).encode()
             self._digest.update(len(record).to_bytes(4, "big") + record)
             self._record = None
             self._content = None
+        if self._sink is not None:
+            sink, self._sink = self._sink, None
+            sink.close()
 
     def check_complete(self) -> None:
         if not self.ended or self._left or self._meta is not None:

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import IntegrityError, NotFoundError, VolbakError
+from ..stream.tar import Entry, TarParser, parse_time_ns
 from . import tarfmt
 from .tarfmt import BLOCK
 
@@ -590,9 +591,12 @@ class _DirAttrs:
 
 
 class _FileSink:
-    """Receives one regular file's data (with its sparse map) and writes it."""
+    """Receives one regular file's data (with its sparse map) from the tar parser and
+    writes it; ``close`` applies the file's attributes."""
 
-    def __init__(self, fd: int, entry: _Entry, segments: list[tuple[int, int]]) -> None:
+    def __init__(self, target: DirectTarget, fd: int, entry: _Entry,
+                 segments: list[tuple[int, int]]) -> None:
+        self.target = target
         self.fd = fd
         self.entry = entry
         self.segments = [s for s in segments if s[1]]
@@ -602,15 +606,21 @@ class _FileSink:
             os.lseek(fd, self.segments[0][0], os.SEEK_SET)
 
     def write(self, view: memoryview) -> None:
-        while view:
-            take = min(self._left, len(view))
-            done = os.write(self.fd, view[:take])
-            view = view[done:]
-            self._left -= done
-            if not self._left and self._i + 1 < len(self.segments):
-                self._i += 1
-                offset, self._left = self.segments[self._i]
-                os.lseek(self.fd, offset, os.SEEK_SET)
+        try:
+            while view:
+                take = min(self._left, len(view))
+                done = os.write(self.fd, view[:take])
+                view = view[done:]
+                self._left -= done
+                if not self._left and self._i + 1 < len(self.segments):
+                    self._i += 1
+                    offset, self._left = self.segments[self._i]
+                    os.lseek(self.fd, offset, os.SEEK_SET)
+        except OSError as e:
+            raise self.target._oserror(self.entry.name, e) from None
+
+    def close(self) -> None:
+        self.target._finish_file()
 
 
 class DirectTarget:
@@ -626,8 +636,6 @@ class DirectTarget:
     Nothing is ever written outside ``path``. ``report`` collects warnings (attributes
     the host refused, e.g. owners when not root)."""
 
-    _HEADER, _META, _DATA, _SKIP, _SPARSEMAP, _END = range(6)
-    MAX_META = 16 * 2**20  # one entry's PAX/long-name data
     DIR_CACHE = 64
 
     def __init__(self, path: str | bytes, root: str = "data") -> None:
@@ -642,20 +650,10 @@ class DirectTarget:
                 hint="run volbak as root (or the engine's user), or use --source api",
             ) from None
         self._root_user = os.geteuid() == 0
-        self._state = self._HEADER
-        self._need = BLOCK
-        self._buf = bytearray()
-        self._left = 0  # data bytes of the current entry still to come
-        self._pad = 0
-        self._meta_type = b""
-        self._pax: list[tuple[bytes, bytes]] = []
-        self._gpax: list[tuple[bytes, bytes]] = []
-        self._longname: bytes | None = None
-        self._longlink: bytes | None = None
-        self._entry: _Entry | None = None
+        # Paths are checked here, against the names as the archive spells them, not by
+        # the parser's root check: a target must also refuse absolute names and links.
+        self._parser = TarParser(on_entry=self._on_entry)
         self._sink: _FileSink | None = None
-        self._sink_parent = -1
-        self._sink_name = b""
         self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
         self._cache: dict[tuple[bytes, ...], int] = {}
         self._closed = False
@@ -663,48 +661,7 @@ class DirectTarget:
     # -- feeding
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            if self._state == self._END:
-                return  # zero padding after the end marker
-            if self._state == self._DATA:
-                take = min(self._left, len(view))
-                assert self._sink is not None
-                try:
-                    self._sink.write(view[:take])
-                except OSError as e:
-                    raise self._oserror(self._sink.entry.name, e) from None
-                self._left -= take
-                view = view[take:]
-                if not self._left:
-                    self._finish_file()
-                    self._to_skip(self._pad)
-                continue
-            if self._state == self._SKIP:
-                take = min(self._left, len(view))
-                self._left -= take
-                view = view[take:]
-                if not self._left:
-                    self._state, self._need = self._HEADER, BLOCK
-                continue
-            need = self._need
-            if not self._buf and len(view) >= need:  # the usual case: no copy to a buffer
-                block = bytes(view[:need])
-                view = view[need:]
-            else:
-                take = min(need - len(self._buf), len(view))
-                self._buf += view[:take]
-                view = view[take:]
-                if len(self._buf) < need:
-                    continue
-                block = bytes(self._buf)
-                self._buf.clear()
-            if self._state == self._HEADER:
-                self._on_header(block)
-            elif self._state == self._META:
-                self._on_meta(block)
-            else:
-                self._on_sparse_map(block)
+        self._parser.feed(memoryview(data).cast("B"))
 
     def extract(self, chunks: Iterable[bytes]) -> Report:
         try:
@@ -719,7 +676,7 @@ class DirectTarget:
     def close(self) -> None:
         if self._closed:
             return
-        if self._state != self._END:
+        if not self._parser.ended:
             self.abort()
             raise IntegrityError(
                 "the archive ended early (truncated tar stream)",
@@ -755,121 +712,34 @@ class DirectTarget:
         else:
             self.abort()
 
-    # -- parsing
+    # -- entries, from the tar parser
 
-    def _to_skip(self, n: int) -> None:
-        if n:
-            self._state, self._left = self._SKIP, n
-        else:
-            self._state, self._need = self._HEADER, BLOCK
-
-    def _on_header(self, block: bytes) -> None:
-        if block == tarfmt.ZERO_BLOCK:
-            self._state = self._END
-            return
-        if not tarfmt.checksum_ok(block):
-            raise IntegrityError(
-                "the archive's tar stream is corrupt (bad header checksum)",
-                hint="the stored backup is damaged; restore an older backup",
-            )
-        typ = block[156:157]
-        size = tarfmt.parse_number(block[124:136])
-        if typ in (b"x", b"g", b"L", b"K"):
-            if not 0 <= size <= self.MAX_META:
-                raise IntegrityError(f"the archive has an oversized extended header ({size})")
-            self._meta_type = typ
-            self._meta_size = size
-            self._need = size + tarfmt.padding(size)
-            self._state = self._META
-            if not self._need:
-                self._on_meta(b"")
-            return
-        pax = dict(self._gpax)
-        pax.update(self._pax)
-        records = self._gpax + self._pax
-        self._pax = []
-        name = self._longname if self._longname is not None else _ustar_name(block)
-        linkname = self._longlink if self._longlink is not None else _field(block[157:257])
-        self._longname = self._longlink = None
-        name = pax.get(b"path", name)
-        linkname = pax.get(b"linkpath", linkname)
-        if b"size" in pax:
-            size = _pax_int(pax[b"size"])
-        mtime_ns = (tarfmt.parse_time_ns(pax[b"mtime"]) if b"mtime" in pax
-                    else tarfmt.parse_number(block[136:148]) * 10**9)
-        xattrs, acl_access, acl_default = _xattrs(records)
-        sparse, realsize = _sparse_info(pax, size)
-        if sparse is not None or b"GNU.sparse.major" in pax:
-            name = pax.get(b"GNU.sparse.name", name)
+    def _on_entry(self, e: Entry) -> _FileSink | None:
+        pax = e.pax
+        if pax.get(b"GNU.sparse.major") == b"1" and e.kind != b"0":
+            raise IntegrityError(f"the archive's entry {show(e.path)} is a sparse non-file")
+        if e.sparse is None and (b"GNU.sparse.offset" in pax
+                                 or b"GNU.sparse.numblocks" in pax):
+            raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak does "
+                                 "not read", hint="extract this archive with GNU tar")
+        xattrs, acl_access, acl_default = _xattrs(pax.items())
         entry = _Entry(
-            name=name, typ=typ if typ != b"\0" else tarfmt.REGULAR,
-            mode=tarfmt.parse_number(block[100:108]) & 0o7777,
-            uid=_pax_int(pax[b"uid"]) if b"uid" in pax else tarfmt.parse_number(block[108:116]),
-            gid=_pax_int(pax[b"gid"]) if b"gid" in pax else tarfmt.parse_number(block[116:124]),
-            size=size, mtime_ns=mtime_ns,
-            atime_ns=tarfmt.parse_time_ns(pax[b"atime"]) if b"atime" in pax else mtime_ns,
-            linkname=linkname,
-            devmajor=tarfmt.parse_number(block[329:337]),
-            devminor=tarfmt.parse_number(block[337:345]),
+            name=e.path, typ=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, size=e.size,
+            mtime_ns=e.mtime_ns,
+            atime_ns=parse_time_ns(pax[b"atime"]) if b"atime" in pax else e.mtime_ns,
+            linkname=e.linkpath, devmajor=e.device[0], devminor=e.device[1],
             xattrs=xattrs, acl_access=acl_access, acl_default=acl_default,
-            sparse=sparse, realsize=realsize,
+            sparse=e.sparse, realsize=e.realsize,
         )
-        if size < 0:
-            raise IntegrityError(f"the archive's entry {show(name)} has a negative size")
         self.report.entries += 1
-        self._entry = entry
-        if pax.get(b"GNU.sparse.major") == b"1":
-            if entry.typ != tarfmt.REGULAR:
-                raise IntegrityError(f"the archive's entry {show(name)} is a sparse non-file")
-            self._left = size
-            self._pad = tarfmt.padding(size)
-            self._sparse_text = bytearray()
-            self._state, self._need = self._SPARSEMAP, BLOCK
-            return
-        self._dispatch(entry)
+        return self._dispatch(entry, e.payload)
 
-    def _on_meta(self, block: bytes) -> None:
-        data = block[:self._meta_size]
-        typ = self._meta_type
-        if typ == b"x":
-            self._pax.extend(tarfmt.pax_records(data))
-        elif typ == b"g":
-            self._gpax.extend(tarfmt.pax_records(data))
-        elif typ == b"L":
-            self._longname = data.split(b"\0", 1)[0]
-        else:
-            self._longlink = data.split(b"\0", 1)[0]
-        self._state, self._need = self._HEADER, BLOCK
-
-    def _on_sparse_map(self, block: bytes) -> None:
-        """GNU sparse 1.0: the map is decimal lines at the start of the data."""
-        entry = self._entry
-        assert entry is not None
-        self._left -= BLOCK
-        if self._left < 0 or len(self._sparse_text) > self.MAX_META:
-            raise IntegrityError(f"the archive's entry {show(entry.name)} has a bad sparse map")
-        self._sparse_text += block
-        numbers = self._sparse_text.split(b"\n")
-        try:
-            count = int(numbers[0])
-            if len(numbers) - 1 < 1 + 2 * count:
-                return  # more map blocks follow
-            values = [int(v) for v in numbers[1:1 + 2 * count]]
-        except ValueError:
-            raise IntegrityError(
-                f"the archive's entry {show(entry.name)} has a bad sparse map") from None
-        entry.sparse = list(zip(values[::2], values[1::2], strict=True))
-        self._dispatch(entry)
-
-    # -- extracting
-
-    def _dispatch(self, entry: _Entry) -> None:
+    def _dispatch(self, entry: _Entry, payload: int) -> _FileSink | None:
+        """Extract one entry; a regular file returns the sink for its data."""
         parts = self._parts(entry.name, entry)
         typ = entry.typ
-        skip = 0  # types 1-6 carry no data (as GNU tar and Python's tarfile read them)
-        if typ in (tarfmt.REGULAR, b"7"):
-            self._regular(parts, entry)
-            return
+        if typ == tarfmt.REGULAR:
+            return self._regular(parts, entry, payload)
         if typ == tarfmt.DIRECTORY:
             self._directory(parts, entry)
         elif typ == tarfmt.SYMLINK:
@@ -888,11 +758,10 @@ class DirectTarget:
                 "which volbak does not read",
                 hint="extract this archive with GNU tar",
             )
-        else:
+        else:  # the parser skips its data
             self.report.skipped += 1
             self.report.warn(f"{show(entry.name)}: unknown tar entry type {typ!r}; skipped")
-            skip = entry.size + tarfmt.padding(entry.size)
-        self._to_skip(skip)
+        return None
 
     def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
         """``what`` is "entry" for the entry's own name, "hardlink" for its link target."""
@@ -971,7 +840,8 @@ class DirectTarget:
             raise self._refuse_path(entry, "would replace a directory")
         os.unlink(name, dir_fd=parent)
 
-    def _regular(self, parts: tuple[bytes, ...], entry: _Entry) -> None:
+    def _regular(self, parts: tuple[bytes, ...], entry: _Entry,
+                 payload: int) -> _FileSink:
         if not parts:
             raise self._refuse_path(entry, "would replace the target directory")
         parent = self._dir_fd(parts[:-1], entry)
@@ -985,35 +855,17 @@ class DirectTarget:
                 fd = os.open(name, flags, 0o600, dir_fd=parent)
         except OSError as e:
             raise self._oserror(entry.name, e) from None
-        if entry.sparse is not None:
-            segments = entry.sparse
-            for offset, length in segments:
-                if offset < 0 or length < 0 or offset + length > entry.realsize:
-                    os.close(fd)
-                    raise IntegrityError(
-                        f"the archive's entry {show(entry.name)} has a bad sparse map")
-        else:
-            segments = [(0, entry.size)]
-        self._sink = _FileSink(fd, entry, segments)
-        self._sink_parent, self._sink_name = parent, name
-        payload = sum(n for _, n in segments)
-        if self._state == self._SPARSEMAP:
-            remaining = self._left  # data after the map blocks
-            if payload != remaining:
-                os.close(fd)
-                raise IntegrityError(
-                    f"the archive's entry {show(entry.name)} has a bad sparse map")
-        elif entry.sparse is not None and payload != entry.size:
+        segments = entry.sparse if entry.sparse is not None else [(0, entry.size)]
+        # The segments must hold exactly the data that follows, inside the real size.
+        if entry.sparse is not None and (
+                any(offset < 0 or length < 0 or offset + length > entry.realsize
+                    for offset, length in segments)
+                or sum(n for _, n in segments) != payload):
             os.close(fd)
             raise IntegrityError(f"the archive's entry {show(entry.name)} has a bad sparse map")
-        self._left = payload
-        self._pad = tarfmt.padding(entry.size)
+        self._sink = _FileSink(self, fd, entry, segments)
         self.report.file_bytes += payload
-        if payload:
-            self._state = self._DATA
-        else:
-            self._finish_file()
-            self._to_skip(self._pad)
+        return self._sink
 
     def _finish_file(self) -> None:
         sink, self._sink = self._sink, None
@@ -1186,27 +1038,7 @@ def extract(path: str | bytes, chunks: Iterable[bytes], root: str = "data") -> R
     return DirectTarget(path, root).extract(chunks)
 
 
-# ------------------------------------------------------------------ header helpers
-
-
-def _field(raw: bytes) -> bytes:
-    return raw.split(b"\0", 1)[0]
-
-
-def _ustar_name(block: bytes) -> bytes:
-    name = _field(block[:100])
-    if block[257:263] == b"ustar\x00":  # POSIX: a prefix field may hold the leading part
-        prefix = _field(block[345:500])
-        if prefix:
-            name = prefix + b"/" + name
-    return name
-
-
-def _pax_int(value: bytes) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise IntegrityError("the tar stream has a malformed PAX number") from None
+# ------------------------------------------------------------------ entry helpers
 
 
 def _is_link(name: bytes, parent: int) -> bool:
@@ -1216,7 +1048,7 @@ def _is_link(name: bytes, parent: int) -> bool:
         return False
 
 
-def _xattrs(records: list[tuple[bytes, bytes]]
+def _xattrs(records: Iterable[tuple[bytes, bytes]]
             ) -> tuple[list[tuple[str, bytes]], bytes | None, bytes | None]:
     """xattrs (SCHILY and libarchive records) and ACL texts of one entry. A raw
     ``system.posix_acl_*`` xattr (GNU tar stores both) wins over the text: it holds ids."""
@@ -1240,21 +1072,3 @@ def _xattrs(records: list[tuple[bytes, bytes]]
             with contextlib.suppress(ValueError):
                 acls[kind] = tarfmt.acl_to_text(raw)
     return list(xattrs.items()), acls.get("access"), acls.get("default")
-
-
-def _sparse_info(pax: dict[bytes, bytes], size: int
-                 ) -> tuple[list[tuple[int, int]] | None, int]:
-    """The sparse map of a GNU PAX sparse 0.1 entry (1.0 keeps it in the data; its map
-    is read later), and the file's real size."""
-    if pax.get(b"GNU.sparse.major") == b"1":
-        return None, _pax_int(pax.get(b"GNU.sparse.realsize", b"%d" % size))
-    if b"GNU.sparse.map" in pax:
-        values = [_pax_int(v) for v in pax[b"GNU.sparse.map"].split(b",") if v]
-        if len(values) % 2:
-            raise IntegrityError("the tar stream has a malformed sparse map")
-        real = _pax_int(pax.get(b"GNU.sparse.size", pax.get(b"GNU.sparse.realsize", b"0")))
-        return list(zip(values[::2], values[1::2], strict=True)), real
-    if b"GNU.sparse.offset" in pax or b"GNU.sparse.numblocks" in pax:
-        raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak does not "
-                             "read", hint="extract this archive with GNU tar")
-    return None, size

@@ -1,7 +1,8 @@
-"""The tar records the direct source writes and the direct target reads: POSIX ustar
-headers, PAX extended headers with the usual ``SCHILY.xattr.*``, ``SCHILY.acl.*`` and GNU
-sparse 1.0 records (what GNU tar writes with ``--format=posix --xattrs --acls
---sparse``), and POSIX ACLs converted between the kernel's xattr form and text.
+"""The tar records the direct source writes: POSIX ustar headers, PAX extended headers
+with the usual ``SCHILY.xattr.*``, ``SCHILY.acl.*`` and GNU sparse 1.0 records (what GNU
+tar writes with ``--format=posix --xattrs --acls --sparse``), and POSIX ACLs converted
+between the kernel's xattr form and text. Reading is volbak.stream.tar's (the one tar
+parser); the direct target takes its entries from there.
 
 Names and values stay bytes throughout: a volume may hold names that are not UTF-8.
 """
@@ -12,10 +13,7 @@ import grp
 import pwd
 import struct
 
-from ..errors import IntegrityError
-
 BLOCK = 512
-ZERO_BLOCK = bytes(BLOCK)
 END_OF_ARCHIVE = bytes(2 * BLOCK)
 
 REGULAR, HARDLINK, SYMLINK, CHARDEV, BLOCKDEV, DIRECTORY, FIFO = (
@@ -129,57 +127,6 @@ def sparse_map_block(segments: list[tuple[int, int]]) -> bytes:
     """The map GNU sparse 1.0 puts at the start of the entry's data, padded."""
     text = b"%d\n" % len(segments) + b"".join(b"%d\n%d\n" % seg for seg in segments)
     return text + b"\0" * padding(len(text))
-
-
-# ------------------------------------------------------------------ reading
-
-
-def parse_number(field: bytes) -> int:
-    if field and field[0] & 0x80:  # base-256 (GNU/star) for huge values
-        n = int.from_bytes(field, "big")
-        return n - (1 << (8 * len(field) - 1))
-    text = field.split(b"\0", 1)[0].strip(b" \0")
-    try:
-        return int(text, 8) if text else 0
-    except ValueError:
-        raise IntegrityError("the tar stream has a malformed header field") from None
-
-
-def checksum_ok(block: bytes) -> bool:
-    want = parse_number(block[148:156])
-    return want == sum(block[:148]) + 8 * 32 + sum(block[156:])
-
-
-def pax_records(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The key=value records of a PAX extended header's data, in order."""
-    out = []
-    pos = 0
-    while pos < len(data) and data[pos] != 0:
-        space = data.find(b" ", pos)
-        try:
-            length = int(data[pos:space])
-        except ValueError:
-            raise IntegrityError("the tar stream has a malformed PAX header") from None
-        end = pos + length
-        if space < 0 or length <= 0 or end > len(data) or data[end - 1:end] != b"\n":
-            raise IntegrityError("the tar stream has a malformed PAX header")
-        key, eq, value = data[space + 1:end - 1].partition(b"=")
-        if not eq:
-            raise IntegrityError("the tar stream has a malformed PAX header")
-        out.append((key, value))
-        pos = end
-    return out
-
-
-def parse_time_ns(text: bytes) -> int:
-    """A PAX time ("123", "123.456", "-1.5") in nanoseconds."""
-    try:
-        neg = text.startswith(b"-")
-        whole, _, frac = text.lstrip(b"-").partition(b".")
-        ns = int(whole or b"0") * 10**9 + int((frac[:9] or b"0").ljust(9, b"0"))
-    except ValueError:
-        raise IntegrityError("the tar stream has a malformed PAX time") from None
-    return -ns if neg else ns
 
 
 # ------------------------------------------------------------------ POSIX ACLs
