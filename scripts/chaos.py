@@ -588,7 +588,10 @@ def kind_corrupt(w: World, n: int, res: Result) -> None:
     vol, stamp = bid.split("@")
     manifest = w.repo / vol / f"{stamp}.manifest.json"
     data = json.loads(manifest.read_text())
-    archive = w.repo / data["object"]["name"]
+    # the backup's own data object: the archive (archive format) or its chunk list (dedup
+    # format; packs are shared with the other backups, so damage stays out of them)
+    own = data["object"]["name"] if data.get("object") else data["storage"]["chunks"]
+    archive = w.repo / own
     how = w.rng.choice(["truncate-manifest", "empty-object", "empty-array", "garbage",
                         "flip-archive", "truncate-archive"])
     if how == "truncate-manifest":
