@@ -368,6 +368,9 @@ class World:
         have = self.vlisting(client, name)
         got = describe(have, self.known)
         if got not in allowed:
+            with contextlib.suppress(docker.errors.NotFound):
+                v = client.api.inspect_volume(name)
+                got += f", labels {v.get('Labels')}, created {v.get('CreatedAt')}"
             res.violations.append(f"{kind}: target {name} is {got}, allowed {allowed} "
                                   f"(exit {code}){_diff(have, self.known, allowed)}")
         elif code == 0 and got != "new":
