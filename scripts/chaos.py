@@ -777,8 +777,8 @@ def _s3(kind: str, w: World, n: int, res: Result) -> None:
 
     def ids() -> list[str]:
         r = run("list", vol, "--json")
-        if r.returncode == 3:  # no backup of the volume yet
-            return []
+        if r.returncode == 3 or (r.returncode == 5 and "no repository at" in r.stderr):
+            return []  # no backup of the volume yet, or nothing at all under the prefix
         if r.returncode != 0 or "Traceback" in r.stderr:
             res.violations.append(f"{kind}: list exited {r.returncode}: {r.stderr[-300:]}")
             return []
