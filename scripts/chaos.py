@@ -269,11 +269,11 @@ class World:
 
     def hit(self, kind: str, args: list[str], fault: Callable[[subprocess.Popen[str]], str],
             res: Result, cmd: list[str] | None = None, env: dict[str, str] | None = None,
-            window: str | None = None) -> tuple[int, str, str]:
+            window: str | None = None, reach: float = 1.3) -> tuple[int, str, str]:
         """Run volbak, apply ``fault`` at a random instant; returns (code, fault, stderr).
         ``cmd``/``env`` replace ``self.cmd(*args)``/``self.env``; ``window`` names the
         clean run whose duration bounds the instant (default: ``kind``)."""
-        t_max = self.duration.get(window or kind, 5.0) * 1.3 + 0.2
+        t_max = self.duration.get(window or kind, 5.0) * reach + 0.2
         delay = self.rng.uniform(0, t_max)
         with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
             proc = subprocess.Popen(cmd or self.cmd(*args), env=env or self.env, stdout=out,
@@ -823,8 +823,9 @@ def _s3(kind: str, w: World, n: int, res: Result) -> None:
             os.kill(srv.pid, signal.SIGCONT)
         return f"SIGSTOP s3 server {bound:.1f}s"
 
+    # within the clean run's time: a fault after the command ended tests nothing here
     code, what, err = w.hit(kind, args, fault, res, cmd=[*VOLBAK, *args, *repo()], env=env,
-                            window=window)
+                            window=window, reach=0.8)
     # recovery: the server back (a killed one restarted on its data), then `volbak
     # cleanup` (which runs the recovery of dead runs first, as every command does)
     t0 = time.monotonic()
