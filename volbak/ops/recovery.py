@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +65,11 @@ from ..util.signals import deferred
 from . import journal, stopper
 
 Event = Callable[[str], None]
+# A new target volume's own nonce. Docker's CreatedAt of a local volume is the ctime of
+# its data directory: it moves as soon as a run writes into the volume's root (or sets
+# the root's mode), so it cannot tell a dead run's half-made target from a later volume
+# of the same name (chaos restore-new: 8 of 30 runs left mixed targets). The nonce can.
+TARGET_LABEL = "volbak.target"
 
 
 # -- volumes -----------------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class NewTargets:
         """Journal, then create a new target volume with ``labels`` (which must include
         a volbak label: recovery removes the volume only if it still carries them)."""
         journal.touch_engine(engine.url, self._dir)
+        labels = {**labels, TARGET_LABEL: secrets.token_hex(8)}
         entry = journal.Entry("new-target", {"engine": engine.url, "type": "volume",
                                              "name": name, "labels": labels}, self._dir)
         try:
@@ -196,8 +203,9 @@ def _undo_target(engine: Engine, rec: dict[str, Any]) -> bool:
         return True
     if not _labels_match(info.get("Labels"), want):
         return True
-    if rec.get("created_at") and info.get("CreatedAt") != rec["created_at"]:
-        return True  # same name and labels, but made later by someone else
+    if TARGET_LABEL not in want and rec.get("created_at") \
+            and info.get("CreatedAt") != rec["created_at"]:
+        return True  # (an entry from before the nonce) maybe made later by someone else
     return remove_volume(engine, name)
 
 

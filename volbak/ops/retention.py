@@ -29,8 +29,9 @@ Usage::
 
 ``prune`` deletes through ``Repository.delete`` (manifest first), so a prune
 interrupted at any point leaves no backup that is listed but unreadable; it leaves
-orphan archives alone. ``clean_orphans`` removes them, but only those whose stamp is
-older than a grace period: a backup still being written has no manifest yet.
+orphan archives alone. ``clean_orphans`` removes them, but only those whose stamp and
+stored time are both older than a grace period: a backup still being written has no
+manifest yet.
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ class Orphan:
     stamp_time: dt.datetime | None  # from the object's name; None if it has no stamp
     expired: bool  # older than the grace period: deleted unless dry_run
     deleted: bool
+    mtime: float | None = None  # when the backend stored it (None: it cannot say)
 
 
 DEFAULT_ORPHAN_GRACE = dt.timedelta(hours=24)
@@ -236,23 +238,30 @@ def clean_orphans(
     """Find archive objects without a manifest; delete those older than ``grace``.
 
     An orphan is left by a backup that crashed after storing its archive, or by a prune
-    interrupted between a manifest and its archive. A backup *in progress* also has an
-    archive without a manifest for a moment, and its stamp is its start time, so the
-    grace period must exceed the longest backup run (default 24 h). Orphans whose name
-    carries no stamp, or a stamp younger than ``grace``, are only reported
-    (``expired=False``); with ``dry_run`` nothing is deleted. Returns every orphan found.
+    interrupted between a manifest and its archive. A backup *in progress* (here or on
+    another host) also has an archive without a manifest for a moment, and its stamp is
+    its start time, so the grace period must exceed the longest backup run (default
+    24 h, the same safe age as for temp files and multipart uploads). An orphan is old
+    only when both its stamp and the time the backend stored it (``ObjectInfo.mtime``)
+    are older than ``grace``: the stamp alone would take the archive a long backup
+    stored a moment ago. Orphans without a stamp (not volbak's naming), or whose
+    backend cannot say when it stored them (mtime None: a plugin from before object
+    times), are only reported (``expired=False``), as are younger ones; with
+    ``dry_run`` nothing is deleted. Returns every orphan found.
     """
     now = now or dt.datetime.now(dt.UTC)
     out: list[Orphan] = []
-    for name in repo.orphans():
+    for obj in repo.orphan_objects():
+        name = obj.name
         if volume and not name.startswith(f"{volume}/"):
             continue
         when = _stamp_time(name)
-        old = when is not None and now - when > grace
+        old = (when is not None and now - when > grace and obj.mtime is not None
+               and now.timestamp() - obj.mtime > grace.total_seconds())
         deleted = False
         if old and not dry_run:
             with contextlib.suppress(NotFoundError, ObjectNotFound):
                 repo.delete_orphan(name)
             deleted = True
-        out.append(Orphan(name, when, old, deleted))
+        out.append(Orphan(name, when, old, deleted, obj.mtime))
     return out

@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..backend import Backend
+from ..backend import Backend, ObjectInfo
 from ..errors import IntegrityError, NotFoundError, UsageError
 from .format import BackupReader, BackupWriter
 from .manifest import (
@@ -295,14 +295,18 @@ class Repository:
 
     def orphans(self) -> Iterable[str]:
         """Stored objects with no manifest: left by a crashed backup or prune."""
-        names = {o.name for o in self.backend.list()}
-        listed = {n[: -len(MANIFEST_SUFFIX)] for n in names if n.endswith(MANIFEST_SUFFIX)}
-        for n in sorted(names):
+        return (o.name for o in self.orphan_objects())
+
+    def orphan_objects(self) -> Iterable[ObjectInfo]:
+        """``orphans`` with what the backend lists about each (size, mtime if known)."""
+        objs = {o.name: o for o in self.backend.list()}
+        listed = {n[: -len(MANIFEST_SUFFIX)] for n in objs if n.endswith(MANIFEST_SUFFIX)}
+        for n in sorted(objs):
             if n.startswith("_") or "/" not in n:
                 continue  # the dedup format's own objects and the config (see dedup/gc.py)
             vol, _, file = n.rpartition("/")
             if not n.endswith(MANIFEST_SUFFIX) and f"{vol}/{file.split('.', 1)[0]}" not in listed:
-                yield n
+                yield objs[n]
 
     def delete_orphan(self, name: str) -> None:
         with contextlib.suppress(NotFoundError):

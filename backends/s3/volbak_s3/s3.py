@@ -66,6 +66,10 @@ are both more than ``age`` seconds old, measured on the server's clock (the ``Da
 the listing) with one second of slack for S3's whole-second timestamps: an upload that a
 live writer elsewhere still feeds keeps getting new parts, so it is never taken.
 
+Object ages. ``list`` and ``stat`` report ``LastModified`` (the server's clock, whole
+seconds) as ``ObjectInfo.mtime``: the PutObject's time, or for a multipart upload its
+start on AWS (its completion on some other servers); cleanup ages orphan archives by it.
+
 Reading streams the GetObject body (``read(n)``). ``delete`` of a missing object raises
 ObjectNotFound, as the contract demands, which costs a HeadObject first (S3's own
 DeleteObject succeeds on missing keys). Every boto3/botocore exception is translated into
@@ -219,6 +223,13 @@ def _parse_bool(key: str, text: str) -> bool:
     if t in ("0", "false", "no", "off"):
         return False
     raise UsageError(f"-o {key}={text}: expected true or false")
+
+
+def _timestamp(when: Any) -> float | None:
+    """LastModified (botocore parses it into an aware datetime) as POSIX seconds."""
+    if isinstance(when, datetime.datetime) and when.tzinfo is not None:
+        return when.timestamp()
+    return None
 
 
 def _timed_out(exc: BaseException) -> bool:
@@ -563,7 +574,7 @@ class S3Backend(Backend):
             if isinstance(err, ObjectNotFound):
                 err = self._not_found(name)
             raise err from None
-        return ObjectInfo(name, int(resp["ContentLength"]))
+        return ObjectInfo(name, int(resp["ContentLength"]), _timestamp(resp.get("LastModified")))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = f"{self.prefix}/" if self.prefix else ""
@@ -580,7 +591,7 @@ class S3Backend(Backend):
                         check_name(name)
                     except ValueError:
                         continue  # "folder/" markers from consoles, "a//b": not ours
-                    yield ObjectInfo(name, int(obj["Size"]))
+                    yield ObjectInfo(name, int(obj["Size"]), _timestamp(obj.get("LastModified")))
         except Exception as e:
             raise self._translate(e, prefix) from None
 
