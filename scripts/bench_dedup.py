@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 LABEL = {"volbak-bench": "1"}
 MiB = 1 << 20
+CHUNKER: dict | None = None  # --chunk: the repository default if None
 WORDS = ["volume", "backup", "restore", "chunk", "index", "pack", "stream", "docker",
          "engine", "repository", "lorem", "ipsum", "dolor", "sit", "amet", "consectetur",
          "adipiscing", "elit", "sed", "do", "eiusmod"]
@@ -176,7 +177,7 @@ def new_repo(path: Path, encrypted: bool = True):
 
     ident = X25519Identity.generate()
     repo = Repository(LocalBackend(path))
-    repo.init("dedup", [ident.recipient()] if encrypted else [])
+    repo.init("dedup", [ident.recipient()] if encrypted else [], CHUNKER)
     return repo, ident
 
 
@@ -355,7 +356,7 @@ def bench_docker(host: str, size_mib: int, work: Path, repeat: int) -> dict:
             from volbak.local import LocalBackend
             from volbak.repository import Repository
 
-            Repository(LocalBackend(repo)).init("dedup", [ident.recipient()])
+            Repository(LocalBackend(repo)).init("dedup", [ident.recipient()], CHUNKER)
             runs["backup-first"] = measure("backup", host, vol, str(repo))
             runs["backup-unchanged"] = measure("backup", host, vol, str(repo))
             for name in (f"volbak-bench-cpin-{r}", f"volbak-bench-restore-{r}"):
@@ -386,8 +387,15 @@ def index_worker(path: str) -> None:
     from volbak.repository import Repository
 
     repo = Repository(LocalBackend(Path(path)))
+    left = [64]
+
+    def read(n: int) -> bytes:  # streamed like a volume: 64 MiB never sit in memory
+        if not left[0]:
+            return b""
+        left[0] -= 1
+        return os.urandom(MiB)
     t = time.monotonic()
-    backup_stream(repo, "v", dt.datetime.now(dt.UTC), io.BytesIO(os.urandom(64 * MiB)).read)
+    backup_stream(repo, "v", dt.datetime.now(dt.UTC), read)
     print(time.monotonic() - t, peak_rss_mib())
 
 
@@ -407,11 +415,21 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--index-chunks", type=int, default=400_000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--chunk", metavar="MIN/AVG/MAX[b|t]",
+                    help="chunk sizes in KiB for the repositories made (default: volbak's); "
+                    "suffix b: big files' data in fixed blocks of AVG (fastcdc+tar+blocks), "
+                    "t: content only with tar cuts (fastcdc+tar)")
     ap.add_argument("--skip-docker", action="store_true")
     ap.add_argument("--skip-year", action="store_true")
     ap.add_argument("--skip-ratio", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
     args = ap.parse_args()
+    global CHUNKER
+    if args.chunk:
+        spec = args.chunk.rstrip("bt")
+        lo, avg, hi = (int(x) * 1024 for x in spec.split("/"))
+        alg = {"b": "fastcdc+tar+blocks", "t": "fastcdc+tar"}.get(args.chunk[-1])
+        CHUNKER = {"min": lo, "avg": avg, "max": hi, **({"algorithm": alg} if alg else {})}
     work = Path(tempfile.mkdtemp(prefix="volbak-bench-dedup-"))
     os.environ["VOLBAK_HOST_KEY"] = str(work / "host.key")
     results: dict[str, object] = {}

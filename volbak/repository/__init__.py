@@ -70,8 +70,10 @@ class Repository:
             return cfg.format
         return "archive" if next(iter(self.backend.list()), None) is not None else "new"
 
-    def init(self, fmt: str, recipients: Sequence[Any] = ()) -> dict[str, Any]:
-        """Create a repository in an empty location (``volbak init``)."""
+    def init(self, fmt: str, recipients: Sequence[Any] = (),
+             chunker: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a repository in an empty location (``volbak init``); ``chunker``
+        ({"algorithm", "min", "avg", "max"}) overrides the defaults (benchmarks)."""
         from .dedup import init_repository
         from .dedup.keys import CONFIG, RepoConfig
 
@@ -86,7 +88,7 @@ class Repository:
             self.backend.put_bytes(CONFIG, cfg.to_json())
             self._config = cfg
             return {"format": "archive", "id": cfg.id, "host_key": None}
-        cfg, _, path = init_repository(self.backend, list(recipients))
+        cfg, _, path = init_repository(self.backend, list(recipients), chunker)
         self._config = cfg
         return {"format": "dedup", "id": cfg.id, "encrypted": cfg.encrypted,
                 "host_key": str(path) if path else None}

@@ -142,6 +142,16 @@ class DedupStore:
         return (int(c.get("min", keymod.CHUNK_MIN)), int(c.get("avg", keymod.CHUNK_AVG)),
                 int(c.get("max", keymod.CHUNK_MAX)))
 
+    @property
+    def chunk_blocks(self) -> bool:
+        """Big files' data in fixed blocks (chunker.Chunker ``blocks``); repositories
+        made before this setting existed record "fastcdc+tar"."""
+        return self.config.chunker.get("algorithm") == "fastcdc+tar+blocks"
+
+    @property
+    def chunk_tar(self) -> bool:
+        return self.config.chunker.get("algorithm", "fastcdc+tar") != "fastcdc"
+
     def write_keys(self) -> keymod.Keys:
         """What a backup needs: never an identity."""
         if not self.config.encrypted:

@@ -71,12 +71,14 @@ class DedupWriter(BackupWriter):
             meta = self._keys.metadata
             self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
             self._keyblock, self._content_key = KeyBlock.new(self._keys.recipients)
-            self._session: set[bytes] = set()
+            # New ids join the compact index (a set would cost ~120 bytes a chunk).
+            self._session = self._index.ids
             self._hashq: deque[tuple[bytes, Future[bytes]]] = deque()
             self._encq: deque[tuple[bytes, int, Future[bytes]]] = deque()
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="volbak-dedup")
             self._local = threading.local()
-            self._chunker = Chunker(self._on_chunk, *store.chunker)
+            self._chunker = Chunker(self._on_chunk, *store.chunker, tar_aware=store.chunk_tar,
+                                    blocks=store.chunk_blocks)
             self.chunks_name = f"{volume}/{stamp}{CHUNKS_SUFFIX}"
             self._list_w = self._backend.create_writer(self.chunks_name)
             self._list_h = blake3.blake3()
