@@ -47,6 +47,9 @@ class Repository:
         # One damaged manifest must not hide the rest of the repository.
         self.damaged: list[tuple[str, str]] = []
         self._config: Any = None
+        # Passphrase identities a dedup repository's host keys may be derived from when
+        # this host has no host key file (dedup/store.py DedupStore._host_keys).
+        self.derive_keys: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -99,7 +102,7 @@ class Repository:
         cfg = self.config()
         if cfg is None or cfg.format != "dedup":
             raise UsageError(f"{self.url} is not a dedup repository")
-        return DedupStore(self.backend, cfg)
+        return DedupStore(self.backend, cfg, self.derive_keys)
 
     def close(self) -> None:
         self.backend.close()
@@ -228,6 +231,7 @@ class Repository:
         store = self.dedup()
         enc = store.config.encryption or {}
         given = {str(r) for r in recipients if not isinstance(r, ScryptRecipient)}
+        store.derive += [r.identity() for r in recipients if isinstance(r, ScryptRecipient)]
         if recipients and (not enc or (given and given != set(enc.get("recipients", [])))
                            or (not given and not enc.get("passphrase"))):
             raise UsageError(

@@ -153,6 +153,9 @@ class PackWriter:
 def read_trailer(backend: Backend, name: str, size: int, metadata_key: bytes) -> list[PackEntry]:
     """The pack's own list of blobs (to rebuild an index without the old one)."""
     (tlen,) = _U32.unpack(backend.read_range(name, max(0, size - 4), 4))
+    if size < 14 + 4 + tlen:
+        raise IntegrityError(f"pack {name} is truncated (its trailer length is wrong)",
+                             hint="the repository was modified or damaged")
     raw = unseal(backend.read_range(name, size - 4 - tlen, tlen), metadata_key,
                  f"the trailer of pack {name}")
     return [PackEntry(*TRAILER_REC.unpack_from(raw, o))
