@@ -38,8 +38,9 @@ class TarCuts:
     """Follows tar headers in a stream fed piecewise; ``cuts`` gets the offsets at
     which a chunk must end."""
 
-    def __init__(self, min_file: int) -> None:
+    def __init__(self, min_file: int, spans: bool = False) -> None:
         self.min_file = min_file
+        self._keep_spans = spans
         self.cuts: deque[int] = deque()
         self.spans: deque[tuple[int, int]] = deque()  # (start, end) of each big file's data
         self._pos = 0  # stream offset of the next byte fed
@@ -114,7 +115,8 @@ class TarCuts:
         if size >= self.min_file:
             self.cuts.append(data)
             self.cuts.append(self._next)
-            self.spans.append((data, data + size))
+            if self._keep_spans:
+                self.spans.append((data, data + size))
 
 
 class Chunker:
@@ -133,8 +135,8 @@ class Chunker:
                  max_size: int, tar_aware: bool = True, blocks: bool = False) -> None:
         self._cdc = FastCDC(avg_size=avg_size, min_size=min_size, max_size=max_size)
         self._emit = emit
-        self._tar = TarCuts(min_size) if tar_aware else None
         self._block = avg_size if blocks and tar_aware else 0
+        self._tar = TarCuts(min_size, bool(self._block)) if tar_aware else None
         self._buf = bytearray()
         self._base = 0  # stream offset of self._buf[0]
 
