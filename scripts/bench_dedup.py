@@ -2,7 +2,8 @@
 """Benchmark of the dedup repository format.
 
     scripts/bench_dedup.py [--host URL] [--size-mib 1024] [--year-mib 64] [--days 365]
-                           [--index-chunks 400000] [--skip-docker] [--skip-year]
+                           [--index-chunks 3300000] [--chunk MIN/AVG/MAX[b|t]]
+                           [--skip-docker] [--skip-year]
 
 1. ratio: a mixed tree (random files, compressible text, a database-like file of 8 KiB
    pages) of SIZE MiB, tarred by the host's tar; a second backup after ~1% change
@@ -12,8 +13,8 @@
    with --keep-daily 7 --keep-weekly 4 --keep-monthly 12 and garbage-collected (tar
    streams made in memory, no Docker). Reports the repository size against 20 full
    archives (zstd-3 tar of the final tree, what the archive format stores per backup).
-3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (400,000 =
-   100 GiB of unique data at 256 KiB) and backs up 64 MiB against it.
+3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (3,300,000 =
+   100 GiB of unique data at 32 KiB) and backs up 64 MiB (streamed) against it.
 4. docker (needs root on the engine's host; volumes are filled through their
    mountpoints): the SIZE MiB tree in a volume; first dedup backup (encrypted), backup of
    the unchanged volume, restore into a new volume, against `docker cp` out and in of
@@ -413,7 +414,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--year-mib", type=int, default=64)
     ap.add_argument("--days", type=int, default=365)
-    ap.add_argument("--index-chunks", type=int, default=400_000)
+    ap.add_argument("--index-chunks", type=int, default=3_300_000)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--chunk", metavar="MIN/AVG/MAX[b|t]",
                     help="chunk sizes in KiB for the repositories made (default: volbak's); "
