@@ -268,10 +268,10 @@ def bench_index(chunks: int, work: Path) -> dict:
     repo, _ = new_repo(path)
     store = repo.dedup()
     meta = store.write_keys().metadata
-    per_pack = 128
+    per_pack = 1024  # 32 MiB packs of 32 KiB chunks, as a backup writes them
     packs = []
     for p in range(0, chunks, per_pack):
-        entries = [PackEntry(os.urandom(32), 100 + i * 200_000, 200_000, 262_144, 0)
+        entries = [PackEntry(os.urandom(32), 100 + i * 30_000, 30_000, 32_768, 0)
                    for i in range(min(per_pack, chunks - p))]
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)

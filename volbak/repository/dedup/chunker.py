@@ -26,8 +26,9 @@ from ...stream.tar import BLOCK, checksum_ok, parse_number
 _META = {b"x", b"g", b"L", b"K"}
 _NO_DATA = {b"1", b"2", b"3", b"4", b"5", b"6"}
 # How much to gather before running the chunker over the buffer: every run re-reads
-# the last (unfinished) chunk, so runs over big buffers keep that cost small.
-_BATCH = 8 << 20
+# the last (unfinished) chunk (<= max, 128 KiB by default), so runs over a few MiB keep
+# that cost small; more only raises peak memory.
+_BATCH = 2 << 20
 
 
 def _pad(n: int) -> int:

@@ -280,11 +280,11 @@ class Index:
                                      hint="another prune ran at the same time; run again") from None
             idx.files.append(name)
             idx.sizes[name] = names[name]
-            nos = [idx._pack(p) for p in f.packs]
             skipped = {i for i, p in enumerate(f.packs) if p.name in skip}
-            if ids_only:
+            if ids_only:  # no pack table either: a backup only asks "is it stored?"
                 f.add_ids(ids, skipped)
                 continue
+            nos = [idx._pack(p) for p in f.packs]
             loc = idx.loc
             for cid, pno, off, length, raw, k in f.records():
                 if pno in skipped or (want is not None and cid not in want):
