@@ -711,9 +711,11 @@ if __name__ == "__main__":
 def _repository_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """New repositories default to the dedup format; tests written for the archive
     format get it unless they ask otherwise (VOLBAK_REPO_FORMAT=dedup, or 'volbak init').
-    Host key files of encrypted dedup repositories stay in the test's directory."""
+    Host key files of encrypted dedup repositories stay in the test's directory, and so
+    does the state directory (journal, the dedup file caches)."""
     monkeypatch.setenv("VOLBAK_REPO_FORMAT", "archive")
     monkeypatch.setenv("VOLBAK_HOST_KEY", str(tmp_path / "host-key.json"))
+    monkeypatch.setenv("VOLBAK_STATE_DIR", str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ post_backup = "rm /data/dump.sql"
 keep = {{ last = 3, monthly = "unlimited" }}
 
 [jobs.media]
+cache = false
 volumes = ["photos", "music"]
 labels = ["backup=nightly", "volbak.include"]
 repo = "s3://bucket/prefix"
@@ -66,6 +67,7 @@ def test_good_config(tmp_path):
     assert media.recipients_file == Path.home() / "recipients.txt"
     assert media.keep == Policy(daily=7, weekly=4)  # from [defaults]
     assert media.compress == "gzip" and media.stop is False
+    assert media.cache is False and db.cache is True  # backup --no-cache
     assert media.encrypted and db.encrypted
     assert [j.name for j in cfg.select()] == ["databases", "media"]
     assert [j.name for j in cfg.select(["media", "databases", "media"])] == [
@@ -108,6 +110,7 @@ def test_unknown_job_selected(tmp_path):
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\ncompress="bzip2"', "jobs.a.compress",
          "'zstd' or 'gzip' or 'none'"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nstop="yes"', "jobs.a.stop", "true or false"),
+        ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\ncache=0', "jobs.a.cache", "true or false"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nwebhook="ftp://x"', "jobs.a.webhook",
          "an http:// or https:// URL"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nrecipients=["ssh-ed25519 AAAA"]',

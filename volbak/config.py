@@ -14,6 +14,7 @@ Example::
     containers = ["postgres"]              # the volumes of these containers, as one set
     stop = true
     pre_backup = "pg_dumpall -U postgres > /var/lib/postgresql/data/dump.sql"
+    cache = false                          # read every file (backup --no-cache)
 
     [jobs.media]
     volumes = ["photos", "music"]
@@ -61,7 +62,7 @@ COMPRESSIONS = ("zstd", "gzip", "none")
 JOB_KEYS = (
     "volumes", "containers", "labels", "repo", "repo_options", "recipients",
     "recipients_file", "passphrase_file", "compress", "stop", "pre_backup", "post_backup",
-    "keep", "on_failure", "webhook", "identity_file",
+    "keep", "on_failure", "webhook", "identity_file", "cache",
 )
 # Keys a job needs no volume for: what every other command reads as its defaults
 # (``volbak list --config FILE [--job NAME]``).
@@ -96,6 +97,7 @@ class Job:
     on_failure: str | None = None
     webhook: str | None = None
     identity_file: Path | None = None  # for restore/verify defaults; `run` never decrypts
+    cache: bool = True  # false: like `backup --no-cache` (read every file)
 
     @property
     def encrypted(self) -> bool:
@@ -316,7 +318,7 @@ class _Parser:
                 if v not in COMPRESSIONS:
                     raise self.error(kp, " or ".join(repr(c) for c in COMPRESSIONS), v)
                 kw[k] = v
-            elif k == "stop":
+            elif k in ("stop", "cache"):
                 if not isinstance(v, bool):
                     raise self.error(kp, "true or false", v)
                 kw[k] = v

@@ -47,6 +47,9 @@ from .context import (
               help="Check the names and show what would be backed up and stopped; "
               "back up nothing.")
 @source_option
+@click.option("--no-cache", is_flag=True,
+              help="Read every file, even those the file cache knows unchanged (dedup "
+              "repositories, direct source); the cache is written afresh.")
 @click.option("--helper-image", metavar="IMAGE",
               help="Image for the helper container (default: an empty image volbak imports).")
 @encryption_options
@@ -54,8 +57,8 @@ from .context import (
 def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
            compression: str | None, exclude: tuple[str, ...], stop: bool,
            stop_timeout: int | None, pre_backup: str | None, post_backup: str | None,
-           lock_wait: float, dry_run: bool, helper_image: str | None, source: str,
-           recipient: tuple[str, ...], recipients_file: tuple[str, ...],
+           lock_wait: float, dry_run: bool, no_cache: bool, helper_image: str | None,
+           source: str, recipient: tuple[str, ...], recipients_file: tuple[str, ...],
            passphrase_file: str | None, ask_passphrase: bool) -> None:
     """Back up volumes into the repository.
 
@@ -93,7 +96,7 @@ def backup(ctx: Ctx, volumes: tuple[str, ...], containers: tuple[str, ...],
         return
     opts = BackupOptions(compression or s.compress or "zstd",
                          recipients(recipient, recipients_file, passphrase_file, ask_passphrase),
-                         helper_image, ctx.progress, source, exclude)
+                         helper_image, ctx.progress, source, exclude, cache=not no_cache)
     repo = ctx.repo(create=True)
     stored: list[Any] = []
 
@@ -142,10 +145,20 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     tar_size = m.tar.get("size", 0)
     summary = {**info.summary(), "tar_size": tar_size, "seconds": secs,
                "sha256": (m.object or {}).get("sha256"), "repo": ctx.repo().url}
+    cache = m.extra.get("file_cache")
+    if cache:
+        summary["file_cache"] = cache
     ctx.emit(summary)
     for warning in m.warnings:
         ctx.warn(f"{info.id}: {warning}")
-    ctx.say(f"{info.id}  {fmt_size(tar_size)} read, {fmt_size(info.size)} stored "
+    if cache and cache.get("save_error"):
+        ctx.warn(f"{info.id}: the file cache was not saved ({cache['save_error']}); "
+                 "the next backup reads every file")
+    reused = ""
+    if cache and cache.get("files_reused"):
+        reused = (f" ({plural(cache['files_reused'], 'unchanged file')}, "
+                  f"{fmt_size(cache.get('bytes_reused', 0))}, taken from the file cache)")
+    ctx.say(f"{info.id}  {fmt_size(tar_size)} read{reused}, {fmt_size(info.size)} stored "
             f"({m.compression}{', encrypted' if m.encryption else ''}), "
             f"{plural(m.entries, 'entry', 'entries')}, {secs:.1f} s, "
             f"{fmt_rate(tar_size, secs)}")

@@ -29,12 +29,13 @@ from ..engine import (
 )
 from ..errors import NotFoundError
 from ..repository import BackupInfo, Manifest, Repository, make_stamp
+from ..repository.format import BackupWriter
 from ..repository.manifest import iso
 from ..stream import compress
 from ..stream.pipeline import pump_into
 from ..stream.tar import TarParser
 from ..util.progress import Progress
-from ..volumes import open_source
+from ..volumes import TreeSource, open_source
 
 
 @dataclasses.dataclass
@@ -45,6 +46,7 @@ class BackupOptions:
     progress: bool = False
     source: str = "auto"  # auto | direct | api (volbak.volumes.select)
     exclude: Sequence[str] = ()  # patterns of paths inside the volume to leave out
+    cache: bool = True  # dedup + direct: reuse unchanged files' chunks (volumes.filecache)
 
 
 def backup_volume(
@@ -80,13 +82,7 @@ def backup_volume(
             repo.create_backup(volume, started, compression=opts.compression,
                                recipients=opts.recipients) as writer, \
             Progress(f"backup {volume}", total, opts.progress) as bar:
-        read = src.read
-        if opts.exclude:
-            from ..stream.exclude import ExcludeFilter
-
-            read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
-        pump_into(read, writer.write, parser.feed, bar.update)
-        parser.check_complete()
+        cache = stream_into(src, writer, parser, volume, vol, opts, bar.update)
         manifest = Manifest(
             volume={
                 "name": volume,
@@ -111,8 +107,68 @@ def backup_volume(
         )
         if opts.exclude:
             manifest.extra["exclude"] = list(opts.exclude)
+        if cache is not None:
+            manifest.extra["file_cache"] = cache.stats.as_dict()
         manifest.duration_seconds = round(time.monotonic() - t0, 3)
-        return writer.commit(manifest)
+        info = writer.commit(manifest)
+        if cache is not None:
+            cache.save()  # only after the manifest: a failed backup leaves the old cache
+            # what the host's cache became is this run's news, not part of the backup
+            info.manifest.extra["file_cache"] = cache.stats.as_dict()
+        return info
+
+
+def stream_into(src: TreeSource, writer: BackupWriter, parser: TarParser, volume: str,
+                vol: dict[str, Any], opts: BackupOptions,
+                progress: Callable[[int], Any] | None = None) -> Any:
+    """The volume's tar stream into ``writer``, watched by ``parser`` (checked complete);
+    returns the file cache session (``volumes.filecache``) to save after the commit, or
+    None where the cache does not apply."""
+    read = src.read
+    if opts.exclude:
+        from ..stream.exclude import ExcludeFilter
+
+        read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
+    cache = _file_cache(src, writer, volume, vol, opts)
+    inspect, write = parser.feed, writer.write
+    if cache is not None:
+        from ..volumes.filecache import Reused
+
+        def inspect(data: Any) -> None:
+            if isinstance(data, Reused):
+                parser.skip(len(data))
+            else:
+                parser.feed(data)
+
+        def write(data: Any) -> None:
+            if isinstance(data, Reused):
+                writer.append_known(data.pairs(), len(data))  # type: ignore[attr-defined]
+            else:
+                writer.write(data)
+
+    pump_into(read, write, inspect, progress)
+    parser.check_complete()
+    return cache
+
+
+def _file_cache(src: Any, writer: Any, volume: str, vol: dict[str, Any],
+                opts: BackupOptions) -> Any:
+    """The file cache session of a dedup backup read directly on the host, else None.
+    With ``--no-cache`` nothing is reused but the cache is still written afresh."""
+    if src.direct is None or opts.exclude or not hasattr(writer, "append_known"):
+        return None  # --exclude shifts stream offsets under the source's feet
+    cut = writer.file_cut_min
+    if not cut:
+        return None
+    from ..volumes import filecache
+
+    scope = filecache.Scope(writer.repository_id, volume, str(vol.get("Mountpoint")),
+                            (cut, *writer.chunker_params))
+    session = filecache.start(scope, cut, writer.has_chunk, enabled=opts.cache,
+                              why_off="off (--no-cache)")
+    writer.watch_chunks(session.on_chunk)
+    src.direct.use_cache(session)
+    return session
 
 
 def backup_container(

@@ -184,7 +184,8 @@ def run_job(job: Any, connect: Callable[[], Engine], open_repo: Callable[[Any], 
         if not volumes and not job.containers:
             raise NotFoundError(f"job '{job.name}' selects no volume (labels {job.labels})",
                                 hint="check the job's volumes/containers/labels")
-        opts = BackupOptions(job.compress, make_recipients(job), None, progress)
+        opts = BackupOptions(job.compress, make_recipients(job), None, progress,
+                             cache=job.cache)
         how = Consistency(job.stop, job.pre_backup, job.post_backup, lock_wait)
         infos = guarded_backup(engine, repo, volumes, list(job.containers), opts, how, on_event,
                                on_stored=lambda i: report.backups.append(i.summary()),

@@ -233,6 +233,19 @@ class TarParser:
                 self._header.clear()
                 self._on_header(header)
 
+    def skip(self, n: int) -> None:
+        """Count ``n`` bytes that are exactly the current file's data and padding
+        without seeing them (the dedup file cache reuses an unchanged file's chunks
+        without reading it). Only where the data is not needed: not in digest mode."""
+        if (self._digest is not None or self._on_entry is not None or self._meta is not None
+                or self._header or not self._left or self._left + self._pad != n):
+            raise IntegrityError(
+                "internal error: the tar stream skipped data it cannot account for",
+                hint="run the backup again with --no-cache")
+        self.tar_bytes += n
+        self._left = self._pad = 0
+        self._end_member()
+
     def _corrupt(self, why: str) -> IntegrityError:
         return IntegrityError(
             f"the tar stream of {self._what} is corrupt ({why})",

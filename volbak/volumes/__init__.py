@@ -40,6 +40,7 @@ class TreeSource:
     why: str  # why this kind was chosen
     warnings: Callable[[], list[str]]  # what the read noticed (complete once read)
     changed: Callable[[], int] = lambda: 0  # files that changed while they were read
+    direct: Any = None  # the DirectSource (kind "direct"): for the dedup file cache
 
 
 @contextlib.contextmanager
@@ -58,7 +59,7 @@ def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
                                                       "more warnings not listed"]
                                                      if r.warning_count > len(r.warnings)
                                                      else []),
-                             lambda: r.changed)
+                             lambda: r.changed, src)
         return
     with helper(engine, [VolumeMount(volume, "/" + root)], image) as cid:
         tar = VolumeTar(engine, cid, root)

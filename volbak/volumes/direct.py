@@ -54,6 +54,7 @@ import stat
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import IntegrityError, NotFoundError, VolbakError
 from . import tarfmt
@@ -132,6 +133,15 @@ class DirectSource:
         self._rest: bytes | memoryview = b""
         self._failed: BaseException | None = None
         self._closed = False
+        self._produced = 0  # stream bytes handed out by the generator so far
+        self._cache: Any = None
+
+    def use_cache(self, session: Any) -> None:
+        """Take unchanged big files' data from the dedup file cache (filecache.Session)
+        instead of reading them: ``read`` then returns a ``filecache.Reused`` marker, on
+        its own, in place of such a file's data and padding. Only for a consumer that
+        understands it (the dedup writer), and before the first ``read``."""
+        self._cache = session
 
     # -- the stream
 
@@ -151,6 +161,12 @@ class DirectSource:
                     raise
                 if not piece:
                     break
+                self._produced += len(piece)
+            if not isinstance(piece, bytes | memoryview):  # a filecache.Reused
+                if pieces:
+                    self._rest = piece
+                    break
+                return piece  # type: ignore[return-value]
             room = n - got
             if len(piece) > room:
                 view = memoryview(piece)
@@ -390,17 +406,40 @@ class DirectSource:
     def _file_body(self, fd: int, rel: bytes, st: os.stat_result) -> Iterator[bytes]:
         pax = self._attrs(fd, rel)
         sparse = st.st_size > 0 and st.st_blocks * 512 < st.st_size
+        cache = self._cache
+        if cache is not None and not sparse and st.st_size >= cache.min_size:
+            reused = cache.lookup(rel, st)
+            # The chunker follows PAX headers up to 64 KiB (chunker.TarCuts); behind a
+            # bigger one (huge xattrs) it might not cut, so such a file is read.
+            if reused is not None and sum(len(k) + len(v) + 32 for k, v in pax) < 60_000:
+                # As good as read at this fstat: the same instant a read would begin.
+                header = self._file_header(rel, st, st.st_size, pax)
+                cache.region(rel, st, self._produced + len(header), st.st_size)
+                cache.reused(st.st_size)
+                yield header
+                yield reused
+                return
+            cache.stats.files_read += 1
         if st.st_size <= SMALL and not sparse:
+            changed = self.report.changed
             data, st = self._read_small(fd, rel, st)
-            self.report.entries += 1
-            self.report.file_bytes += len(data)
-            yield tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
-                                uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                                size=len(data), pax=pax)
+            header = self._file_header(rel, st, len(data), pax)
+            if cache is not None and len(data) >= cache.min_size:
+                cache.region(rel, st, self._produced + len(header), len(data)).ok &= \
+                    changed == self.report.changed
+            yield header
             if data:
                 yield data + b"\0" * tarfmt.padding(len(data))
             return
         yield from self._read_large(fd, rel, st, pax, sparse)
+
+    def _file_header(self, rel: bytes, st: os.stat_result, size: int,
+                     pax: list[tuple[bytes, bytes]]) -> bytes:
+        self.report.entries += 1
+        self.report.file_bytes += size
+        return tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+                             uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                             size=size, pax=pax)
 
     def _read_small(self, fd: int, rel: bytes, st: os.stat_result
                     ) -> tuple[bytes, os.stat_result]:
@@ -438,9 +477,13 @@ class DirectSource:
             payload += len(mapblock)
         self.report.entries += 1
         self.report.file_bytes += size
-        yield tarfmt.header(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
-                            uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                            size=payload, pax=pax)
+        header = tarfmt.header(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+                               uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                               size=payload, pax=pax)
+        region = None
+        if self._cache is not None and not sparse and size >= self._cache.min_size:
+            region = self._cache.region(rel, st, self._produced + len(header), size)
+        yield header
         if sparse:
             yield mapblock
         short = False
@@ -456,6 +499,8 @@ class DirectSource:
         if payload % BLOCK:
             yield bytes(tarfmt.padding(payload))
         if short or not _same(st, os.fstat(fd)):
+            if region is not None:
+                region.ok = False
             self.report.changed += 1
             self.report.warn(f"{show(rel)}: changed while it was read"
                              + (" (it shrank; the rest is zeros)" if short else ""))

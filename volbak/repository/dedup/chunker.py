@@ -76,6 +76,14 @@ class TarCuts:
             self._head.clear()
         self._pos = end
 
+    def skip(self, n: int) -> bool:
+        """Pass over ``n`` bytes if they are exactly the data and padding of the file
+        whose header was fed last; else False and nothing changes."""
+        if not self.enabled or self._head or self._pax_end > 0 or self._next != self._pos + n:
+            return False
+        self._pos += n
+        return True
+
     def _on_pax(self) -> None:
         for rec in bytes(self._pax).split(b"\n"):
             _, _, kv = rec.partition(b" ")
@@ -117,7 +125,7 @@ class TarCuts:
             self.cuts.append(data)
             self.cuts.append(self._next)
             if self._keep_spans:
-                self.spans.append((data, data + size))
+                self.spans.append((data, self._next))  # padding in the last block
 
 
 class Chunker:
@@ -149,6 +157,24 @@ class Chunker:
 
     def finish(self) -> None:
         self._run(final=True)
+
+    @property
+    def file_cut_min(self) -> int | None:
+        """Files of at least this many bytes have their data (with padding) cut into
+        whole chunks of their own; None when the chunker does not follow tar headers."""
+        return self._tar.min_file if self._tar is not None else None
+
+    def skip(self, n: int) -> bool:
+        """Pass over ``n`` bytes of the stream that are the whole data (with padding) of
+        a big file, which the caller has as chunks already: only right after that file's
+        header, where the buffer was just cut. False (nothing changed) elsewhere."""
+        t = self._tar
+        if t is None or self._buf or not t.cuts or t.cuts[0] != self._base + n \
+                or not t.skip(n):
+            return False
+        t.cuts.popleft()
+        self._base += n
+        return True
 
     def _cut(self, end: int, whole: bool) -> None:
         """Chunk self._buf[:end]; with ``whole`` the last piece is a chunk too,

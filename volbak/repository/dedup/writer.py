@@ -23,13 +23,14 @@ import contextlib
 import struct
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import blake3
 import zstandard
 
-from ...errors import NotFoundError
+from ...errors import IntegrityError, NotFoundError
 from ...stream.pump import _tune_malloc
 from ...util.signals import deferred
 from ..format import BackupWriter
@@ -55,6 +56,26 @@ def chunk_id(key: bytes, data: bytes | memoryview) -> bytes:
 
 def chunk_ids(key: bytes, batch: list[bytes]) -> list[bytes]:
     return [blake3.blake3(data, key=key).digest() for data in batch]
+
+
+class _Watched:
+    """The chunk list's writer, telling a listener each (chunk id, length) record."""
+
+    def __init__(self, inner: Any, listener: Callable[[bytes, int], Any]) -> None:
+        self._inner = inner
+        self._listener = listener
+        self._part = b""
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data)
+        buf = self._part + data if self._part else data
+        end = len(buf) - len(buf) % LIST_REC.size
+        for cid, raw in LIST_REC.iter_unpack(memoryview(buf)[:end]):
+            self._listener(cid, raw)
+        self._part = bytes(buf[end:])
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class DedupWriter(BackupWriter):
@@ -172,6 +193,45 @@ class DedupWriter(BackupWriter):
         if self._pack is not None:
             pack, self._pack = self._pack, None
             self._packs.append(pack.finish())
+
+    # -- the file cache (volbak.volumes.filecache) ---------------------------------------
+
+    @property
+    def repository_id(self) -> str:
+        return self._store.config.id
+
+    @property
+    def file_cut_min(self) -> int | None:
+        return self._chunker.file_cut_min
+
+    @property
+    def chunker_params(self) -> tuple[int, ...]:
+        return tuple(self._store.chunker)
+
+    def has_chunk(self, cid: bytes) -> bool:
+        """In the index this run loaded (packs a GC plan will delete left out)."""
+        return cid in self._index
+
+    def watch_chunks(self, listener: Callable[[bytes, int], Any]) -> None:
+        """``listener(chunk id, raw length)`` for every chunk of the stream, in order."""
+        self._list = _Watched(self._list, listener)
+
+    def append_known(self, chunks: Iterable[tuple[bytes, int]], size: int) -> None:
+        """The next ``size`` bytes of the stream (a big file's data and padding, right
+        after its header) are ``chunks``, already in the repository: list them without
+        the bytes. The chunker must agree that they are whole chunks of their own."""
+        if not self._chunker.skip(size):
+            raise IntegrityError(
+                "internal error: reused chunks do not fall on the chunker's cuts",
+                hint="run the backup again with --no-cache")
+        self._advance(True)  # what came before is listed first
+        for cid, raw in chunks:
+            if cid not in self._index and cid not in self._session:
+                raise IntegrityError("internal error: a reused chunk is not in the index",
+                                     hint="run the backup again with --no-cache")
+            self._list.write(LIST_REC.pack(cid, raw))
+            self.chunks += 1
+            self.raw_bytes += raw
 
     # -- commit / abort -----------------------------------------------------------------
 
