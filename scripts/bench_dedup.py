@@ -2,7 +2,8 @@
 """Benchmark of the dedup repository format.
 
     scripts/bench_dedup.py [--host URL] [--size-mib 1024] [--year-mib 64] [--days 365]
-                           [--index-chunks 400000] [--skip-docker] [--skip-year]
+                           [--index-chunks 3300000] [--chunk MIN/AVG/MAX[b|t]]
+                           [--skip-docker] [--skip-year]
 
 1. ratio: a mixed tree (random files, compressible text, a database-like file of 8 KiB
    pages) of SIZE MiB, tarred by the host's tar; a second backup after ~1% change
@@ -12,8 +13,8 @@
    with --keep-daily 7 --keep-weekly 4 --keep-monthly 12 and garbage-collected (tar
    streams made in memory, no Docker). Reports the repository size against 20 full
    archives (zstd-3 tar of the final tree, what the archive format stores per backup).
-3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (400,000 =
-   100 GiB of unique data at 256 KiB) and backs up 64 MiB against it.
+3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (3,300,000 =
+   100 GiB of unique data at 32 KiB) and backs up 64 MiB (streamed) against it.
 4. docker (needs root on the engine's host; volumes are filled through their
    mountpoints): the SIZE MiB tree in a volume; first dedup backup (encrypted), backup of
    the unchanged volume, restore into a new volume, against `docker cp` out and in of
@@ -43,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 LABEL = {"volbak-bench": "1"}
 MiB = 1 << 20
+CHUNKER: dict | None = None  # --chunk: the repository default if None
 WORDS = ["volume", "backup", "restore", "chunk", "index", "pack", "stream", "docker",
          "engine", "repository", "lorem", "ipsum", "dolor", "sit", "amet", "consectetur",
          "adipiscing", "elit", "sed", "do", "eiusmod"]
@@ -176,7 +178,7 @@ def new_repo(path: Path, encrypted: bool = True):
 
     ident = X25519Identity.generate()
     repo = Repository(LocalBackend(path))
-    repo.init("dedup", [ident.recipient()] if encrypted else [])
+    repo.init("dedup", [ident.recipient()] if encrypted else [], CHUNKER)
     return repo, ident
 
 
@@ -266,10 +268,10 @@ def bench_index(chunks: int, work: Path) -> dict:
     repo, _ = new_repo(path)
     store = repo.dedup()
     meta = store.write_keys().metadata
-    per_pack = 128
+    per_pack = 1024  # 32 MiB packs of 32 KiB chunks, as a backup writes them
     packs = []
     for p in range(0, chunks, per_pack):
-        entries = [PackEntry(os.urandom(32), 100 + i * 200_000, 200_000, 262_144, 0)
+        entries = [PackEntry(os.urandom(32), 100 + i * 30_000, 30_000, 32_768, 0)
                    for i in range(min(per_pack, chunks - p))]
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)
@@ -355,7 +357,7 @@ def bench_docker(host: str, size_mib: int, work: Path, repeat: int) -> dict:
             from volbak.local import LocalBackend
             from volbak.repository import Repository
 
-            Repository(LocalBackend(repo)).init("dedup", [ident.recipient()])
+            Repository(LocalBackend(repo)).init("dedup", [ident.recipient()], CHUNKER)
             runs["backup-first"] = measure("backup", host, vol, str(repo))
             runs["backup-unchanged"] = measure("backup", host, vol, str(repo))
             for name in (f"volbak-bench-cpin-{r}", f"volbak-bench-restore-{r}"):
@@ -386,8 +388,15 @@ def index_worker(path: str) -> None:
     from volbak.repository import Repository
 
     repo = Repository(LocalBackend(Path(path)))
+    left = [64]
+
+    def read(n: int) -> bytes:  # streamed like a volume: 64 MiB never sit in memory
+        if not left[0]:
+            return b""
+        left[0] -= 1
+        return os.urandom(MiB)
     t = time.monotonic()
-    backup_stream(repo, "v", dt.datetime.now(dt.UTC), io.BytesIO(os.urandom(64 * MiB)).read)
+    backup_stream(repo, "v", dt.datetime.now(dt.UTC), read)
     print(time.monotonic() - t, peak_rss_mib())
 
 
@@ -405,13 +414,23 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--year-mib", type=int, default=64)
     ap.add_argument("--days", type=int, default=365)
-    ap.add_argument("--index-chunks", type=int, default=400_000)
+    ap.add_argument("--index-chunks", type=int, default=3_300_000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--chunk", metavar="MIN/AVG/MAX[b|t]",
+                    help="chunk sizes in KiB for the repositories made (default: volbak's); "
+                    "suffix b: big files' data in fixed blocks of AVG (fastcdc+tar+blocks), "
+                    "t: content only with tar cuts (fastcdc+tar)")
     ap.add_argument("--skip-docker", action="store_true")
     ap.add_argument("--skip-year", action="store_true")
     ap.add_argument("--skip-ratio", action="store_true")
     ap.add_argument("--skip-index", action="store_true")
     args = ap.parse_args()
+    global CHUNKER
+    if args.chunk:
+        spec = args.chunk.rstrip("bt")
+        lo, avg, hi = (int(x) * 1024 for x in spec.split("/"))
+        alg = {"b": "fastcdc+tar+blocks", "t": "fastcdc+tar"}.get(args.chunk[-1])
+        CHUNKER = {"min": lo, "avg": avg, "max": hi, **({"algorithm": alg} if alg else {})}
     work = Path(tempfile.mkdtemp(prefix="volbak-bench-dedup-"))
     os.environ["VOLBAK_HOST_KEY"] = str(work / "host.key")
     results: dict[str, object] = {}

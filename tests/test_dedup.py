@@ -307,7 +307,7 @@ def test_backup_started_after_plan_does_not_reuse_planned_packs(tmp_path: Path) 
     repo.delete(a)
     gc(repo)
     b = backup(repo, "v", stream)  # stores the chunks again
-    assert b.manifest.storage["new_chunks"] == b.manifest.storage["chunk_count"]
+    assert b.manifest.storage["new_chunks"] == a.manifest.storage["new_chunks"]
     gc(repo, dt.datetime.now(dt.UTC) + LATER)
     assert restore(repo, b) == stream
 
@@ -504,3 +504,53 @@ def test_standalone_extractor(tmp_path: Path, kind: str) -> None:
     bad = subprocess.run([sys.executable, str(script), str(tmp_path / "repo"), info.id, *flags],
                          capture_output=True)
     assert bad.returncode == 1 and b"volbak_extract" in bad.stderr
+
+
+def test_passphrase_repository_derives_host_keys_without_a_key_file(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path, [ScryptRecipient(b"pw", work_factor=10)])
+    key_file = tmp_path / "host-key.json"
+    written = key_file.read_bytes()
+    key_file.unlink()  # a second backup host: the passphrase, no key file
+    stream = make_tar(sample_files(3, 8))
+    with pytest.raises(UsageError, match=str(key_file)):
+        backup(Repository(LocalBackend(tmp_path / "repo")), "v", stream)
+    again = Repository(LocalBackend(tmp_path / "repo"))
+    _clock[0] += dt.timedelta(seconds=1)
+    with again.create_backup("v", _clock[0],
+                             recipients=[ScryptRecipient(b"pw", work_factor=10)]) as w:
+        w.write(stream)
+        info = w.commit(Manifest(volume={"name": "v"}, created=_clock[0].isoformat(),
+                                 tar={"size": len(stream)}))
+    assert not key_file.exists()  # derived, never written
+    with pytest.raises(CryptoError):  # a wrong passphrase derives nothing
+        bad = Repository(LocalBackend(tmp_path / "repo"))
+        bad.derive_keys.append(ScryptIdentity(b"wrong"))
+        bad.collect_garbage(now=dt.datetime.now(dt.UTC))
+    pruner = Repository(LocalBackend(tmp_path / "repo"))
+    pruner.derive_keys.append(ScryptIdentity(b"pw"))
+    assert pruner.collect_garbage(now=dt.datetime.now(dt.UTC)).packs >= 1
+    assert restore(again, info, [ScryptIdentity(b"pw")]) == stream
+    key_file.write_bytes(written)  # the same keys as the derived ones
+    assert restore(repo, info, [ScryptIdentity(b"pw")]) == stream
+    repo.check_stored(info)
+
+
+def test_prune_rebuild_index_cli(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from volbak.cli import cli
+
+    repo = new_repo(tmp_path, [X25519Identity.generate().recipient()])
+    stream = make_tar(sample_files(4, 10))
+    info = backup(repo, "v", stream)
+    for idx in (tmp_path / "repo" / "_index").iterdir():
+        idx.write_bytes(idx.read_bytes()[:-40])  # truncated
+    with pytest.raises(IntegrityError, match="index"):
+        repo.check_stored(info)
+    res = CliRunner().invoke(cli, ["prune", "--repo", str(tmp_path / "repo"),
+                                   "--rebuild-index", "--json"])
+    assert res.exit_code == 0, res.output
+    assert '"rebuilt_index"' in res.output
+    fresh = Repository(LocalBackend(tmp_path / "repo"))
+    fresh.check_stored(fresh.list()[0])  # no identity: the host key file was enough
+    assert len(list((tmp_path / "repo" / "_index").iterdir())) == 1

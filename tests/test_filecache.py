@@ -18,6 +18,7 @@ import pytest
 from volbak.local import LocalBackend
 from volbak.ops.backup import BackupOptions, stream_into
 from volbak.repository import Manifest, Repository
+from volbak.repository.dedup.keys import CHUNK_MIN
 from volbak.stream.tar import TarParser
 from volbak.volumes import TreeSource, filecache
 from volbak.volumes.direct import DirectSource
@@ -35,7 +36,7 @@ def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(filecache, "RACY_NS", 0)
 
 
-CUT = 64 * KiB  # the chunker's minimum: files this big are cut into whole chunks
+CUT = CHUNK_MIN  # the chunker's minimum: files this big are cut into whole chunks
 
 
 def make_volume(root: Path, seed: int = 1) -> dict[str, int]:

@@ -27,10 +27,15 @@ def _keep(kind: str, text: str):
 @click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @click.option("--wait", "lock_wait", type=float, default=0, metavar="SECONDS",
               help="Wait for other runs using the repository (backups, prune).")
+@click.option("--rebuild-index", "rebuild", is_flag=True,
+              help="Dedup repositories: first rebuild the index from the packs' own "
+              "trailers (after index files were lost, truncated or damaged). Needs the "
+              "host key file only. Alone, it rebuilds and collects garbage.")
 @common(engine=False)
 def prune(ctx: Ctx, volumes: tuple[str, ...], last: int | None, hourly: int | None,
           daily: int | None, weekly: int | None, monthly: int | None, yearly: int | None,
-          volume_opts: tuple[str, ...], dry_run: bool, lock_wait: float) -> None:
+          volume_opts: tuple[str, ...], dry_run: bool, lock_wait: float,
+          rebuild: bool) -> None:
     """Delete old backups, per volume, with restic's 'forget' rules.
 
     Buckets are UTC hours, days, ISO weeks, months and years; in each, the newest
@@ -43,6 +48,7 @@ def prune(ctx: Ctx, volumes: tuple[str, ...], last: int | None, hourly: int | No
       volbak prune --keep-daily 7 --keep-weekly 4 --keep-monthly 12
       volbak prune pgdata --keep-last 3 --dry-run
       volbak prune oldvolume --keep-last 0         # every backup of a deleted volume
+      volbak prune --rebuild-index                 # the index was lost or damaged
     """
     from ..ops import lock
     from ..ops.forget import expand_sets, forget
@@ -58,16 +64,40 @@ def prune(ctx: Ctx, volumes: tuple[str, ...], last: int | None, hourly: int | No
                          hint="name the volumes whose backups should all go "
                          "(volbak prune VOLUME --keep-last 0), or use 'volbak forget'")
     policy = Policy(**{k: v or 0 for k, v in counts.items()})
-    if not keep_none:
+    only_rebuild = rebuild and not names and all(v is None for v in counts.values())
+    if rebuild and dry_run:
+        raise UsageError("--rebuild-index writes an index; it has no --dry-run")
+    if not keep_none and not only_rebuild:
         policy.check()  # a usage error comes before any look at the repository
     repo = ctx.repo()
+    from ..crypto.keys import _passphrase_file
+
+    pfile = _passphrase_file(str(ctx.settings.passphrase_file or "")
+                             ) if repo.format == "dedup" else None
+    if pfile:
+        # A passphrase repository's host keys can come from the passphrase instead of a
+        # host key file (used only when this host has no key file).
+        from ..crypto.age import ScryptIdentity, read_passphrase_file
+
+        repo.derive_keys.append(ScryptIdentity(read_passphrase_file(pfile)))
+    if rebuild and repo.format != "dedup":
+        raise UsageError(f"{repo.url} is not a dedup repository: it has no index to rebuild")
     decisions: list[Decision] = []
     with lock.acquire([lock.repo_key(repo.url)], lock_wait, on_wait=lambda k, h: ctx.event(
             f"waiting for the lock on {k}")):
+        if rebuild:
+            from ..repository.dedup.gc import rebuild_index
+
+            name, n, bad = rebuild_index(repo.dedup())
+            ctx.emit({"rebuilt_index": name, "packs": n, "unreadable_packs": bad})
+            ctx.say(f"rebuilt the index from {plural(n, 'pack')}: {name}")
+            for b in bad:
+                ctx.warn(f"pack {b} has no readable trailer; it was left out of the index "
+                         "(backups using it are damaged; garbage collection plans it)")
         if keep_none:
             chosen = expand_sets(repo, [i for v in names for i in repo.find(v)])
             decisions = [Decision(i, False, []) for i in forget(repo, chosen, dry_run)]
-        else:
+        elif not only_rebuild:
             for v in names or [None]:
                 decisions += do_prune(repo, policy, v, dry_run)
         from ..ops.cleanup import collect

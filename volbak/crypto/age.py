@@ -416,6 +416,10 @@ class ScryptRecipient:
     def __repr__(self) -> str:
         return f"ScryptRecipient(work_factor={self._work_factor})"
 
+    def identity(self) -> ScryptIdentity:
+        """The identity of the same passphrase (dedup repositories derive keys from it)."""
+        return ScryptIdentity(self._passphrase)
+
     def wrap(self, file_key: bytes) -> list[Stanza]:
         salt = os.urandom(16)
         key = _scrypt_key(self._passphrase, salt, self._work_factor)

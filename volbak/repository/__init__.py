@@ -47,6 +47,9 @@ class Repository:
         # One damaged manifest must not hide the rest of the repository.
         self.damaged: list[tuple[str, str]] = []
         self._config: Any = None
+        # Passphrase identities a dedup repository's host keys may be derived from when
+        # this host has no host key file (dedup/store.py DedupStore._host_keys).
+        self.derive_keys: list[Any] = []
 
     @property
     def url(self) -> str:
@@ -70,8 +73,10 @@ class Repository:
             return cfg.format
         return "archive" if next(iter(self.backend.list()), None) is not None else "new"
 
-    def init(self, fmt: str, recipients: Sequence[Any] = ()) -> dict[str, Any]:
-        """Create a repository in an empty location (``volbak init``)."""
+    def init(self, fmt: str, recipients: Sequence[Any] = (),
+             chunker: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a repository in an empty location (``volbak init``); ``chunker``
+        ({"algorithm", "min", "avg", "max"}) overrides the defaults (benchmarks)."""
         from .dedup import init_repository
         from .dedup.keys import CONFIG, RepoConfig
 
@@ -86,7 +91,7 @@ class Repository:
             self.backend.put_bytes(CONFIG, cfg.to_json())
             self._config = cfg
             return {"format": "archive", "id": cfg.id, "host_key": None}
-        cfg, _, path = init_repository(self.backend, list(recipients))
+        cfg, _, path = init_repository(self.backend, list(recipients), chunker)
         self._config = cfg
         return {"format": "dedup", "id": cfg.id, "encrypted": cfg.encrypted,
                 "host_key": str(path) if path else None}
@@ -97,7 +102,7 @@ class Repository:
         cfg = self.config()
         if cfg is None or cfg.format != "dedup":
             raise UsageError(f"{self.url} is not a dedup repository")
-        return DedupStore(self.backend, cfg)
+        return DedupStore(self.backend, cfg, self.derive_keys)
 
     def close(self) -> None:
         self.backend.close()
@@ -226,6 +231,7 @@ class Repository:
         store = self.dedup()
         enc = store.config.encryption or {}
         given = {str(r) for r in recipients if not isinstance(r, ScryptRecipient)}
+        store.derive += [r.identity() for r in recipients if isinstance(r, ScryptRecipient)]
         if recipients and (not enc or (given and given != set(enc.get("recipients", [])))
                            or (not given and not enc.get("passphrase"))):
             raise UsageError(

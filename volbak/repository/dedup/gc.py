@@ -28,6 +28,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import struct
 from typing import TYPE_CHECKING, Any
 
 from ...errors import IntegrityError, NotFoundError
@@ -259,26 +260,40 @@ def _orphan_lists(store: DedupStore, grace: dt.timedelta, report: GCReport) -> N
             report.orphan_lists += 1
 
 
-def rebuild_index(store: DedupStore) -> tuple[str, int]:
+def rebuild_index(store: DedupStore) -> tuple[str, int, list[str]]:
     """Write one index file from the trailers of every pack, superseding every index
-    file present (readable or not). For a lost or damaged index."""
+    file present (readable or not), for a lost, truncated or damaged index. Needs only
+    the metadata key (the host key file): a pack's trailer is sealed under it and lists
+    each blob's chunk id, offset, lengths and key block; the blobs themselves stay
+    sealed. Returns the new index's name, the packs indexed, and the packs whose trailer
+    cannot be read (left out: the next prune plans them as unindexed garbage)."""
     meta = store.meta_keys().metadata
     import blake3
 
-    packs = []
-    for o in sorted(store.backend.list(PACK_PREFIX), key=lambda o: o.name):
-        entries = read_trailer(store.backend, o.name, o.size, meta)
-        h = blake3.blake3()
-        r = store.backend.open_reader(o.name)
-        try:
-            while data := r.read(1 << 20):
-                h.update(data)
-        finally:
-            r.close()
-        packs.append(PackInfo(o.name, o.size, h.hexdigest(), entries))
-    old = [o.name for o in store.backend.list(INDEX_PREFIX)]
-    name, _ = write_index(store.backend, meta, packs, supersedes=old)
-    for o in old:
-        with contextlib.suppress(NotFoundError):
-            store.backend.delete(o)
-    return name, len(packs)
+    lock = store.prune_lock()
+    try:
+        packs, bad = [], []
+        for o in sorted(store.backend.list(PACK_PREFIX), key=lambda o: o.name):
+            try:
+                entries = read_trailer(store.backend, o.name, o.size, meta)
+            except NotFoundError:
+                continue  # deleted by a prune meanwhile
+            except (IntegrityError, ValueError, struct.error):
+                bad.append(o.name)
+                continue
+            h = blake3.blake3()
+            r = store.backend.open_reader(o.name)
+            try:
+                while data := r.read(1 << 20):
+                    h.update(data)
+            finally:
+                r.close()
+            packs.append(PackInfo(o.name, o.size, h.hexdigest(), entries))
+        old = [o.name for o in store.backend.list(INDEX_PREFIX)]
+        name, _ = write_index(store.backend, meta, packs, supersedes=old)
+        for o in old:
+            with contextlib.suppress(NotFoundError):
+                store.backend.delete(o)
+    finally:
+        lock.release()
+    return name, len(packs), bad

@@ -37,7 +37,11 @@ REPO_KEYS = "_keys/repo.age"
 PASSPHRASE_IDENTITY = "_keys/passphrase.age"
 HOST_KEY_ENV = "VOLBAK_HOST_KEY"
 
-CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 64 * 1024, 256 * 1024, 1024 * 1024
+# Measured (scripts/bench_dedup.py, docs/format-dedup.md "Chunking"): 32 KiB blocks in big
+# files' data keep a second backup after 1% scattered change under 5% of the first.
+CHUNK_MIN, CHUNK_AVG, CHUNK_MAX = 8 * 1024, 32 * 1024, 128 * 1024
+CHUNK_ALGORITHM = "fastcdc+tar+blocks"
+ALGORITHMS = ("fastcdc+tar", "fastcdc+tar+blocks", "fastcdc")
 
 
 def _b64(b: bytes) -> str:
@@ -182,7 +186,8 @@ def _keys_json(keys: Keys) -> bytes:
     return json.dumps({"chunk_id": _b64(keys.chunk_id), "metadata": _b64(keys.metadata)}).encode()
 
 
-def init_repository(backend: Backend, recipients: list[Any]
+def init_repository(backend: Backend, recipients: list[Any],
+                    chunker: dict[str, Any] | None = None
                     ) -> tuple[RepoConfig, Keys, Path | None]:
     """Create a dedup repository in an empty location. Writes key objects, the host key
     file, and the config object last (its presence is what makes the repository)."""
@@ -194,7 +199,11 @@ def init_repository(backend: Backend, recipients: list[Any]
                          "location with --repo")
     keys = Keys(secrets.token_bytes(32), secrets.token_bytes(32), [])
     now = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
-    chunker = {"algorithm": "fastcdc+tar", "min": CHUNK_MIN, "avg": CHUNK_AVG, "max": CHUNK_MAX}
+    chunker = {"algorithm": CHUNK_ALGORITHM, "min": CHUNK_MIN, "avg": CHUNK_AVG,
+               "max": CHUNK_MAX, **(chunker or {})}
+    if chunker["algorithm"] not in ALGORITHMS or not \
+            0 < chunker["min"] <= chunker["avg"] <= chunker["max"]:
+        raise UsageError(f"bad chunker settings {chunker}")
     config = RepoConfig(secrets.token_hex(16), now, chunker, None)
     passphrase = [r for r in recipients if isinstance(r, ScryptRecipient)]
     if not recipients:

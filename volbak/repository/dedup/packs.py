@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 MAGIC = b"VBPACK01"
 PACK_PREFIX = "_packs/"
 PACK_TARGET = 32 << 20
+_FLUSH = 1 << 20
 _U32 = struct.Struct(">I")
 _KEYHEAD = struct.Struct(">16sBI")
 TRAILER_REC = struct.Struct(">32sIIIH")
@@ -123,14 +124,24 @@ class PackWriter:
         self._metadata_key = metadata_key
         self._w = backend.create_writer(self.name)
         self._h = blake3.blake3()
+        self._buf = bytearray()
         self.size = 0
         self.entries: list[PackEntry] = []
         self._put(encode_header(self.keyblocks))
 
     def _put(self, data: bytes) -> None:
-        self._w.write(data)
-        self._h.update(data)
+        # Gathered into ~1 MiB writes: at ~32 KiB chunks a write per blob was a
+        # syscall (or a request) per blob.
+        self._buf += data
         self.size += len(data)
+        if len(self._buf) >= _FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._w.write(bytes(self._buf))
+            self._h.update(self._buf)
+            self._buf.clear()
 
     def add(self, chunk_id: bytes, blob: bytes, raw: int, key: int = 0) -> None:
         self.entries.append(PackEntry(chunk_id, self.size, len(blob), raw, key))
@@ -143,6 +154,7 @@ class PackWriter:
             sw.write(TRAILER_REC.pack(e.id, e.offset, e.length, e.raw, e.key))
         sw.close()
         self._put(bytes(out) + _U32.pack(len(out)))
+        self._flush()
         self._w.commit()
         return PackInfo(self.name, self.size, self._h.hexdigest(), self.entries)
 
@@ -153,6 +165,9 @@ class PackWriter:
 def read_trailer(backend: Backend, name: str, size: int, metadata_key: bytes) -> list[PackEntry]:
     """The pack's own list of blobs (to rebuild an index without the old one)."""
     (tlen,) = _U32.unpack(backend.read_range(name, max(0, size - 4), 4))
+    if size < 14 + 4 + tlen:
+        raise IntegrityError(f"pack {name} is truncated (its trailer length is wrong)",
+                             hint="the repository was modified or damaged")
     raw = unseal(backend.read_range(name, size - 4 - tlen, tlen), metadata_key,
                  f"the trailer of pack {name}")
     return [PackEntry(*TRAILER_REC.unpack_from(raw, o))

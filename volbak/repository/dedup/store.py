@@ -128,9 +128,13 @@ def list_locks(backend: Backend, now: dt.datetime | None = None) -> list[dict[st
 
 
 class DedupStore:
-    def __init__(self, backend: Backend, config: keymod.RepoConfig) -> None:
+    def __init__(self, backend: Backend, config: keymod.RepoConfig,
+                 derive: list[Any] | tuple = ()) -> None:
         self.backend = backend
         self.config = config
+        # Passphrase identities a passphrase repository's host keys may be derived from
+        # when this host has no host key file (see _host_keys).
+        self.derive = list(derive)
 
     @property
     def url(self) -> str:
@@ -142,11 +146,31 @@ class DedupStore:
         return (int(c.get("min", keymod.CHUNK_MIN)), int(c.get("avg", keymod.CHUNK_AVG)),
                 int(c.get("max", keymod.CHUNK_MAX)))
 
+    @property
+    def chunk_blocks(self) -> bool:
+        """Big files' data in fixed blocks (chunker.Chunker ``blocks``); repositories
+        made before this setting existed record "fastcdc+tar"."""
+        return self.config.chunker.get("algorithm") == "fastcdc+tar+blocks"
+
+    @property
+    def chunk_tar(self) -> bool:
+        return self.config.chunker.get("algorithm", "fastcdc+tar") != "fastcdc"
+
+    def _host_keys(self) -> keymod.Keys:
+        """The host key file; in a passphrase repository on a host without one, the same
+        keys derived from the passphrase (it unlocks ``_keys/passphrase.age``, whose
+        identity unlocks ``_keys/repo.age``; one scrypt per run, nothing written)."""
+        enc = self.config.encryption or {}
+        if self.derive and enc.get("passphrase") and \
+                not keymod.host_key_path(self.config.id).exists():
+            return keymod.unlock(self.backend, self.config, self.derive)[0]
+        return keymod.read_host_key(self.config, self.url)
+
     def write_keys(self) -> keymod.Keys:
-        """What a backup needs: never an identity."""
+        """What a backup needs: never an identity (but see _host_keys)."""
         if not self.config.encrypted:
             return self.config.plain_keys()
-        return keymod.read_host_key(self.config, self.url)
+        return self._host_keys()
 
     def meta_keys(self, identities: list[Any] | tuple = ()) -> keymod.Keys:
         """The metadata key: from the host key file, else unlocked with an identity."""
@@ -154,7 +178,7 @@ class DedupStore:
             return self.config.plain_keys()
         if identities and not keymod.host_key_path(self.config.id).exists():
             return keymod.unlock(self.backend, self.config, list(identities))[0]
-        return keymod.read_host_key(self.config, self.url)
+        return self._host_keys()
 
     def read_keys(self, identities: list[Any] | tuple) -> tuple[keymod.Keys, list[Any]]:
         return keymod.unlock(self.backend, self.config, list(identities))

@@ -12,8 +12,9 @@ Abort before step 3 deletes this run's packs; after it, other runs may already r
 them, so everything stays as garbage for prune.
 
 Threads: the caller's thread chunks; a pool of two hashes (keyed BLAKE3) and, for new
-chunks only, compresses and encrypts. Memory is bounded by the queue depths (at most
-~2 x DEPTH chunks of <= 1 MiB in flight) plus the index (see index.py).
+chunks only, compresses and encrypts, in batches of ~BATCH_BYTES (one future per batch:
+at ~32 KiB chunks a future per chunk cost more than the hashing). Memory is bounded by
+the queue depths (at most ~2 x DEPTH batches in flight) plus the index (see index.py).
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ if TYPE_CHECKING:
     from .. import Repository
     from ..manifest import BackupInfo, Manifest
 
-DEPTH = 8
+DEPTH = 4  # batches in flight per queue
+BATCH_BYTES = 1 << 20  # chunks go to the pool in batches: one future per ~1 MiB, not per chunk
 LIST_REC = struct.Struct(">32sI")
 CHUNKS_SUFFIX = ".chunks"
 
 
 def chunk_id(key: bytes, data: bytes | memoryview) -> bytes:
     return blake3.blake3(data, key=key).digest()
+
+
+def chunk_ids(key: bytes, batch: list[bytes]) -> list[bytes]:
+    return [blake3.blake3(data, key=key).digest() for data in batch]
 
 
 class _Watched:
@@ -92,12 +98,18 @@ class DedupWriter(BackupWriter):
             meta = self._keys.metadata
             self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
             self._keyblock, self._content_key = KeyBlock.new(self._keys.recipients)
-            self._session: set[bytes] = set()
-            self._hashq: deque[tuple[bytes, Future[bytes]]] = deque()
-            self._encq: deque[tuple[bytes, int, Future[bytes]]] = deque()
+            # New ids join the compact index (a set would cost ~120 bytes a chunk).
+            self._session = self._index.ids
+            self._batch: list[bytes] = []
+            self._batch_bytes = 0
+            self._enc_batch: list[tuple[bytes, bytes]] = []
+            self._enc_bytes = 0
+            self._hashq: deque[tuple[list[bytes], Future[list[bytes]]]] = deque()
+            self._encq: deque[tuple[list[tuple[bytes, bytes]], Future[list[bytes]]]] = deque()
             self._pool = ThreadPoolExecutor(2, thread_name_prefix="volbak-dedup")
             self._local = threading.local()
-            self._chunker = Chunker(self._on_chunk, *store.chunker)
+            self._chunker = Chunker(self._on_chunk, *store.chunker, tar_aware=store.chunk_tar,
+                                    blocks=store.chunk_blocks)
             self.chunks_name = f"{volume}/{stamp}{CHUNKS_SUFFIX}"
             self._list_w = self._backend.create_writer(self.chunks_name)
             self._list_h = blake3.blake3()
@@ -119,9 +131,23 @@ class DedupWriter(BackupWriter):
         self._chunker.write(data)
 
     def _on_chunk(self, data: bytes) -> None:
-        assert self._pool is not None
-        self._hashq.append((data, self._pool.submit(chunk_id, self._keys.chunk_id, data)))
-        self._advance(False)
+        self._batch.append(data)
+        self._batch_bytes += len(data)
+        if self._batch_bytes >= BATCH_BYTES:
+            self._submit_hashes()
+            self._advance(False)
+
+    def _submit_hashes(self) -> None:
+        if self._batch:
+            assert self._pool is not None
+            batch, self._batch, self._batch_bytes = self._batch, [], 0
+            self._hashq.append((batch, self._pool.submit(chunk_ids, self._keys.chunk_id, batch)))
+
+    def _submit_encodes(self) -> None:
+        if self._enc_batch:
+            assert self._pool is not None
+            batch, self._enc_batch, self._enc_bytes = self._enc_batch, [], 0
+            self._encq.append((batch, self._pool.submit(self._encode_all, batch)))
 
     def _encode(self, data: bytes, cid: bytes) -> bytes:
         cctx = getattr(self._local, "cctx", None)
@@ -129,29 +155,39 @@ class DedupWriter(BackupWriter):
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=3)
         return encode_blob(data, cid, self._content_key, cctx)
 
+    def _encode_all(self, batch: list[tuple[bytes, bytes]]) -> list[bytes]:
+        return [self._encode(data, cid) for cid, data in batch]
+
     def _advance(self, final: bool) -> None:
-        assert self._pool is not None
         hq, eq = self._hashq, self._encq
+        if final:
+            self._submit_hashes()
         while hq and (final or len(hq) > DEPTH or hq[0][1].done()):
-            data, fut = hq.popleft()
-            cid = fut.result()
-            self._list.write(LIST_REC.pack(cid, len(data)))
-            self.chunks += 1
-            self.raw_bytes += len(data)
-            if cid in self._index or cid in self._session:
-                continue
-            self._session.add(cid)
-            self.new_chunks += 1
-            self.new_raw += len(data)
-            eq.append((cid, len(data), self._pool.submit(self._encode, data, cid)))
-        while eq and (final or len(eq) > DEPTH or eq[0][2].done()):
-            cid, raw, fut = eq.popleft()
-            blob = fut.result()
-            if self._pack is None:
-                self._pack = PackWriter(self._backend, [self._keyblock], self._keys.metadata)
-            self._pack.add(cid, blob, raw)
-            if self._pack.size >= PACK_TARGET:
-                self._finish_pack()
+            batch, fut = hq.popleft()
+            for data, cid in zip(batch, fut.result(), strict=True):
+                self._list.write(LIST_REC.pack(cid, len(data)))
+                self.chunks += 1
+                self.raw_bytes += len(data)
+                if cid in self._index or cid in self._session:
+                    continue
+                self._session.add(cid)
+                self.new_chunks += 1
+                self.new_raw += len(data)
+                self._enc_batch.append((cid, data))
+                self._enc_bytes += len(data)
+                if self._enc_bytes >= BATCH_BYTES:
+                    self._submit_encodes()
+        if final:
+            self._submit_encodes()
+        while eq and (final or len(eq) > DEPTH or eq[0][1].done()):
+            batch, fut = eq.popleft()
+            for (cid, data), blob in zip(batch, fut.result(), strict=True):
+                if self._pack is None:
+                    self._pack = PackWriter(self._backend, [self._keyblock],
+                                            self._keys.metadata)
+                self._pack.add(cid, blob, len(data))
+                if self._pack.size >= PACK_TARGET:
+                    self._finish_pack()
 
     def _finish_pack(self) -> None:
         if self._pack is not None:
