@@ -4,7 +4,9 @@ Feed it the stream in chunks of any size. It always counts entries and file byte
 checks every header's checksum, knows whether the archive ended with its end marker,
 and (with ``root``) refuses entries outside the archive's root directory. With
 ``digest=True`` it also computes a canonical per-entry digest (see ``hexdigest``), which
-costs a sha256 pass over the file contents; without it file data is skipped by
+costs a BLAKE3 pass over the file contents (about four times sha256's speed here,
+and this pass runs twice in every restore and migrate: on what is sent and on what is
+read back); without it file data is skipped by
 arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
 parsed header; it may return a ``Sink`` that then receives the entry's data (the direct
 target extracts this way, so the project has one tar reader).
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import queue
 import tarfile
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import blake3
 
 from ..errors import IntegrityError
 
@@ -161,11 +164,11 @@ _ZEROS = bytes(2**20)
 
 
 class _SparseHash:
-    """sha256 of a sparse file's logical content, fed the data of its ``segments``
+    """BLAKE3 of a sparse file's logical content, fed the data of its ``segments``
     (offset, length) in order; holes hash as zeros."""
 
     def __init__(self, realsize: int, segments: list[tuple[int, int]]) -> None:
-        self._h = hashlib.sha256()
+        self._h = blake3.blake3()
         self._real = realsize
         self._segments = segments
         self._pos = 0  # logical offset hashed so far
@@ -218,7 +221,7 @@ class TarParser:
         self.tar_bytes = 0
         self.attr_entries = 0  # entries with xattrs/ACLs beyond a capability (digest mode)
         self.ended = False  # saw the end-of-archive zero block
-        self._digest = hashlib.sha256() if digest else None
+        self._digest = blake3.blake3() if digest else None
         self._root = root.strip("/").encode() if root is not None else None
         self._on_entry = on_entry
         self._what = what
@@ -232,7 +235,7 @@ class TarParser:
         self._meta_type = b""
         self._map: bytearray | None = None  # collecting a GNU sparse 1.0 map
         self._entry: Entry | None = None  # the entry whose map is being collected
-        self._content: Any = None  # sha256 of the current file's data (digest mode)
+        self._content: Any = None  # BLAKE3 of the current file's data (digest mode)
         self._sink: Sink | None = None  # the on_entry consumer of the current data
         self._record: tuple[Any, ...] | None = None
         self._pax: dict[bytes, bytes] = {}
@@ -420,7 +423,7 @@ class TarParser:
             if entry.sparse is not None and entry.pax.get(b"GNU.sparse.major") == b"1":
                 self._content = _SparseHash(entry.realsize, entry.sparse)
             else:
-                self._content = hashlib.sha256()
+                self._content = blake3.blake3()
         if self._on_entry is not None:
             self._sink = self._on_entry(entry)
 
@@ -480,9 +483,9 @@ class TarParser:
             )
 
     def hexdigest(self) -> str:
-        """sha256 over one canonical record per entry: path, type, permission bits, uid,
+        """BLAKE3 over one canonical record per entry: path, type, permission bits, uid,
         gid, size, mtime (seconds), link target, device numbers, exported xattrs and the
-        sha256 of the content, in archive order. User/group names, atime/ctime and
+        BLAKE3 of the content, in archive order. User/group names, atime/ctime and
         header encoding are left out, so two engines' archives of one tree agree."""
         assert self._digest is not None, "TarParser(digest=True) needed"
         return self._digest.hexdigest()
