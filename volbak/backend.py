@@ -49,6 +49,7 @@ scheme, and imported only when a repository URL uses them. A plain path means ``
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import re
 from collections.abc import Iterator, Mapping
@@ -56,6 +57,7 @@ from importlib.metadata import entry_points
 from typing import BinaryIO, ClassVar
 
 from .errors import BackendMissing, UsageError
+from .util.signals import deferred
 
 ENTRY_POINT_GROUP = "volbak.backends"
 
@@ -156,7 +158,11 @@ class Backend(abc.ABC):
         return []
 
     def put_bytes(self, name: str, data: bytes) -> ObjectInfo:
-        with self.create_writer(name) as w:
+        with contextlib.ExitStack() as stack:
+            # Created and taken by the stack with signals held: a signal landing
+            # between the temp object's creation and the ``with`` would leave it.
+            with deferred():
+                w = stack.enter_context(self.create_writer(name))
             w.write(data)
             return w.commit()
 

@@ -15,6 +15,7 @@ import click
 
 from .. import __version__
 from ..errors import EXIT_CODES, Interrupted, Terminated, UsageError, VolbakError
+from ..util import signals
 from ..util.redact import redact
 from .context import group_options
 
@@ -43,6 +44,9 @@ def _on_signal(signum: int, frame: Any) -> None:
         if _held is None:
             return
         signum = _held
+    if signals.hold(signum):  # cleanup is running (deferred): raised when it ends
+        _held = None
+        return
     if _in_import(frame):
         _held = signum
         signal.setitimer(signal.ITIMER_REAL, 0.05)

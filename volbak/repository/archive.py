@@ -20,6 +20,7 @@ from ..util.signals import deferred
 from .format import BackupReader, BackupWriter
 
 if TYPE_CHECKING:
+    from ..backend import ObjectWriter
     from . import Repository
     from .manifest import BackupInfo, Manifest
 
@@ -50,21 +51,40 @@ class ArchiveWriter(BackupWriter):
         self._compression = compression
         self._recipients = list(recipients)
         self._comp = compress.compressor(compression)
-        self._writer = repo.backend.create_writer(data_name)
+        # Nothing is stored until the first write: by then the caller's ``with`` block
+        # owns this writer, so a signal at any instant after the temp file exists ends
+        # in abort(). Created here, a signal landing before the caller's ``with`` took
+        # the writer (a thread start waits for the scheduler: long under load) left
+        # the temp file with nobody to remove it.
+        self._writer: ObjectWriter | None = None
+        self._sink: HashSink | None = None
+        self._encrypt: Any = None
+        self._drain: Drain | None = None
+        self._done = False
+
+    def _start(self) -> Drain:
+        if self._drain is not None:
+            return self._drain
+        if self._writer is None:
+            with deferred():  # the temp file exists from inside this call: owned at once
+                self._writer = self._repo.backend.create_writer(self.data_name)
         self._sink = HashSink(self._writer.write)
-        self._encrypt = None
-        if recipients:
+        if self._recipients:
             from ..crypto.age import EncryptWriter
 
             self._encrypt = EncryptWriter(self._sink, self._recipients)
         self._drain = Drain(self._encrypt.write if self._encrypt else self._sink.write)
-        self._done = False
+        return self._drain
 
     def write(self, data: bytes | memoryview) -> None:
-        self._drain.write(self._comp.write(data))
+        drain = self._drain if self._drain is not None else self._start()
+        drain.write(self._comp.write(data))
 
     def commit(self, manifest: Manifest) -> BackupInfo:
         try:
+            self._start()
+            assert self._drain is not None and self._writer is not None
+            assert self._sink is not None
             self._drain.write(self._comp.finish())
             self._drain.close()
             if self._encrypt:
@@ -88,12 +108,18 @@ class ArchiveWriter(BackupWriter):
         not at all. The name is this run's own, so nobody else's data is touched."""
         if self._done:
             return
-        self._done = True
-        self._drain.abandon()
-        self._writer.abort()
-        with deferred(), contextlib.suppress(Exception):
-            if not self._repo.has_manifest(self._volume, self._stamp):
-                self._repo.backend.delete(self.data_name)
+        # Held back from the first line: a second signal between these steps would
+        # leave the temp file (the writer marked done but not yet aborted).
+        with deferred():
+            self._done = True
+            if self._drain is not None:
+                self._drain.abandon()
+            if self._writer is None:
+                return  # nothing was stored
+            self._writer.abort()
+            with contextlib.suppress(Exception):
+                if not self._repo.has_manifest(self._volume, self._stamp):
+                    self._repo.backend.delete(self.data_name)
 
 
 class _HashingReader:
