@@ -325,8 +325,12 @@ def test_signal_mid_backup_cleans_up(sig, code, source, resources, docker_client
         [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host, "--source", source,
          "--repo", str(repo), "--compress", "gzip"],  # gzip: slow enough to interrupt
         stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not list(repo.rglob("*.tar*")) and time.monotonic() < deadline:
+    # Until the archive is being written, however long the run takes to get there under
+    # load (30 s of ours once ran out first at load 13 and the signal came too early).
+    deadline = time.monotonic() + 600  # only a hung run ends here
+    while not list(repo.rglob("*.tar*")):
+        assert proc.poll() is None, f"the backup ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the backup hung"
         time.sleep(0.05)
     if source == "api":
         assert docker_client.api.containers(all=True, filters={"label": "volbak=helper"})

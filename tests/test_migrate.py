@@ -579,10 +579,10 @@ def test_interrupt_cleans_up_the_target(resources, resources2, docker_client, do
         raise KeyboardInterrupt
 
     monkeypatch.setattr(m, "_verify", interrupted)
-    t0 = time.monotonic()
+    # (no bound on its duration: a timed assertion, and the load decides it)
     _, err = run("migrate", src, "--from", docker_host, "--to", docker_host2, "--as", target,
                  expect=130)
-    assert "interrupted" in err and time.monotonic() - t0 < 60
+    assert "interrupted" in err
     assert target not in _volumes(docker_client2)
 
 
@@ -617,9 +617,10 @@ def test_signal_mid_transfer_cleans_up_both_engines(sig, code, resources, resour
         [sys.executable, "-m", "volbak", "migrate", src, "--from", docker_host,
          "--to", docker_host2, "--as", target, "--compress", "gzip"],  # gzip: slow enough
         stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 600  # only a hung run ends here: load decides the rest
     while not docker_client2.api.containers(all=True, filters={"label": "volbak=helper"}):
-        assert time.monotonic() < deadline and proc.poll() is None
+        assert proc.poll() is None, f"the migration ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the migration hung"
         time.sleep(0.05)
     time.sleep(0.5)  # into the transfer
     proc.send_signal(sig)

@@ -53,10 +53,17 @@ def _fill(docker_client, volume: str, mib: int) -> None:
             f.write(os.urandom(8 * 2**20))
 
 
-def _wait_until(pred, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_until(pred, proc: subprocess.Popen, hung: float = 600) -> None:
+    """Wait for ``pred`` while ``proc`` runs. Bounded by the run itself, not by a
+    deadline of ours: at load 13 on 2 cores the 30 s this once allowed ran out before
+    a --stop backup (interpreter start, then `docker stop` of a service that ignores
+    SIGTERM) had stopped its service. ``hung`` only ends a run that never gets there."""
+    deadline = time.monotonic() + hung
     while not pred():
-        assert time.monotonic() < deadline, "timed out"
+        if proc.poll() is not None and not pred():
+            _, err = proc.communicate()
+            pytest.fail(f"volbak exited ({proc.returncode}) before the awaited state: {err}")
+        assert time.monotonic() < deadline, f"volbak hung for {hung:g} s"
         time.sleep(0.05)
 
 
@@ -99,8 +106,8 @@ def test_stop_restarts_after_sigterm(resources, docker_client, busybox_image, do
     svc = _service(resources, busybox_image, vol)
     proc = _spawn(docker_host, "backup", vol, "--stop", "--compress", "gzip",
                   "--repo", str(repo))
-    _wait_until(lambda: not _running(svc))
-    _wait_until(lambda: list(repo.rglob("*.tar*")))
+    _wait_until(lambda: not _running(svc), proc)
+    _wait_until(lambda: list(repo.rglob("*.tar*")), proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
@@ -113,8 +120,8 @@ def test_recover_after_kill_9(resources, docker_client, busybox_image, docker_ho
     svc = _service(resources, busybox_image, vol)
     proc = _spawn(docker_host, "backup", vol, "--stop", "--compress", "gzip",
                   "--repo", str(repo))
-    _wait_until(lambda: not _running(svc))
-    _wait_until(lambda: list(repo.rglob("*.tar*")))
+    _wait_until(lambda: not _running(svc), proc)
+    _wait_until(lambda: list(repo.rglob("*.tar*")), proc)
     proc.kill()
     proc.communicate(timeout=30)
     assert not _running(svc)
@@ -229,7 +236,7 @@ def test_concurrent_runs_do_not_interleave(resources, docker_client, docker_host
     config = tmp_path / "volbak.toml"
     config.write_text(f'[jobs.nightly]\nvolumes = ["{vol}"]\nrepo = "{repo}"\ncompress = "gzip"\n')
     first = _spawn(docker_host, "run", "--config", str(config), "--json")
-    _wait_until(lambda: list(repo.rglob("*.tar*")))
+    _wait_until(lambda: list(repo.rglob("*.tar*")), first)
     busy = _spawn(docker_host, "run", "--config", str(config), "--json")
     _, err = busy.communicate(timeout=60)
     assert busy.returncode == 9, err
