@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -150,3 +152,58 @@ def test_a_signal_another_thread_receives_waits_for_deferred():
         os.close(r)
         os.close(w)
     assert steps == ["cleanup went on", "and on", "and on", "and on", "raised after the block"]
+
+
+# A run that made a new target, wrote into it until dockerd's CreatedAt moved on, and died
+# (no undo): what kill -9 mid-restore leaves.
+_DIES_AFTER_WRITING = """
+import os, sys, time
+from pathlib import Path
+import docker
+from volbak.engine import connect
+from volbak.ops import recovery
+from volbak.ops.restore import RESTORED_LABEL
+host, name, journal_dir = sys.argv[1:4]
+api = docker.APIClient(base_url=host)
+group = recovery.new_targets(Path(journal_dir))
+nt = group.__enter__()
+nt.volume(connect(host), name, {RESTORED_LABEL: "vol@20261202T000000Z"})
+created = api.inspect_volume(name)["CreatedAt"]
+root = Path(api.inspect_volume(name)["Mountpoint"])
+for n in range(400):
+    (root / f"f{n}").write_text("x")
+    if api.inspect_volume(name)["CreatedAt"] != created:
+        os._exit(0)
+    time.sleep(0.01)
+os._exit(3)
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.engines("docker")
+@pytest.mark.parametrize("replaced", [False, True])
+def test_recovery_removes_a_dead_runs_target_whose_created_at_moved(
+        replaced, resources, docker_client, docker_host, tmp_path):
+    """A dead run's half-made target goes, though its writes moved CreatedAt; a volume
+    someone made later under the same name and labels stays."""
+    from volbak.engine import connect
+    from volbak.ops import recovery
+    from volbak.ops.restore import RESTORED_LABEL
+
+    if os.geteuid() != 0:
+        pytest.skip("writes into the volume through its host directory (root)")
+    name = resources.track_volume(resources.name("volbak-restored"))
+    journal_dir = tmp_path / "journal"
+    r = subprocess.run([sys.executable, "-c", _DIES_AFTER_WRITING, docker_host, name,
+                        str(journal_dir)], capture_output=True, text=True, timeout=300)
+    if r.returncode == 3:
+        pytest.skip("this engine's CreatedAt does not follow writes")
+    assert r.returncode == 0, r.stderr
+    if replaced:
+        docker_client.api.remove_volume(name)
+        docker_client.api.create_volume(name, labels={RESTORED_LABEL: "vol@20261202T000000Z"})
+    errors: list[str] = []
+    report = recovery.recover_all(connect, on_error=errors.append, journal_dir=journal_dir)
+    assert errors == []
+    present = name in {v.name for v in docker_client.volumes.list()}
+    assert present == replaced, report
