@@ -195,13 +195,15 @@ def test_abort_after_commit_keeps_the_backup(repo: Repository) -> None:
 
 
 def test_sink_failure_aborts(repo: Repository, monkeypatch) -> None:
+    from volbak.local import _LocalWriter
+
     writer = repo.create_backup("vol", WHEN, compression="none")
 
-    def full(data) -> None:
+    def full(self, data) -> None:
         raise OSError("no space left on device")
 
-    monkeypatch.setattr(writer._writer, "write", full)
-    writer._sink._write = full
+    # (the object is made at the first write: patched where it comes from)
+    monkeypatch.setattr(_LocalWriter, "write", full)
     with pytest.raises(OSError, match="no space"), writer:
         for _ in range(50):
             writer.write(TAR)
