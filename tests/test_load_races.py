@@ -6,7 +6,8 @@ deterministic here: the signal lands at the worst instant, or the clock moves on
 - A failed restore left its new target volume when its writes happened in a later second
   than its creation: dockerd's local driver reports a volume's ``CreatedAt`` as the
   ctime of its directory, which every write moves, and the undo took the moved time for
-  "made later by someone else" (test_damaged_archive_fails_and_leaves_nothing).
+  "made later by someone else" (test_damaged_archive_fails_and_leaves_nothing). Fixed on
+  main by the target's nonce label (recovery.TARGET_LABEL); the tests below hold it.
 """
 
 from __future__ import annotations
