@@ -8,6 +8,7 @@ nothing that looks like a backup.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import socket
@@ -35,6 +36,7 @@ from ..stream import compress
 from ..stream.pipeline import pump_into
 from ..stream.tar import TarParser
 from ..util.progress import Progress
+from ..util.signals import deferred
 from ..volumes import TreeSource, open_source
 
 
@@ -77,11 +79,15 @@ def backup_volume(
     parser = TarParser(root=ARCHIVE_ROOT, what=f"volume '{volume}' as read")
     # Three threads: the pump reads the volume, this one scans and compresses, the
     # repository writer's drain encrypts, hashes and stores.
-    with open_source(engine, volume, vol, ARCHIVE_ROOT, opts.source,
-                     opts.helper_image) as src, \
-            repo.create_backup(volume, started, compression=opts.compression,
-                               recipients=opts.recipients) as writer, \
-            Progress(f"backup {volume}", total, opts.progress) as bar:
+    with contextlib.ExitStack() as stack:
+        src = stack.enter_context(open_source(engine, volume, vol, ARCHIVE_ROOT, opts.source,
+                                              opts.helper_image))
+        # A writer may store something as it is made (the dedup lock and chunk list):
+        # held signals make "made" and "owned by this with block" one step.
+        with deferred():
+            writer = stack.enter_context(repo.create_backup(
+                volume, started, compression=opts.compression, recipients=opts.recipients))
+        bar = stack.enter_context(Progress(f"backup {volume}", total, opts.progress))
         cache = stream_into(src, writer, parser, volume, vol, opts, bar.update)
         manifest = Manifest(
             volume={
