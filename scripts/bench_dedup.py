@@ -3,6 +3,7 @@
 
     scripts/bench_dedup.py [--host URL] [--size-mib 1024] [--year-mib 64] [--days 365]
                            [--index-chunks 3300000] [--chunk MIN/AVG/MAX[b|t]]
+                           [--prune-chunks N [--prune-code TREE]]
                            [--skip-docker] [--skip-year]
 
 1. ratio: a mixed tree (random files, compressible text, a database-like file of 8 KiB
@@ -15,6 +16,9 @@
    archives (zstd-3 tar of the final tree, what the archive format stores per backup).
 3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (3,300,000 =
    100 GiB of unique data at 32 KiB) and backs up 64 MiB (streamed) against it.
+   With --prune-chunks N: peak RSS of a prune's phase 1 (references, per-pack sums) over
+   an index of N chunks of which half are referenced (--prune-code TREE: with TREE's
+   volbak package, e.g. `git archive main volbak | tar -x -C TREE`, for a before/after).
 4. docker (needs root on the engine's host; volumes are filled through their
    mountpoints): the SIZE MiB tree in a volume; first dedup backup (encrypted), backup of
    the unchanged volume, restore into a new volume, against `docker cp` out and in of
@@ -261,10 +265,22 @@ def bench_year(size_mib: int, days: int, work: Path) -> dict:
 # -- 3. index memory --------------------------------------------------------------------------
 
 def bench_index(chunks: int, work: Path) -> dict:
+    path = work / "index-repo"
+    write_index_repo(chunks, path)
+    out = subprocess.run([sys.executable, __file__, "--index-worker", str(path)], check=True,
+                         capture_output=True,
+                         text=True, env=os.environ.copy()).stdout.split()
+    return {"chunks": chunks, "index_bytes": sum(p.stat().st_size for p in
+                                                 (path / "_index").iterdir()),
+            "backup_seconds": round(float(out[0]), 2), "peak_rss_mib": round(float(out[1]))}
+
+
+def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple:
+    """A repository whose index holds ``chunks`` chunks in 32 MiB packs (no pack data);
+    with ``refs``, every other chunk id is written there (half the chunks referenced)."""
     from volbak.repository.dedup.index import write_index
     from volbak.repository.dedup.packs import PackEntry, PackInfo, new_pack_name
 
-    path = work / "index-repo"
     repo, _ = new_repo(path)
     store = repo.dedup()
     meta = store.write_keys().metadata
@@ -275,13 +291,56 @@ def bench_index(chunks: int, work: Path) -> dict:
                    for i in range(min(per_pack, chunks - p))]
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)
-    del packs
-    out = subprocess.run([sys.executable, __file__, "--index-worker", str(path)], check=True,
-                         capture_output=True,
-                         text=True, env=os.environ.copy()).stdout.split()
-    return {"chunks": chunks, "index_bytes": sum(p.stat().st_size for p in
-                                                 (path / "_index").iterdir()),
-            "backup_seconds": round(float(out[0]), 2), "peak_rss_mib": round(float(out[1]))}
+    if refs is not None:
+        with refs.open("wb") as f:
+            for pk in packs:
+                f.write(b"".join(e.id for e in pk.entries[::2]))
+    return repo, store
+
+
+# -- 3b. prune memory -------------------------------------------------------------------------
+
+def bench_prune(chunks: int, work: Path, code: Path | None = None) -> dict:
+    """Peak RSS of a prune's phase 1 (references, pack sums; no packs are stored, so
+    nothing is planned or repacked) over an index of ``chunks`` chunks, half of them
+    referenced. ``code``: a tree whose volbak is measured instead (e.g. main's)."""
+    path = work / "prune-repo"
+    write_index_repo(chunks, path, work / "refs")
+    script = Path(__file__)
+    if code is not None:
+        (code / "scripts").mkdir(exist_ok=True)
+        script = code / "scripts" / script.name
+        shutil.copy(__file__, script)
+    out = subprocess.run([sys.executable, str(script), "--prune-worker", str(path),
+                          str(work / "refs")], check=True, capture_output=True, text=True,
+                         env=os.environ.copy()).stdout.split()
+    return {"chunks": chunks, "referenced": chunks // 2 + chunks % 2,
+            "seconds": round(float(out[0]), 2), "peak_rss_mib": round(float(out[1])),
+            "live_bytes": int(out[2])}
+
+
+def prune_worker(path: str, refs: str) -> None:
+    from volbak.local import LocalBackend
+    from volbak.repository import Repository
+    from volbak.repository.dedup import gc
+
+    def ids():  # streamed: the chunk lists of the backups are read one at a time
+        with open(refs, "rb") as f:
+            while data := f.read(32 * 32768):
+                for o in range(0, len(data), 32):
+                    yield data[o: o + 32]
+    if hasattr(gc, "_chunk_ids"):
+        gc._listed = lambda repo: []  # type: ignore[attr-defined]
+        gc._chunk_ids = lambda store, infos, key: ids()  # type: ignore[attr-defined]
+    else:  # code before the streamed phase 1
+        gc._references = lambda repo, store, key: set(ids())  # type: ignore[attr-defined]
+    repo = Repository(LocalBackend(Path(path)))
+    store = repo.dedup()
+    keys = store.meta_keys()
+    report = gc.GCReport()
+    t = time.monotonic()
+    gc._phase1(repo, store, keys.metadata, keys, dt.datetime.now(dt.UTC), False, report)
+    print(time.monotonic() - t, peak_rss_mib(), report.live_bytes)
 
 
 # -- 4. docker ------------------------------------------------------------------------------
@@ -404,6 +463,9 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--index-worker":
         index_worker(sys.argv[2])
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--prune-worker":
+        prune_worker(sys.argv[2], sys.argv[3])
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         os.environ.setdefault("VOLBAK_HOST_KEY", str(Path(sys.argv[5]).parent / "host.key"))
         worker(*sys.argv[2:7])
@@ -415,6 +477,12 @@ def main() -> int:
     ap.add_argument("--year-mib", type=int, default=64)
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--index-chunks", type=int, default=3_300_000)
+    ap.add_argument("--prune-chunks", type=int, default=0,
+                    help="also measure a prune's phase 1 over an index of this many chunks "
+                    "(3300000 = 100 GiB at 32 KiB), half of them referenced")
+    ap.add_argument("--prune-code", type=Path,
+                    help="measure the prune with the volbak package of this tree instead "
+                    "(e.g. an export of main, for a before/after)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--chunk", metavar="MIN/AVG/MAX[b|t]",
                     help="chunk sizes in KiB for the repositories made (default: volbak's); "
@@ -444,6 +512,9 @@ def main() -> int:
         if not args.skip_index:
             results["index"] = bench_index(args.index_chunks, work)
             print(json.dumps({"index": results["index"]}), flush=True)
+        if args.prune_chunks:
+            results["prune"] = bench_prune(args.prune_chunks, work, args.prune_code)
+            print(json.dumps({"prune": results["prune"]}), flush=True)
         if not args.skip_docker and args.host:
             results["docker"] = bench_docker(args.host, args.size_mib, work, args.repeat)
             print(json.dumps({"docker": results["docker"]}), flush=True)

@@ -554,3 +554,67 @@ def test_prune_rebuild_index_cli(tmp_path: Path) -> None:
     fresh = Repository(LocalBackend(tmp_path / "repo"))
     fresh.check_stored(fresh.list()[0])  # no identity: the host key file was enough
     assert len(list((tmp_path / "repo" / "_index").iterdir())) == 1
+
+
+def test_idset_slots_are_stable_and_distinct() -> None:
+    from volbak.repository.dedup.index import IdSet
+
+    ids = IdSet()  # tiny buckets: many ids go to the overflow set and buckets grow
+    members = [b"\0\1" + os.urandom(30) for _ in range(1500)] + [os.urandom(32) for _ in range(500)]
+    for cid in members:
+        ids.add(cid)
+    ids.add_at(members[0], 0)  # loaded twice: one number
+    assert ids._over  # both kinds of numbers are tested
+    slots = [ids.slot(cid) for cid in members]
+    assert len(set(slots)) == len(members)
+    assert all(0 <= s < ids.slots() for s in slots)
+    assert slots == [ids.slot(cid) for cid in members]
+    assert ids.slot(os.urandom(32)) == -1 and ids.slot(b"short") == -1
+
+
+def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
+    """Phase 1's streamed sums equal those of the full location table, with chunks
+    stored twice (in two index files, and twice in one) counted at their first record."""
+    import collections
+
+    from volbak.repository.dedup.gc import _Usage
+    from volbak.repository.dedup.index import PackRef, write_index
+
+    repo = new_repo(tmp_path)
+    store = repo.dedup()
+    meta = store.meta_keys().metadata
+    rnd = random.Random(5)
+    seen: list[bytes] = []
+    for f in range(3):
+        packs = []
+        for p in range(4):
+            entries = []
+            for i in range(200):
+                cid = rnd.choice(seen) if seen and rnd.random() < 0.2 else os.urandom(32)
+                seen.append(cid)
+                entries.append((cid, 100 + i * 1000, rnd.randrange(1, 1000), 1000, 0))
+            packs.append((PackRef(f"_packs/{f}-{p}", 1, "0" * 64), entries))
+        packs.append((PackRef(f"_packs/{f}-empty", 1, "0" * 64), []))
+        write_index(store.backend, meta, packs)
+    refs = [rnd.choice(seen) for _ in range(900)] + [os.urandom(32) for _ in range(20)]
+
+    index = store.load_index(meta)
+    blobs: dict[str, int] = collections.Counter()
+    for v in index.loc.values():
+        blobs[index.packs[v >> 112].name] += (v >> 32) & 0xFFFFFFFF
+    live: dict[str, int] = collections.Counter()
+    live_ids: dict[str, set] = collections.defaultdict(set)
+    for cid in set(refs):
+        loc = index.get(cid)
+        if loc is not None:
+            live[loc.pack] += loc.length
+            live_ids[loc.pack].add((loc.offset, cid, loc.length, loc.raw, loc.key))
+
+    usage = _Usage(store, meta, iter(refs))
+    assert usage.indexed == {p.name for p in index.packs}
+    got_blobs, got_live = usage.sums()
+    assert +got_blobs == +blobs and +got_live == +live
+    some = {"_packs/0-1", "_packs/2-3", "_packs/1-empty"}
+    got = usage.live_entries(some)
+    assert {k: set(v) for k, v in got.items()} == {k: live_ids[k] for k in some if live_ids[k]}
+    assert all(len(v) == len(set(v)) for v in got.values())

@@ -29,11 +29,12 @@ import contextlib
 import dataclasses
 import datetime as dt
 import struct
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...errors import IntegrityError, NotFoundError
 from ..manifest import MANIFEST_SUFFIX, STAMP_FORMAT
-from .index import INDEX_PREFIX, Index, write_index
+from .index import INDEX_PREFIX, index_packs, iter_records, write_index
 from .packs import (
     PACK_PREFIX,
     PACK_TARGET,
@@ -72,18 +73,26 @@ class GCReport:
         return dataclasses.asdict(self)
 
 
-def _references(repo: Repository, store: DedupStore, key: bytes) -> set[bytes]:
+def _listed(repo: Repository) -> list[Any]:
     infos = repo.list()
     if repo.damaged:
         raise IntegrityError(
             f"{len(repo.damaged)} manifest(s) cannot be read ({repo.damaged[0][0]}): "
             "not collecting garbage, the chunks they use are unknown",
             hint="fix or delete the damaged manifest; 'volbak verify --all' lists them")
-    refs: set[bytes] = set()
+    return infos
+
+
+def _chunk_ids(store: DedupStore, infos: list[Any], key: bytes) -> Iterator[bytes]:
+    """The chunk ids the listed backups use, one backup's chunk list at a time."""
     for info in infos:
         if info.manifest.repo_format == "dedup":
-            refs.update(cid for cid, _ in read_chunk_list(store, info, key))
-    return refs
+            for cid, _ in read_chunk_list(store, info, key):
+                yield cid
+
+
+def _references(repo: Repository, store: DedupStore, key: bytes) -> set[bytes]:
+    return set(_chunk_ids(store, _listed(repo), key))
 
 
 def _delete(store: DedupStore, name: str) -> bool:
@@ -157,24 +166,68 @@ def _phase2(repo: Repository, store: DedupStore, meta: bytes, grace: dt.timedelt
         report.plans_done += 1
 
 
+_REF, _COUNTED, _SEEN = 1, 2, 4  # flags of an id in _Usage
+
+
+class _Usage:
+    """Phase 1's view of the index at ~35 bytes per chunk (a backup's ids-only load plus
+    one flag byte per id) instead of a location table and a set of references (~270).
+
+    A chunk counts once, at its first record in the order Index.load reads them (live
+    index files by name, records in file order): a chunk stored twice (a backup that
+    could not reuse a planned pack's copy) has its bytes in the first pack only."""
+
+    def __init__(self, store: DedupStore, meta: bytes, refs: Iterable[bytes]) -> None:
+        self._backend, self._meta = store.backend, meta
+        index = store.load_index(meta, ids_only=True)
+        self.files = index.files
+        self._ids = index.ids
+        assert self._ids is not None
+        self.indexed = {p.name for p in index_packs(self._backend, meta, self.files)}
+        self._flags = bytearray(self._ids.slots())
+        slot, flags = self._ids.slot, self._flags
+        for cid in refs:
+            s = slot(cid)
+            if s >= 0:  # missing chunks are verify's business; nothing to keep
+                flags[s] |= _REF
+
+    def _first(self, bit: int) -> Iterator[tuple[bool, tuple[bytes, str, int, int, int, int]]]:
+        """Each chunk's first record, with whether it is referenced (``bit``: a flag
+        this pass owns, so a pass can be made once per bit)."""
+        slot, flags = self._ids.slot, self._flags  # type: ignore[union-attr]
+        for rec in iter_records(self._backend, self._meta, self.files):
+            s = slot(rec[0])
+            if s < 0 or flags[s] & bit:
+                continue  # s < 0: a record the load did not see cannot be; be safe
+            flags[s] |= bit
+            yield bool(flags[s] & _REF), rec
+
+    def sums(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Per pack: bytes of blobs, bytes of live blobs."""
+        blobs: dict[str, int] = collections.Counter()
+        live: dict[str, int] = collections.Counter()
+        for ref, (_, pack, _, length, _, _) in self._first(_COUNTED):
+            blobs[pack] += length
+            if ref:
+                live[pack] += length
+        return blobs, live
+
+    def live_entries(self, packs: set[str]) -> dict[str, list[tuple[int, bytes, int, int, int]]]:
+        """The live blobs of ``packs`` only: (offset, chunk id, length, raw, key block)."""
+        out: dict[str, list[tuple[int, bytes, int, int, int]]] = collections.defaultdict(list)
+        for ref, (cid, pack, off, length, raw, k) in self._first(_SEEN):
+            if ref and pack in packs:
+                out[pack].append((off, cid, length, raw, k))
+        return out
+
+
 def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt.datetime,
             repack: bool, report: GCReport) -> None:
     planned = store.planned_packs(meta)
     stored = {o.name: o.size for o in store.backend.list(PACK_PREFIX)}
-    refs = _references(repo, store, meta)
-    index = store.load_index(meta)
-    sizes = {p.name: p.size for p in index.packs}
-    blobs: dict[str, int] = collections.Counter()
-    for v in index.loc.values():
-        blobs[index.packs[v >> 112].name] += (v >> 32) & 0xFFFFFFFF
-    live: dict[str, int] = collections.Counter()
-    live_ids: dict[str, list[bytes]] = collections.defaultdict(list)
-    for cid in refs:
-        loc = index.get(cid)
-        if loc is None:
-            continue  # missing chunks are verify's business; nothing to keep
-        live[loc.pack] += loc.length
-        live_ids[loc.pack].append(cid)
+    infos = _listed(repo)  # before the index: a listed backup's index file is read
+    usage = _Usage(store, meta, _chunk_ids(store, infos, meta))
+    blobs, live = usage.sums()
     report.packs = len(stored)
     report.pack_bytes = sum(stored.values())
     report.live_bytes = sum(live.values())
@@ -183,7 +236,7 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
     for name in stored:
         if name in planned:
             continue
-        if name not in sizes:
+        if name not in usage.indexed:
             plan.append(name)  # unindexed: a crashed backup's, or one still running
         elif not live[name]:
             plan.append(name)
@@ -191,7 +244,7 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
                 blobs[name] - live[name] >= REPACK_MIN_DEAD:
             to_repack.append(name)
     if to_repack:
-        packs = _repack(store, meta, index, sorted(to_repack), live_ids)
+        packs = _repack(store, meta, sorted(to_repack), usage.live_entries(set(to_repack)))
         if packs:
             write_index(store.backend, meta, packs)
         plan.extend(to_repack)
@@ -201,8 +254,8 @@ def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt
         report.planned = len(plan)
 
 
-def _repack(store: DedupStore, meta: bytes, index: Index, names: list[str],
-            live_ids: dict[str, list[bytes]]) -> list[PackInfo]:
+def _repack(store: DedupStore, meta: bytes, names: list[str],
+            live: dict[str, list[tuple[int, bytes, int, int, int]]]) -> list[PackInfo]:
     """Copy live blobs as they are (still encrypted) into new packs, carrying the key
     blocks they need: no private key is involved."""
     out: list[PackInfo] = []
@@ -211,8 +264,7 @@ def _repack(store: DedupStore, meta: bytes, index: Index, names: list[str],
     for name in names:
         blocks, _ = read_header(store.backend, name)
         data = store.backend.read_range(name)
-        entries = sorted(((index.get(c), c) for c in live_ids[name]),
-                         key=lambda e: e[0].offset)  # type: ignore[union-attr]
+        entries = sorted(live[name], key=lambda e: e[0])
         if writer is not None and (writer.size >= PACK_TARGET
                                    or any(b.id not in key_nos for b in blocks)):
             out.append(writer.finish())
@@ -221,9 +273,8 @@ def _repack(store: DedupStore, meta: bytes, index: Index, names: list[str],
             kbs = _dedup_blocks(blocks)
             key_nos = {b.id: i for i, b in enumerate(kbs)}
             writer = PackWriter(store.backend, kbs, meta)
-        for loc, cid in entries:
-            blob = data[loc.offset: loc.offset + loc.length]
-            writer.add(cid, blob, loc.raw, key_nos[blocks[loc.key].id])
+        for off, cid, length, raw, k in entries:
+            writer.add(cid, data[off: off + length], raw, key_nos[blocks[k].id])
     if writer is not None:
         out.append(writer.finish())
     return out

@@ -15,7 +15,9 @@ keeps every id in an IdSet (~34 bytes per chunk in one bytearray, no object per 
 100 GiB of unique data at ~32 KiB per chunk (~3.3 million chunks) costs ~110 MiB, and
 the ids of the chunks the backup adds join it.
 Locations (a dict entry of ~150 bytes per chunk) are loaded by a restore for its own
-chunks only, and by prune for all of them.
+chunks only. Prune's phase 1 loads the ids the same way, marks the referenced ones in a
+byte per id (``IdSet.slot``) and streams the records (``iter_records``) to sum the packs'
+bytes; a prune that carries out a plan (phase 2) still loads locations.
 """
 
 from __future__ import annotations
@@ -154,6 +156,41 @@ class IndexFile:
         self._r.close()
 
 
+def iter_records(backend: Backend, key: bytes, names: Iterable[str],
+                 ) -> Iterator[tuple[bytes, str, int, int, int, int]]:
+    """(chunk id, pack name, offset, length, raw length, key block) of every record of
+    the index files ``names``, in order, decoding one file at a time: no location table
+    in memory (prune sums the packs' bytes this way)."""
+    for name in names:
+        try:
+            f = IndexFile(backend, name, key)
+        except NotFoundError:
+            raise IntegrityError(f"index file {name} disappeared while it was read",
+                                 hint="another prune ran at the same time; run again") from None
+        packs = [p.name for p in f.packs]
+        for cid, pno, off, length, raw, k in f.records():
+            try:
+                pack = packs[pno]
+            except IndexError:
+                raise IntegrityError(f"index file {name} names pack {pno} of {len(packs)}",
+                                     hint="the repository was modified or damaged") from None
+            yield cid, pack, off, length, raw, k
+
+
+def index_packs(backend: Backend, key: bytes, names: Iterable[str]) -> list[PackRef]:
+    """The packs the headers of the index files ``names`` list."""
+    out: list[PackRef] = []
+    for name in names:
+        try:
+            f = IndexFile(backend, name, key)
+        except NotFoundError:
+            raise IntegrityError(f"index file {name} disappeared while it was read",
+                                 hint="another prune ran at the same time; run again") from None
+        f.close()
+        out.extend(f.packs)
+    return out
+
+
 class IdSet:
     """A set of 32-byte ids in ~34 bytes each, with no Python object per id.
 
@@ -174,6 +211,7 @@ class IdSet:
         self._raw = bytearray(self.NB * self._cap * self.W)
         self._cnt = array.array("I", bytes(4 * self.NB))
         self._over: set[bytes] = set()
+        self._over_no: dict[bytes, int] | None = None  # slot()'s numbers of _over's ids
         self._n = 0
 
     def __len__(self) -> int:
@@ -192,6 +230,33 @@ class IdSet:
             i = raw.find(tail, i + 1, end)
         return i >= 0 or (bool(self._over) and cid in self._over)
 
+    def slot(self, cid: bytes) -> int:
+        """A number for ``cid`` in range(self.slots()), or -1 if it is not in the set:
+        stable while nothing is added, so a bytearray of that many flags can say things
+        about the ids at one byte each (prune marks referenced ids this way). An id
+        loaded twice has one number (the first slot that holds it)."""
+        if len(cid) != 32:
+            return -1
+        k = cid[0] << 8 | cid[1]
+        start = k * self._cap * self.W
+        end = start + self._cnt[k] * self.W
+        tail = cid[2:]
+        raw = self._raw
+        i = raw.find(tail, start, end)
+        while i >= 0 and (i - start) % self.W:
+            i = raw.find(tail, i + 1, end)
+        if i >= 0:
+            return i // self.W
+        if not self._over:
+            return -1
+        if self._over_no is None:
+            base = self.NB * self._cap
+            self._over_no = {c: base + j for j, c in enumerate(sorted(self._over))}
+        return self._over_no.get(cid, -1)
+
+    def slots(self) -> int:
+        return self.NB * self._cap + len(self._over)
+
     def add(self, cid: bytes) -> None:
         if len(cid) != 32:
             raise ValueError("chunk ids are 32 bytes")
@@ -204,6 +269,7 @@ class IdSet:
         k = data[o] << 8 | data[o + 1]
         c = self._cnt[k]
         self._n += 1
+        self._over_no = None
         if c < self._cap:
             at = (k * self._cap + c) * self.W
             self._raw[at: at + self.W] = data[o + 2: o + 32]
