@@ -16,8 +16,9 @@
    archives (zstd-3 tar of the final tree, what the archive format stores per backup).
 3. index: peak RSS of a process that loads an index of INDEX_CHUNKS chunks (3,300,000 =
    100 GiB of unique data at 32 KiB) and backs up 64 MiB (streamed) against it.
-   With --prune-chunks N: peak RSS of a prune's phase 1 (references, per-pack sums) over
-   an index of N chunks of which half are referenced (--prune-code TREE: with TREE's
+   With --prune-chunks N: peak RSS of a prune's phase 1 (references, per-pack sums) and
+   phase 2 (a due plan of a tenth of the packs) over an index of N chunks of which ~45%
+   are referenced (--prune-code TREE: with TREE's
    volbak package, e.g. `git archive main volbak | tar -x -C TREE`, for a before/after).
 4. docker (needs root on the engine's host; volumes are filled through their
    mountpoints): the SIZE MiB tree in a volume; first dedup backup (encrypted), backup of
@@ -277,7 +278,9 @@ def bench_index(chunks: int, work: Path) -> dict:
 
 def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple:
     """A repository whose index holds ``chunks`` chunks in 32 MiB packs (no pack data);
-    with ``refs``, every other chunk id is written there (half the chunks referenced)."""
+    with ``refs``, every other chunk id of all packs but the first tenth is written
+    there (those packs are left unreferenced for a GC plan). Returns the repository,
+    its store, the names of the unreferenced packs and the number of ids in ``refs``."""
     from volbak.repository.dedup.index import write_index
     from volbak.repository.dedup.packs import PackEntry, PackInfo, new_pack_name
 
@@ -291,35 +294,48 @@ def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple
                    for i in range(min(per_pack, chunks - p))]
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)
+    dead, n = [p.name for p in packs[: len(packs) // 10]], 0
     if refs is not None:
         with refs.open("wb") as f:
-            for pk in packs:
+            for pk in packs[len(dead):]:
                 f.write(b"".join(e.id for e in pk.entries[::2]))
-    return repo, store
+                n += len(pk.entries[::2])
+    return repo, store, dead, n
 
 
 # -- 3b. prune memory -------------------------------------------------------------------------
 
 def bench_prune(chunks: int, work: Path, code: Path | None = None) -> dict:
-    """Peak RSS of a prune's phase 1 (references, pack sums; no packs are stored, so
-    nothing is planned or repacked) over an index of ``chunks`` chunks, half of them
-    referenced. ``code``: a tree whose volbak is measured instead (e.g. main's)."""
+    """Peak RSS of a prune's phase 1 (references, pack sums; no pack data is stored, so
+    nothing is planned or repacked) over an index of ``chunks`` chunks, then of its phase
+    2 carrying out a due plan of the tenth of the packs nobody references (their pack
+    files exist, empty; the index is consolidated), each in a child process; ~45% of the
+    chunks are referenced. ``code``: a tree whose volbak is measured instead (main's)."""
     path = work / "prune-repo"
-    write_index_repo(chunks, path, work / "refs")
+    _, store, dead, n = write_index_repo(chunks, path, work / "refs")
     script = Path(__file__)
     if code is not None:
         (code / "scripts").mkdir(exist_ok=True)
         script = code / "scripts" / script.name
         shutil.copy(__file__, script)
-    out = subprocess.run([sys.executable, str(script), "--prune-worker", str(path),
-                          str(work / "refs")], check=True, capture_output=True, text=True,
-                         env=os.environ.copy()).stdout.split()
-    return {"chunks": chunks, "referenced": chunks // 2 + chunks % 2,
-            "seconds": round(float(out[0]), 2), "peak_rss_mib": round(float(out[1])),
-            "live_bytes": int(out[2])}
+    out = {"chunks": chunks, "referenced": n}
+    for phase in ("1", "2"):
+        if phase == "2":
+            for name in dead:
+                store.backend.put_bytes(name, b"")
+            store.write_plan(store.meta_keys().metadata, dead,
+                             dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+        r = subprocess.run([sys.executable, str(script), "--prune-worker", str(path),
+                            str(work / "refs"), phase], check=True, capture_output=True,
+                           text=True, env=os.environ.copy()).stdout.split()
+        out[f"phase{phase}"] = {"seconds": round(float(r[0]), 2),
+                                "peak_rss_mib": round(float(r[1])), "report": json.loads(r[2])}
+    return out
 
 
-def prune_worker(path: str, refs: str) -> None:
+def prune_worker(path: str, refs: str, phase: str) -> None:
+    import dataclasses
+
     from volbak.local import LocalBackend
     from volbak.repository import Repository
     from volbak.repository.dedup import gc
@@ -332,15 +348,20 @@ def prune_worker(path: str, refs: str) -> None:
     if hasattr(gc, "_chunk_ids"):
         gc._listed = lambda repo: []  # type: ignore[attr-defined]
         gc._chunk_ids = lambda store, infos, key: ids()  # type: ignore[attr-defined]
-    else:  # code before the streamed phase 1
+    else:  # code before the streamed prune
         gc._references = lambda repo, store, key: set(ids())  # type: ignore[attr-defined]
     repo = Repository(LocalBackend(Path(path)))
     store = repo.dedup()
     keys = store.meta_keys()
     report = gc.GCReport()
+    now = dt.datetime.now(dt.UTC)
     t = time.monotonic()
-    gc._phase1(repo, store, keys.metadata, keys, dt.datetime.now(dt.UTC), False, report)
-    print(time.monotonic() - t, peak_rss_mib(), report.live_bytes)
+    if phase == "1":
+        gc._phase1(repo, store, keys.metadata, keys, now, False, report)
+    else:
+        gc._phase2(repo, store, keys.metadata, dt.timedelta(0), now, [], report)
+    report = {k: v for k, v in dataclasses.asdict(report).items() if v}
+    print(time.monotonic() - t, peak_rss_mib(), json.dumps(report, separators=(",", ":")))
 
 
 # -- 4. docker ------------------------------------------------------------------------------
@@ -464,7 +485,7 @@ def main() -> int:
         index_worker(sys.argv[2])
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--prune-worker":
-        prune_worker(sys.argv[2], sys.argv[3])
+        prune_worker(sys.argv[2], sys.argv[3], sys.argv[4])
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         os.environ.setdefault("VOLBAK_HOST_KEY", str(Path(sys.argv[5]).parent / "host.key"))
@@ -478,8 +499,8 @@ def main() -> int:
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--index-chunks", type=int, default=3_300_000)
     ap.add_argument("--prune-chunks", type=int, default=0,
-                    help="also measure a prune's phase 1 over an index of this many chunks "
-                    "(3300000 = 100 GiB at 32 KiB), half of them referenced")
+                    help="also measure a prune's phases 1 and 2 over an index of this many "
+                    "chunks (3300000 = 100 GiB at 32 KiB), ~45%% of them referenced")
     ap.add_argument("--prune-code", type=Path,
                     help="measure the prune with the volbak package of this tree instead "
                     "(e.g. an export of main, for a before/after)")

@@ -618,3 +618,21 @@ def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
     got = usage.live_entries(some)
     assert {k: set(v) for k, v in got.items()} == {k: live_ids[k] for k in some if live_ids[k]}
     assert all(len(v) == len(set(v)) for v in got.values())
+    # phase 2: planned packs holding the only copy of a live chunk are kept; the
+    # consolidated index holds what Index.load(skip=cand) holds
+    cand = {f"_packs/{f}-{p}" for f in range(3) for p in range(4) if (f + p) % 2} | {
+        "_packs/0-empty"}
+    full = store.load_index(meta)
+    rest = store.load_index(meta, skip=cand)
+    kept = {full.pack_of(cid) for cid in set(refs) if cid not in rest.loc and cid in full.loc}
+    assert kept and kept <= cand
+    assert usage.only_in(cand) == kept
+    cand -= kept
+    final = store.load_index(meta, skip=cand)
+    packs, recs = usage.consolidated(cand)
+    got_recs = [(cid, packs[no].name, off, length, raw, k) for cid, no, off, length, raw, k in recs]
+    want = {(cid, loc.pack, loc.offset, loc.length, loc.raw, loc.key)
+            for cid in final.loc if (loc := final.get(cid))}
+    assert len(got_recs) == len(want) and set(got_recs) == want
+    assert {p.name: p for p in packs} == {p.name: p for p in final.packs if p.name not in cand
+                                          and any(r[1] == p.name for r in want)}

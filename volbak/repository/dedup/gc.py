@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import IntegrityError, NotFoundError
 from ..manifest import MANIFEST_SUFFIX, STAMP_FORMAT
-from .index import INDEX_PREFIX, index_packs, iter_records, write_index
+from .index import (
+    INDEX_PREFIX,
+    PackRef,
+    index_packs,
+    iter_records,
+    write_index,
+    write_index_records,
+)
 from .packs import (
     PACK_PREFIX,
     PACK_TARGET,
@@ -91,10 +98,6 @@ def _chunk_ids(store: DedupStore, infos: list[Any], key: bytes) -> Iterator[byte
                 yield cid
 
 
-def _references(repo: Repository, store: DedupStore, key: bytes) -> set[bytes]:
-    return set(_chunk_ids(store, _listed(repo), key))
-
-
 def _delete(store: DedupStore, name: str) -> bool:
     try:
         store.backend.delete(name)
@@ -138,35 +141,28 @@ def _phase2(repo: Repository, store: DedupStore, meta: bytes, grace: dt.timedelt
         return
     stored = {o.name: o.size for o in store.backend.list(PACK_PREFIX)}
     cand = {p for plan in due for p in plan["packs"] if p in stored}
-    refs = _references(repo, store, meta)
-    full = store.load_index(meta)
-    rest = store.load_index(meta, skip=cand)
-    for cid in refs:
-        if cid not in rest.loc and cid in full.loc:
-            keep = full.pack_of(cid)
-            if keep in cand:  # the only copy of a live chunk: a backup reused it meanwhile
-                cand.discard(keep)
-                report.kept_from_plan += 1
+    infos = _listed(repo)  # before the index: a listed backup's index file is read
+    usage = _Usage(store, meta, _chunk_ids(store, infos, meta))
+    for keep in usage.only_in(cand):  # the only copy of a live chunk: a backup reused it
+        cand.discard(keep)
+        report.kept_from_plan += 1
     if cand:
-        final = store.load_index(meta, skip=cand)
-        by_pack: dict[int, list[tuple[bytes, int, int, int, int]]] = collections.defaultdict(list)
-        for cid, v in final.loc.items():
-            m = 0xFFFFFFFF
-            by_pack[v >> 112].append((cid, (v >> 64) & m, (v >> 32) & m, v & m, (v >> 96) & 0xFFFF))
-        live_refs = [(final.packs[no], entries) for no, entries in sorted(by_pack.items())]
-        write_index(store.backend, meta, live_refs, supersedes=full.files + full.superseded)
+        packs, recs = usage.consolidated(cand)
+        write_index_records(store.backend, meta, packs, recs,
+                            supersedes=usage.files + usage.superseded)
         for name in sorted(cand):
             if _delete(store, name):
                 report.deleted_packs += 1
                 report.deleted_bytes += stored.get(name, 0)
-        for name in full.files + full.superseded:
+        for name in usage.files + usage.superseded:
             _delete(store, name)
     for plan in due:
         _delete(store, plan["name"])
         report.plans_done += 1
 
 
-_REF, _COUNTED, _SEEN = 1, 2, 4  # flags of an id in _Usage
+# flags of an id in _Usage; each pass that takes an id's first record owns a bit
+_REF, _COUNTED, _SEEN, _OUTSIDE, _FIRST, _FINAL, _WRITTEN = 1, 2, 4, 8, 16, 32, 64
 
 
 class _Usage:
@@ -181,9 +177,13 @@ class _Usage:
         self._backend, self._meta = store.backend, meta
         index = store.load_index(meta, ids_only=True)
         self.files = index.files
+        self.superseded = index.superseded
         self._ids = index.ids
         assert self._ids is not None
-        self.indexed = {p.name for p in index_packs(self._backend, meta, self.files)}
+        self.refs: dict[str, PackRef] = {}  # the first header's, as Index.load keeps
+        for p in index_packs(self._backend, meta, self.files):
+            self.refs.setdefault(p.name, p)
+        self.indexed = set(self.refs)
         self._flags = bytearray(self._ids.slots())
         slot, flags = self._ids.slot, self._flags
         for cid in refs:
@@ -191,11 +191,14 @@ class _Usage:
             if s >= 0:  # missing chunks are verify's business; nothing to keep
                 flags[s] |= _REF
 
-    def _first(self, bit: int) -> Iterator[tuple[bool, tuple[bytes, str, int, int, int, int]]]:
-        """Each chunk's first record, with whether it is referenced (``bit``: a flag
-        this pass owns, so a pass can be made once per bit)."""
+    def _first(self, bit: int, skip: set[str] = frozenset(),  # type: ignore[assignment]
+               ) -> Iterator[tuple[bool, tuple[bytes, str, int, int, int, int]]]:
+        """Each chunk's first record outside the packs ``skip``, with whether it is
+        referenced (``bit``: a flag this pass owns, so a pass can be made once per bit)."""
         slot, flags = self._ids.slot, self._flags  # type: ignore[union-attr]
         for rec in iter_records(self._backend, self._meta, self.files):
+            if skip and rec[1] in skip:
+                continue
             s = slot(rec[0])
             if s < 0 or flags[s] & bit:
                 continue  # s < 0: a record the load did not see cannot be; be safe
@@ -219,6 +222,39 @@ class _Usage:
             if ref and pack in packs:
                 out[pack].append((off, cid, length, raw, k))
         return out
+
+
+    def only_in(self, cand: set[str]) -> set[str]:
+        """The packs of ``cand`` holding the first record of a referenced chunk that
+        has no record outside ``cand``."""
+        slot, flags = self._ids.slot, self._flags  # type: ignore[union-attr]
+        first: dict[int, str] = {}  # referenced ids whose first record is in cand
+        for cid, pack, *_ in iter_records(self._backend, self._meta, self.files):
+            s = slot(cid)
+            if s < 0:
+                continue
+            f = flags[s]
+            if pack not in cand:
+                flags[s] = f | _OUTSIDE
+            if not f & _FIRST:
+                flags[s] |= _FIRST
+                if f & _REF and pack in cand:
+                    first[s] = pack
+        return {pack for s, pack in first.items() if not flags[s] & _OUTSIDE}
+
+    def consolidated(self, cand: set[str]) -> tuple[list[PackRef], Iterator[
+            tuple[bytes, int, int, int, int, int]]]:
+        """One index's packs and records: each chunk's first record outside ``cand``
+        (what Index.load(skip=cand) keeps), for packs with at least one such record."""
+        used: dict[str, int] = {}
+        for _, (_, pack, *_) in self._first(_FINAL, cand):
+            used.setdefault(pack, len(used))
+        packs = [self.refs[name] for name in used]
+
+        def recs() -> Iterator[tuple[bytes, int, int, int, int, int]]:
+            for _, (cid, pack, off, length, raw, k) in self._first(_WRITTEN, cand):
+                yield cid, used[pack], off, length, raw, k
+        return packs, recs()
 
 
 def _phase1(repo: Repository, store: DedupStore, meta: bytes, keys: Any, now: dt.datetime,

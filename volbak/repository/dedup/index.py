@@ -63,27 +63,38 @@ def write_index(backend: Backend, key: bytes, packs: Iterable[PackInfo | tuple[P
                 supersedes: Iterable[str] = (), name: str | None = None) -> tuple[str, int]:
     """Stream an index file; returns its name and size. ``packs`` yields PackInfo, or
     (PackRef, [(chunk id, offset, length, raw, key)]) pairs."""
-    name = name or new_index_name()
     items = list(packs)
-    refs = []
-    for p in items:
-        ref = p if isinstance(p, PackInfo) else p[0]
-        refs.append({"name": ref.name, "size": ref.size, "blake3": ref.blake3})
+    refs = [p if isinstance(p, PackInfo) else p[0] for p in items]
+
+    def recs() -> Iterator[tuple[bytes, int, int, int, int, int]]:
+        for no, p in enumerate(items):
+            if isinstance(p, PackInfo):
+                for e in p.entries:
+                    yield e.id, no, e.offset, e.length, e.raw, e.key
+            else:
+                for cid, off, length, raw, k in p[1]:
+                    yield cid, no, off, length, raw, k
+    return write_index_records(backend, key, refs, recs(), supersedes, name)
+
+
+def write_index_records(backend: Backend, key: bytes, packs: list[PackInfo | PackRef],
+                        recs: Iterable[tuple[bytes, int, int, int, int, int]],
+                        supersedes: Iterable[str] = (), name: str | None = None,
+                        ) -> tuple[str, int]:
+    """Stream an index file of the records ``recs``: (chunk id, number of its pack in
+    ``packs``, offset, length, raw length, key block), in any order."""
+    name = name or new_index_name()
+    refs = [{"name": p.name, "size": p.size, "blake3": p.blake3} for p in packs]
     head = json.dumps({"v": 1, "supersedes": sorted(supersedes), "packs": refs}).encode()
     with backend.create_writer(name) as w:
         sw = SealedWriter(w.write, key)
         sw.write(_U32.pack(len(head)) + head)
         buf = bytearray()
-        for no, p in enumerate(items):
-            if isinstance(p, PackInfo):
-                entries = ((e.id, e.offset, e.length, e.raw, e.key) for e in p.entries)
-            else:
-                entries = p[1]
-            for cid, off, length, raw, k in entries:
-                buf += REC.pack(cid, no, off, length, raw, k)
-                if len(buf) >= 1 << 20:
-                    sw.write(buf)
-                    buf.clear()
+        for cid, no, off, length, raw, k in recs:
+            buf += REC.pack(cid, no, off, length, raw, k)
+            if len(buf) >= 1 << 20:
+                sw.write(buf)
+                buf.clear()
         sw.write(buf)
         sw.close()
         info = w.commit()
