@@ -166,8 +166,9 @@ _REF, _COUNTED, _SEEN, _OUTSIDE, _FIRST, _FINAL, _WRITTEN = 1, 2, 4, 8, 16, 32, 
 
 
 class _Usage:
-    """Phase 1's view of the index at ~35 bytes per chunk (a backup's ids-only load plus
-    one flag byte per id) instead of a location table and a set of references (~270).
+    """Prune's view of the index at ~35 bytes per chunk (a backup's ids-only load plus
+    one flag byte per id) instead of location tables and a set of references (~270 and
+    more): every question is a pass over the index files' records, one file at a time.
 
     A chunk counts once, at its first record in the order Index.load reads them (live
     index files by name, records in file order): a chunk stored twice (a backup that
@@ -222,7 +223,6 @@ class _Usage:
             if ref and pack in packs:
                 out[pack].append((off, cid, length, raw, k))
         return out
-
 
     def only_in(self, cand: set[str]) -> set[str]:
         """The packs of ``cand`` holding the first record of a referenced chunk that
