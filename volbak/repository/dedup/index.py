@@ -167,17 +167,22 @@ class IndexFile:
         self._r.close()
 
 
+def _open_listed(backend: Backend, name: str, key: bytes) -> IndexFile:
+    """An index file that a listing just named (gone now: a concurrent prune's doing)."""
+    try:
+        return IndexFile(backend, name, key)
+    except NotFoundError:
+        raise IntegrityError(f"index file {name} disappeared while it was read",
+                             hint="another prune ran at the same time; run again") from None
+
+
 def iter_records(backend: Backend, key: bytes, names: Iterable[str],
                  ) -> Iterator[tuple[bytes, str, int, int, int, int]]:
     """(chunk id, pack name, offset, length, raw length, key block) of every record of
     the index files ``names``, in order, decoding one file at a time: no location table
     in memory (prune sums the packs' bytes this way)."""
     for name in names:
-        try:
-            f = IndexFile(backend, name, key)
-        except NotFoundError:
-            raise IntegrityError(f"index file {name} disappeared while it was read",
-                                 hint="another prune ran at the same time; run again") from None
+        f = _open_listed(backend, name, key)
         packs = [p.name for p in f.packs]
         for cid, pno, off, length, raw, k in f.records():
             try:
@@ -192,11 +197,7 @@ def index_packs(backend: Backend, key: bytes, names: Iterable[str]) -> list[Pack
     """The packs the headers of the index files ``names`` list."""
     out: list[PackRef] = []
     for name in names:
-        try:
-            f = IndexFile(backend, name, key)
-        except NotFoundError:
-            raise IntegrityError(f"index file {name} disappeared while it was read",
-                                 hint="another prune ran at the same time; run again") from None
+        f = _open_listed(backend, name, key)
         f.close()
         out.extend(f.packs)
     return out
