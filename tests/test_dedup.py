@@ -636,3 +636,46 @@ def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
     assert len(got_recs) == len(want) and set(got_recs) == want
     assert {p.name: p for p in packs} == {p.name: p for p in final.packs if p.name not in cand
                                           and any(r[1] == p.name for r in want)}
+
+
+def test_a_dead_local_runs_lock_does_not_block_prune(tmp_path: Path) -> None:
+    """A prune whose repository went away while it released its lock (an S3 server
+    killed) leaves the lock object; on the same machine its dead pid frees it at once,
+    and the next prune clears it away. A live or foreign lock still blocks."""
+    import json
+    import socket
+
+    from volbak.errors import LockBusyError
+    from volbak.repository.dedup.store import (
+        LOCK_PREFIX,
+        DedupStore,
+        list_locks,
+        machine_id,
+    )
+
+    if machine_id() is None:
+        pytest.skip("no machine id on this host")
+    (tmp_path / "locks").mkdir()
+    backend = LocalBackend(tmp_path / "locks")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    info = {"kind": "prune", "what": "prune", "host": socket.gethostname(),
+            "machine": machine_id(), "created": "2026-01-01T00:00:00Z",
+            "refreshed": dt.datetime.now(dt.UTC).isoformat()}
+    backend.put_bytes(f"{LOCK_PREFIX}prune-dead", json.dumps({**info, "pid": gone.pid}).encode())
+    backend.put_bytes(f"{LOCK_PREFIX}prune-live", json.dumps({**info, "pid": os.getpid()}).encode())
+    backend.put_bytes(f"{LOCK_PREFIX}prune-foreign",
+                      json.dumps({**info, "pid": gone.pid, "machine": "elsewhere"}).encode())
+    alive = {d["name"].rsplit("-", 1)[1]: d["alive"] for d in list_locks(backend)}
+    assert alive == {"dead": False, "live": True, "foreign": True}
+
+    store = DedupStore.__new__(DedupStore)  # only the backend matters to prune_lock
+    store.backend = backend
+    store.config = None  # type: ignore[assignment]
+    with pytest.raises(LockBusyError):
+        store.prune_lock()  # the live and the foreign locks still count
+    backend.delete(f"{LOCK_PREFIX}prune-live")
+    backend.delete(f"{LOCK_PREFIX}prune-foreign")
+    lock = store.prune_lock()
+    assert [o.name for o in backend.list(LOCK_PREFIX)] == [lock.name]
+    lock.release()

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...backend import Backend
 from ...errors import BackendError, LockBusyError, NotFoundError, VolbakError
+from ...util.host import pid_alive
 from . import keys as keymod
 from .crypto import seal, unseal
 from .index import Index
@@ -65,6 +66,25 @@ def parse_iso(s: str) -> dt.datetime:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
+def machine_id() -> str | None:
+    """This machine's systemd/D-Bus id, to tell two hosts of one hostname apart."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        with contextlib.suppress(OSError):
+            return open(path).read().strip() or None
+    return None
+
+
+def _dead_here(d: dict[str, Any]) -> bool:
+    """A lock made on this very machine by a process that no longer exists: its run
+    died (or lost the repository while releasing it, as when an S3 server went away),
+    so waiting for it to go stale would only block the next prune (restic's rule; the
+    machine id guards against two hosts of one hostname)."""
+    mine = machine_id()
+    return (mine is not None and d.get("machine") == mine
+            and d.get("host") == socket.gethostname()
+            and isinstance(d.get("pid"), int) and not pid_alive(d["pid"]))
+
+
 class RepoLock:
     """A lock object kept fresh by a daemon thread until ``release``."""
 
@@ -74,7 +94,8 @@ class RepoLock:
         self.name = f"{LOCK_PREFIX}{kind}-{secrets.token_hex(12)}"
         self.created = now_utc()
         self._info = {"kind": kind, "what": what, "host": socket.gethostname(),
-                      "pid": os.getpid(), "created": iso(self.created)}
+                      "machine": machine_id(), "pid": os.getpid(),
+                      "created": iso(self.created)}
         self._stop = threading.Event()
         self._last_ok = time.monotonic()
         self._write()
@@ -122,7 +143,8 @@ def list_locks(backend: Backend, now: dt.datetime | None = None) -> list[dict[st
         except (ValueError, KeyError, TypeError):
             d = {"kind": "?", "created_at": now, "refreshed_at": now}  # unreadable: assume live
         d["name"] = o.name
-        d["alive"] = (now - d["refreshed_at"]).total_seconds() < lock_stale()
+        d["alive"] = (now - d["refreshed_at"]).total_seconds() < lock_stale() \
+            and not _dead_here(d)
         out.append(d)
     return out
 
@@ -228,4 +250,10 @@ class DedupStore:
                 f"(host {who.get('host')}, pid {who.get('pid')})",
                 hint="wait for it to finish; a dead one's lock expires after "
                 f"{lock_stale():.0f} s")
+        # Locks of runs that are gone (stale, or dead on this machine) block nothing
+        # any more; the prune that holds the repository clears them away.
+        for d in list_locks(self.backend):
+            if not d["alive"] and d["name"] != lock.name:
+                with contextlib.suppress(NotFoundError):
+                    self.backend.delete(d["name"])
         return lock
