@@ -117,9 +117,6 @@ class NewTargets:
             entry.remove()
             raise
         self._items.append((entry, engine))
-        info = _inspect_volume(engine, name)
-        if info and info.get("CreatedAt"):
-            entry.update(created_at=info["CreatedAt"])
 
     def container(self, engine: Engine, name: str, labels: dict[str, str]) -> None:
         """Journal a data-volume container the caller creates right after this call."""

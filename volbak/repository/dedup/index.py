@@ -229,9 +229,8 @@ class IdSet:
     def __len__(self) -> int:
         return self._n
 
-    def __contains__(self, cid: bytes) -> bool:
-        if len(cid) != 32:
-            return False
+    def _find(self, cid: bytes) -> int:
+        """Offset of ``cid``'s slot in the buckets, or -1 (it may still be in _over)."""
         k = cid[0] << 8 | cid[1]
         start = k * self._cap * self.W
         end = start + self._cnt[k] * self.W
@@ -240,7 +239,12 @@ class IdSet:
         i = raw.find(tail, start, end)
         while i >= 0 and (i - start) % self.W:  # a match across two slots is not one
             i = raw.find(tail, i + 1, end)
-        return i >= 0 or (bool(self._over) and cid in self._over)
+        return i
+
+    def __contains__(self, cid: bytes) -> bool:
+        if len(cid) != 32:
+            return False
+        return self._find(cid) >= 0 or (bool(self._over) and cid in self._over)
 
     def slot(self, cid: bytes) -> int:
         """A number for ``cid`` in range(self.slots()), or -1 if it is not in the set:
@@ -249,14 +253,7 @@ class IdSet:
         loaded twice has one number (the first slot that holds it)."""
         if len(cid) != 32:
             return -1
-        k = cid[0] << 8 | cid[1]
-        start = k * self._cap * self.W
-        end = start + self._cnt[k] * self.W
-        tail = cid[2:]
-        raw = self._raw
-        i = raw.find(tail, start, end)
-        while i >= 0 and (i - start) % self.W:
-            i = raw.find(tail, i + 1, end)
+        i = self._find(cid)
         if i >= 0:
             return i // self.W
         if not self._over:
