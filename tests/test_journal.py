@@ -63,3 +63,42 @@ def test_owner_alive():
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
     assert not journal.owner_alive(f"{host}:{p.pid}")
+
+
+def _run_and_exit(tmp_path, unremoved: bool) -> None:
+    code = ("from pathlib import Path; from volbak.ops import journal;"
+            "from volbak.engine import helpers;"
+            f"journal.touch_engine('unix:///e2', Path({str(tmp_path)!r}));"
+            + ("helpers._unremoved.add('unix:///e2');" if unremoved else ""))
+    subprocess.run([sys.executable, "-c", code], check=True)  # a normal exit (atexit runs)
+
+
+def test_engines_note_outlives_a_run_that_left_a_helper(tmp_path):
+    _run_and_exit(tmp_path, unremoved=False)
+    assert journal.entries(tmp_path) == []
+    _run_and_exit(tmp_path, unremoved=True)  # the engine refused to remove a helper
+    [rec] = journal.entries(tmp_path)
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e2"] and not rec["live"]
+
+
+def test_recovery_keeps_the_note_while_a_helper_is_busy(tmp_path, monkeypatch):
+    from volbak.engine.helpers import Sweep
+    from volbak.ops import recovery
+
+    _run_and_exit(tmp_path, unremoved=True)
+
+    class FakeEngine:
+        url = "unix:///e2"
+
+        def close(self):
+            pass
+
+    sweeps = iter([Sweep(left=["c1"]), Sweep(removed=["c1"])])
+    monkeypatch.setattr(recovery, "sweep_stale_helpers", lambda eng: next(sweeps))
+    monkeypatch.setattr(recovery, "sweep_staging", lambda eng, keep: [])
+    events: list[str] = []
+    recovery.recover_all(lambda url: FakeEngine(), events.append, journal_dir=tmp_path)
+    assert [r["kind"] for r in journal.entries(tmp_path)] == ["engines"]
+    assert any("could not be removed yet" in e for e in events)
+    rep = recovery.recover_all(lambda url: FakeEngine(), events.append, journal_dir=tmp_path)
+    assert rep.removed_helpers == 1 and journal.entries(tmp_path) == []

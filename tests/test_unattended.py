@@ -150,7 +150,7 @@ def test_helpers_of_dead_processes_are_swept(resources, docker_client, docker_ho
     stale = resources.container(image, ["x"], labels=labels)
     alive = resources.container(image, ["x"], labels={
         HELPER_LABEL: "helper", OWNER_LABEL: f"{socket.gethostname()}:{os.getpid()}"})
-    assert stale.id in sweep_stale_helpers(engine)
+    assert stale.id in sweep_stale_helpers(engine).removed
     left = {c.id for c in docker_client.containers.list(all=True)}
     assert stale.id not in left and alive.id in left
 

@@ -27,6 +27,14 @@ HELPER_IMAGE = "volbak-helper:empty"
 HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key
 OWNER_LABEL = "volbak.owner"  # "<hostname>:<pid>" of the volbak process that made it
 
+# Engines on which this process failed to remove a helper it made: the run's journal
+# note must then outlive the run, so the next command's recovery sweeps them again.
+_unremoved: set[str] = set()
+
+
+def engines_with_unremoved_helpers() -> set[str]:
+    return set(_unremoved)
+
 
 
 def _empty_tar() -> bytes:
@@ -86,7 +94,8 @@ def helper(
     try:
         yield cid
     finally:
-        remove_container(engine, cid)
+        if not remove_container(engine, cid):
+            _unremoved.add(engine.url)
 
 
 def remove_container(engine: Engine, cid: str, patience: float = 10.0) -> bool:
@@ -100,23 +109,37 @@ def remove_container(engine: Engine, cid: str, patience: float = 10.0) -> bool:
     return done
 
 
-def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> list[str]:
+@dataclasses.dataclass
+class Sweep:
+    removed: list[str] = dataclasses.field(default_factory=list)
+    # still there: the engine refused, or could not be asked (then it is ["?"])
+    left: list[str] = dataclasses.field(default_factory=list)
+
+
+def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> Sweep:
     """Remove helpers left by a volbak process on this host that died (kill -9).
 
     Best effort, with a short timeout: after a client vanished mid-transfer, the 20.10
     engine can keep its tar process blocked and refuse to remove that container (seen
-    here); that must not hold up the backup that is starting now."""
-    removed = []
+    here); that must not hold up the backup that is starting now. Recovery keeps its
+    note of the engine while ``left`` is not empty, so a later run tries again."""
+    out = Sweep()
     host = socket.gethostname()
     api = engine.api
-    with contextlib.suppress(docker.errors.APIError, requests.exceptions.RequestException):
-        for c in api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"}):
-            owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
-            ohost, _, pid = owner.rpartition(":")
-            if ohost == host and pid.isdigit() and not pid_alive(int(pid)) \
-                    and _remove_with_timeout(engine, c["Id"], timeout):
-                removed.append(c["Id"])
-    return removed
+    try:
+        found = api.containers(all=True, filters={"label": f"{HELPER_LABEL}=helper"})
+    except (docker.errors.APIError, requests.exceptions.RequestException):
+        out.left.append("?")
+        return out
+    for c in found:
+        owner = (c.get("Labels") or {}).get(OWNER_LABEL, "")
+        ohost, _, pid = owner.rpartition(":")
+        if ohost == host and pid.isdigit() and not pid_alive(int(pid)):
+            if _remove_with_timeout(engine, c["Id"], timeout):
+                out.removed.append(c["Id"])
+            else:
+                out.left.append(c["Id"])
+    return out
 
 
 def _remove_with_timeout(engine: Engine, cid: str, timeout: float) -> bool:

@@ -232,9 +232,13 @@ def touch_engine(url: str, directory: Path | None = None) -> None:
 
 def _end_run() -> None:
     """At a normal exit every helper and staging volume was removed by the finally
-    blocks that made them; the note is no longer needed."""
+    blocks that made them, and the note is no longer needed; unless an engine refused
+    to remove a helper (it can, for a while, after an aborted transfer): then the note
+    stays for the next command's recovery."""
     global _run_entry
+    from ..engine.helpers import engines_with_unremoved_helpers
+
     with _run_lock:
-        if _run_entry is not None:
+        if _run_entry is not None and not engines_with_unremoved_helpers():
             _run_entry.remove()
             _run_entry = None
