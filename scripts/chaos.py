@@ -179,6 +179,7 @@ class World:
         self.rng = rng
         self.files, self.big = files, big
         self.verbose = verbose
+        self.ended_at = 0.0
         self.state = work / "state"
         self.repo = work / "repo"
         self.repo.mkdir(parents=True, exist_ok=True)
@@ -285,6 +286,7 @@ class World:
                 what = fault(proc)
             try:
                 code = proc.wait(timeout=300)
+                self.ended_at = time.time()
             except subprocess.TimeoutExpired:
                 proc.kill()
                 code = proc.wait()
@@ -342,7 +344,13 @@ class World:
                 if not helpers:
                     self.say(f"{kind}: a helper on {url} needed another recover")
             if helpers:
-                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url}")
+                desc = [f"{c['Id'][:12]} {c.get('State')} "
+                        f"{(c.get('Labels') or {}).get('volbak.owner')} created "
+                        f"{client.api.inspect_container(c['Id'])['Created']}, the run "
+                        f"ended {time.strftime('%H:%M:%S', time.gmtime(self.ended_at))}"
+                        f".{int(self.ended_at * 1000) % 1000:03d}" for c in helpers]
+                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url}: "
+                                      f"{desc}; journal: {self.journal()}")
             staging = client.api.volumes(
                 filters={"label": "volbak.managed=staging"}).get("Volumes") or []
             if staging:

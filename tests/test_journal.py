@@ -102,3 +102,30 @@ def test_recovery_keeps_the_note_while_a_helper_is_busy(tmp_path, monkeypatch):
     assert any("could not be removed yet" in e for e in events)
     rep = recovery.recover_all(lambda url: FakeEngine(), events.append, journal_dir=tmp_path)
     assert rep.removed_helpers == 1 and journal.entries(tmp_path) == []
+
+
+def test_a_helper_is_never_created_before_its_engine_is_noted(tmp_path):
+    """A run killed right after asking for a helper (migrate --force's emptiness check
+    did, before the fix) must have noted the engine: recovery sweeps only noted ones."""
+    code = """
+import os
+from volbak.engine.helpers import VolumeMount, helper
+import volbak.ops.journal  # noqa: F401 - registers the note
+
+class Api:
+    def inspect_image(self, image): return {}
+    def create_host_config(self, **kw): return {}
+    def create_container(self, *a, **kw):
+        os._exit(0)  # dies as the engine creates the helper
+
+class Engine:
+    url = "unix:///e3"
+    api = Api()
+
+with helper(Engine(), [VolumeMount("v", "/data")]):
+    pass
+"""
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
+    [rec] = journal.entries(tmp_path / "journal")
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e3"] and not rec["live"]

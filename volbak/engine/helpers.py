@@ -12,7 +12,7 @@ import dataclasses
 import io
 import socket
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker.errors
 import requests.exceptions
@@ -34,6 +34,17 @@ _unremoved: set[str] = set()
 
 def engines_with_unremoved_helpers() -> set[str]:
     return set(_unremoved)
+
+
+# Called with an engine's URL before any helper is created on it. The run journal
+# (ops.journal) registers itself here, so a run killed at any instant, even in a
+# pre-flight check, has noted every engine that may hold its helpers.
+_before_create: list[Callable[[str], None]] = []
+
+
+def on_helper_create(hook: Callable[[str], None]) -> None:
+    if hook not in _before_create:
+        _before_create.append(hook)
 
 
 
@@ -78,6 +89,8 @@ def helper(
     """A created, never started container that sees the given volumes. It has no
     network and no logs, and is removed on every way out (its named volumes stay)."""
     image = ensure_helper_image(engine, image)
+    for hook in _before_create:
+        hook(engine.url)
     host_config = engine.api.create_host_config(
         mounts=[Mount(m.path, m.volume, type="volume", read_only=m.read_only) for m in mounts],
         network_mode="none",

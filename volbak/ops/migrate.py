@@ -346,12 +346,12 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                          hint="use one of: none, gzip")
     for item in items:
         check_volume_name(item.target, "--as")
-    for item in items:
-        _check_target(dst, item, opts)
     sweep_stale_helpers(src)
     sweep_stale_helpers(dst)
     recovery.note_engine(src)
     recovery.note_engine(dst)
+    for item in items:
+        _check_target(dst, item, opts)
     nt = recovery.current_targets()
     ensure_helper_image(src, opts.helper_image)
     ensure_helper_image(dst, opts.helper_image)
