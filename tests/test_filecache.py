@@ -287,14 +287,32 @@ def test_a_file_changing_while_read_is_not_cached(tmp_path: Path,
     assert s.stats.files_read == 1 and s.stats.files_reused == 4
 
 
-def test_exclude_and_archive_format_do_not_use_the_cache(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exclude_uses_the_cache_and_archive_format_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct source leaves excluded paths out during its walk, so the stream's
+    offsets are the cache's: a backup with --exclude reuses files and restores what the
+    stream filter would have kept."""
+    from volbak.stream.exclude import ExcludeFilter
+
     root = tmp_path / "vol"
     make_volume(root)
     repo = new_repo(tmp_path)
-    backup(repo, root)
+
+    def filtered() -> bytes:
+        with DirectSource(root) as d:
+            f = ExcludeFilter(d.read, ["b"], "data")
+            return b"".join(iter(lambda: f.read(MiB), b""))
+
     _, _, s = backup(repo, root, exclude=["b"])
-    assert s is None
+    assert s.stats.status == "none" and s.stats.saved == 3  # big1, big2, exactly-min
+    info, _, s = backup(repo, root, exclude=["b"])
+    assert s.stats.status == "used"
+    assert (s.stats.files_reused, s.stats.files_read) == (3, 0)
+    assert restore(repo, info) == filtered()
+    # other patterns next time: what was left out before is read, the rest reused
+    info, _, s = backup(repo, root)
+    assert (s.stats.files_reused, s.stats.files_read) == (3, 2)
+    assert restore(repo, info) == full_stream(root)
     monkeypatch.setenv("VOLBAK_REPO_FORMAT", "archive")
     arch = Repository(LocalBackend(tmp_path / "arch"))
     _, _, s = backup(arch, root)
