@@ -223,7 +223,8 @@ class TarParser:
         self.ended = False  # saw the end-of-archive zero block
         self._digest = blake3.blake3() if digest else None
         self._root = root.strip("/").encode() if root is not None else None
-        self._on_entry = on_entry
+        # set by an extractor that takes over a digesting parser (DirectTarget)
+        self.on_entry = on_entry
         self._what = what
         self.owners = owners  # digest uid/gid (not where an engine replaces them)
         # all xattrs and ACLs, or only what the archive API can write (a capability)
@@ -287,7 +288,7 @@ class TarParser:
         """Count ``n`` bytes that are exactly the current file's data and padding
         without seeing them (the dedup file cache reuses an unchanged file's chunks
         without reading it). Only where the data is not needed: not in digest mode."""
-        if (self._digest is not None or self._on_entry is not None or self._meta is not None
+        if (self._digest is not None or self.on_entry is not None or self._meta is not None
                 or self._header or not self._left or self._left + self._pad != n):
             raise IntegrityError(
                 "internal error: the tar stream skipped data it cannot account for",
@@ -376,7 +377,7 @@ class TarParser:
         kind = b"0" if typ in _FILE_TYPES else typ
         if kind == b"0":
             self.file_bytes += size
-        if self._digest is None and self._on_entry is None:
+        if self._digest is None and self.on_entry is None:
             return size, None
         mtime = parse_number(h[136:148])
         if b"mtime" in pax:
@@ -396,7 +397,7 @@ class TarParser:
         # written densely (through the archive API) compares equal.
         real = int(pax.get(b"GNU.sparse.realsize", size)) if sparse else size
         entry.realsize, entry.payload = real, size
-        if self._on_entry is not None:
+        if self.on_entry is not None:
             entry.path, entry.linkpath = raw_name, raw_link
             entry.mtime_ns = parse_time_ns(pax[b"mtime"]) if b"mtime" in pax \
                 else mtime * 10**9
@@ -424,8 +425,8 @@ class TarParser:
                 self._content = _SparseHash(entry.realsize, entry.sparse)
             else:
                 self._content = blake3.blake3()
-        if self._on_entry is not None:
-            self._sink = self._on_entry(entry)
+        if self.on_entry is not None:
+            self._sink = self.on_entry(entry)
 
     def _map_piece(self, piece: memoryview) -> None:
         """Collect a GNU sparse 1.0 map from the start of the entry's data; once it is

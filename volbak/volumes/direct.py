@@ -736,7 +736,10 @@ class DirectTarget:
 
     DIR_CACHE = 64
 
-    def __init__(self, path: str | bytes, root: str = "data") -> None:
+    def __init__(self, path: str | bytes, root: str = "data",
+                 parser: TarParser | None = None) -> None:
+        """``parser``: a TarParser (e.g. in digest mode) to extract with, so that a
+        caller who needs the stream's digest does not parse it a second time."""
         self.path = os.fsencode(path)
         self.root = os.fsencode(root).strip(b"/")
         self.report = Report()
@@ -750,7 +753,8 @@ class DirectTarget:
         self._root_user = os.geteuid() == 0
         # Paths are checked here, against the names as the archive spells them, not by
         # the parser's root check: a target must also refuse absolute names and links.
-        self._parser = TarParser(on_entry=self._on_entry)
+        self.parser = parser or TarParser()
+        self.parser.on_entry = self._on_entry
         self._sink: _FileSink | None = None
         self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
         self._cache: dict[tuple[bytes, ...], int] = {}
@@ -759,7 +763,7 @@ class DirectTarget:
     # -- feeding
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._parser.feed(memoryview(data).cast("B"))
+        self.parser.feed(memoryview(data).cast("B"))
 
     def extract(self, chunks: Iterable[bytes]) -> Report:
         try:
@@ -774,7 +778,7 @@ class DirectTarget:
     def close(self) -> None:
         if self._closed:
             return
-        if not self._parser.ended:
+        if not self.parser.ended:
             self.abort()
             raise IntegrityError(
                 "the archive ended early (truncated tar stream)",
@@ -862,8 +866,8 @@ class DirectTarget:
         return None
 
     def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
-        """``what`` is "entry" for the entry's own name, "hardlink" for its link target."""
-        """The path below the target for an archive name, or IntegrityError."""
+        """The path below the target for an archive name, or IntegrityError. ``what`` is
+        "entry" for the entry's own name, "hardlink" for its link target."""
         def refuse(why: str) -> IntegrityError:
             return IntegrityError(
                 f"refusing the archive: entry {show(entry.name)} {why}",
