@@ -500,7 +500,11 @@ class Renamed:
     stays flat whatever the file sizes."""
 
     def __init__(self, read: Callable[[int], bytes], rename: Callable[[str], str],
-                 owners: Callable[[Any], None] | None = None) -> None:
+                 owners: Callable[[Any], None] | None = None,
+                 whole_seconds: bool = False) -> None:
+        """``whole_seconds``: mtimes truncated to whole seconds (as dockerd's archive
+        API reads them and the digest counts them)."""
+        self._whole_seconds = whole_seconds
         self._q: Any = queue.Queue(8)
         self._buf = b""
         self._done = False
@@ -543,6 +547,9 @@ class Renamed:
                         m.linkname = self._rename(m.linkname)
                     if self._owners:
                         self._owners(m)
+                    if self._whole_seconds and "mtime" in m.pax_headers:
+                        # from the text: tarfile's float makes .999999999 the next second
+                        m.mtime = int(m.pax_headers.pop("mtime").split(".")[0])
                     tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
             self._put(None)
         except BaseException as e:
