@@ -408,6 +408,9 @@ def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
 
 
 def measure(kind: str, host: str, volume: str, repo: str, arg: str = "") -> dict:
+    # Each run starts with nothing dirty: else it pays for the writeback of the run
+    # before it (the restore is measured right after `docker cp` in wrote 1 GiB).
+    os.sync()
     out = subprocess.run([sys.executable, __file__, "--worker", kind, host, volume, repo, arg],
                          check=True, capture_output=True, text=True, env=os.environ.copy())
     r = json.loads(out.stdout.strip().splitlines()[-1])
