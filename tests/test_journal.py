@@ -129,3 +129,31 @@ with helper(Engine(), [VolumeMount("v", "/data")]):
                    env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
     [rec] = journal.entries(tmp_path / "journal")
     assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e3"] and not rec["live"]
+
+
+def test_a_helper_creation_cut_short_keeps_the_note(tmp_path):
+    """Ctrl-C (or a timeout) while the engine creates a helper: it may exist with an id
+    the run never learnt, so the run's note must outlive a normal exit."""
+    code = """
+from volbak.engine.helpers import VolumeMount, helper
+import volbak.ops.journal  # noqa: F401 - registers the note
+
+class Api:
+    def inspect_image(self, image): return {}
+    def create_host_config(self, **kw): return {}
+    def create_container(self, *a, **kw): raise KeyboardInterrupt
+
+class Engine:
+    url = "unix:///e4"
+    api = Api()
+
+try:
+    with helper(Engine(), [VolumeMount("v", "/data")]):
+        pass
+except KeyboardInterrupt:
+    pass
+"""
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
+    [rec] = journal.entries(tmp_path / "journal")
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e4"] and not rec["live"]

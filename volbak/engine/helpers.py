@@ -27,8 +27,9 @@ HELPER_IMAGE = "volbak-helper:empty"
 HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key
 OWNER_LABEL = "volbak.owner"  # "<hostname>:<pid>" of the volbak process that made it
 
-# Engines on which this process failed to remove a helper it made: the run's journal
-# note must then outlive the run, so the next command's recovery sweeps them again.
+# Engines on which this process failed to remove a helper it made (or may have made):
+# the run's journal note must then outlive the run, so the next command's recovery
+# sweeps them again.
 _unremoved: set[str] = set()
 
 
@@ -96,14 +97,20 @@ def helper(
         network_mode="none",
         log_config=LogConfig(type="none"),
     )
-    with api_errors(engine, "creating the helper container"):
-        cid = engine.api.create_container(
-            image,
-            command=["/volbak-helper-is-never-started"],
-            host_config=host_config,
-            labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
-            network_disabled=True,
-        )["Id"]
+    try:
+        with api_errors(engine, "creating the helper container"):
+            cid = engine.api.create_container(
+                image,
+                command=["/volbak-helper-is-never-started"],
+                host_config=host_config,
+                labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
+                network_disabled=True,
+            )["Id"]
+    except BaseException:
+        # Interrupted (a signal, a timeout) after the engine took the request, it may
+        # have made the helper all the same, with an id we never learnt: keep the note.
+        _unremoved.add(engine.url)
+        raise
     try:
         yield cid
     finally:
