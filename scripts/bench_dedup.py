@@ -436,6 +436,7 @@ def bench_docker(host: str, size_mib: int, work: Path, repeat: int) -> dict:
             runs["cp-out"] = measure("cp-out", host, vol, "", tar)
             repo = work / f"docker-repo-{r}"
             ident = X25519Identity.generate()
+            (work / "bench.key").unlink(missing_ok=True)  # the last repeat's
             write_identity_file(work / "bench.key", ident)
             from volbak.local import LocalBackend
             from volbak.repository import Repository
