@@ -164,6 +164,25 @@ def _diff(have: Listing | None, known: dict[str, Listing], allowed: list[str]) -
     return f"; vs {best}: extra {extra}, missing {missing}"
 
 
+def _helpers(client: docker.DockerClient, found: list[dict[str, Any]]) -> str:
+    """What the report needs to tell why a helper was left: its owner (and whether
+    that process lives), state, creation time, volumes."""
+    out = []
+    for c in found[:3]:
+        try:
+            d = client.api.inspect_container(c["Id"])
+        except docker.errors.APIError as e:
+            out.append(f"{c['Id'][:12]} ({e})")
+            continue
+        owner = (d["Config"].get("Labels") or {}).get("volbak.owner", "")
+        pid = owner.rpartition(":")[2]
+        alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+        out.append(f"{c['Id'][:12]} owner {owner} ({'alive' if alive else 'dead'}), "
+                   f"{d['State'].get('Status')}, created {d.get('Created')}, volumes "
+                   f"{[m.get('Name') for m in d.get('Mounts') or []]}")
+    return "; ".join(out)
+
+
 # -- the world ----------------------------------------------------------------------------------
 
 
@@ -359,7 +378,8 @@ class World:
                 if not helpers:
                     self.say(f"{kind}: a helper on {url} needed another recover")
             if helpers:
-                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url}")
+                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url} "
+                                      f"after {what}: {_helpers(client, helpers)}")
             staging = client.api.volumes(
                 filters={"label": "volbak.managed=staging"}).get("Volumes") or []
             if staging:
