@@ -102,3 +102,45 @@ def test_recovery_keeps_the_note_while_a_helper_is_busy(tmp_path, monkeypatch):
     assert any("could not be removed yet" in e for e in events)
     rep = recovery.recover_all(lambda url: FakeEngine(), events.append, journal_dir=tmp_path)
     assert rep.removed_helpers == 1 and journal.entries(tmp_path) == []
+
+
+def test_a_helper_create_cut_off_keeps_the_engine_note(monkeypatch):
+    """SIGTERM or Ctrl-C during the helper's create request: the engine may still make
+    it, with no id for our cleanup to remove, so the run's engine note must outlive the
+    run (scripts/chaos.py migrate-force left such helpers on the target engine). A
+    refusal is an answer: nothing was made, nothing to keep."""
+    import docker.errors
+    import pytest
+
+    from volbak.engine import helpers
+    from volbak.errors import EngineError
+
+    monkeypatch.setattr(helpers, "_unremoved", set())
+
+    class Api:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def inspect_image(self, image):
+            return {}
+
+        def create_host_config(self, **kw):
+            return kw
+
+        def create_container(self, *a, **kw):
+            raise self.exc
+
+    class FakeEngine:
+        def __init__(self, url, exc):
+            self.url, self.api = url, Api(exc)
+
+    mount = [helpers.VolumeMount("v", "/data")]
+    with pytest.raises(EngineError), \
+            helpers.helper(FakeEngine("unix:///e1", docker.errors.APIError("no")), mount,
+                           "img"):
+        pass
+    assert helpers.engines_with_unremoved_helpers() == set()
+    with pytest.raises(KeyboardInterrupt), \
+            helpers.helper(FakeEngine("unix:///e2", KeyboardInterrupt()), mount, "img"):
+        pass
+    assert helpers.engines_with_unremoved_helpers() == {"unix:///e2"}

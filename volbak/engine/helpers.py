@@ -84,13 +84,23 @@ def helper(
         log_config=LogConfig(type="none"),
     )
     with api_errors(engine, "creating the helper container"):
-        cid = engine.api.create_container(
-            image,
-            command=["/volbak-helper-is-never-started"],
-            host_config=host_config,
-            labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
-            network_disabled=True,
-        )["Id"]
+        try:
+            cid = engine.api.create_container(
+                image,
+                command=["/volbak-helper-is-never-started"],
+                host_config=host_config,
+                labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
+                network_disabled=True,
+            )["Id"]
+        except docker.errors.APIError:
+            raise  # the engine answered: it made nothing
+        except BaseException:
+            # Cut off mid-request (SIGTERM/Ctrl-C, a lost connection): the engine may
+            # still make the helper, and we never learn its id. The run's note of the
+            # engine must outlive the run so the next command's recovery sweeps it
+            # (chaos migrate-force: 3 helpers in 49 runs left after SIGTERM/SIGINT).
+            _unremoved.add(engine.url)
+            raise
     try:
         yield cid
     finally:
