@@ -316,15 +316,23 @@ class World:
                                     stderr=err, stdin=subprocess.DEVNULL, text=True)
             what = "none"
             try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                what = fault(proc)
-            try:
-                code = proc.wait(timeout=300)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-                res.violations.append(f"{kind}: volbak hung after {what}")
+                try:
+                    proc.wait(timeout=delay)
+                except subprocess.TimeoutExpired:
+                    what = fault(proc)
+                try:
+                    code = proc.wait(timeout=300)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+                    res.violations.append(f"{kind}: volbak hung after {what}")
+            except BaseException:
+                # the harness stopped (SIGTERM) or failed: leave no volbak running
+                # behind (one left hanging spoiled the next run's engine)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                raise
             err.seek(0)
             stderr = err.read()
         res.codes[str(code)] = res.codes.get(str(code), 0) + 1
