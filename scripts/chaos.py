@@ -213,6 +213,7 @@ class World:
         self.rng = rng
         self.files, self.big = files, big
         self.verbose = verbose
+        self.ended_at = 0.0
         self.state = work / "state"
         self.repo = work / "repo"
         self.repo.mkdir(parents=True, exist_ok=True)
@@ -322,6 +323,7 @@ class World:
                     what = fault(proc)
                 try:
                     code = proc.wait(timeout=300)
+                    self.ended_at = time.time()
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     code = proc.wait()
@@ -386,8 +388,12 @@ class World:
                 if not helpers:
                     self.say(f"{kind}: a helper on {url} needed another recover")
             if helpers:
+                ended = (f"{time.strftime('%H:%M:%S', time.gmtime(self.ended_at))}"
+                         f".{int(self.ended_at * 1000) % 1000:03d}")
                 res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url} "
-                                      f"after {what}: {_helpers(client, helpers)}")
+                                      f"after {what} (the run ended {ended}): "
+                                      f"{_helpers(client, helpers)}; journal: "
+                                      f"{self.journal()}")
             staging = client.api.volumes(
                 filters={"label": "volbak.managed=staging"}).get("Volumes") or []
             if staging:

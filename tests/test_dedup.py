@@ -276,6 +276,22 @@ def test_gc_repacks_partly_dead_packs_without_identity(tmp_path: Path) -> None:
     assert sum(o.size for o in repo.backend.list("_packs/")) < 3 * 1_300_000
 
 
+def test_repack_choice_is_most_dead_first_until_5_percent_is_left() -> None:
+    from volbak.repository.dedup.gc import MAX_UNUSED, REPACK_MIN_DEAD, _choose_repacks
+
+    m = 1 << 20
+    blobs = {"a": 32 * m, "b": 32 * m, "c": 32 * m, "d": 32 * m, "tiny": 2 * m}
+    live = {"a": 30 * m, "b": 16 * m, "c": 28 * m, "d": 32 * m - REPACK_MIN_DEAD + 1,
+            "tiny": m // 2}
+    total = sum(live.values())
+    partly = list(blobs)
+    got = _choose_repacks(partly, blobs, live, total)
+    assert got[:2] == ["tiny", "b"]  # the most dead (by fraction) first
+    left = sum(blobs[n] - live[n] for n in partly if n not in got)
+    assert left <= MAX_UNUSED * total and "d" not in got  # never a pack of too little dead
+    assert _choose_repacks(["a"], blobs, live, total) == []  # 2 MiB dead is within 5%
+
+
 def test_backup_running_during_prune_never_loses_a_pack(tmp_path: Path) -> None:
     """A backup that read the index before a plan was made keeps the packs it reuses
     alive: phase 2 waits for its lock, then sees its manifest."""

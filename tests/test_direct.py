@@ -373,6 +373,116 @@ def test_other_filesystems_are_not_entered(tmp_path: Path) -> None:
     assert any("mnt" in w and "another filesystem" in w for w in source.report.warnings)
 
 
+# ------------------------------------------------------------------ --exclude in the walk
+
+EXCLUDE = ["cache", "*.tmp", "var/log", "/s/sparse", "w/*/drop"]
+
+
+def exclude_tree(root: Path) -> None:
+    """Anchored and unanchored matches at several depths, and hard links whose first
+    name (in stream order) is left out, kept, or left out deep inside an excluded
+    directory."""
+    def put(rel: str, data: bytes = b"") -> Path:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data or rel.encode() * 50)
+        return p
+
+    for rel in ("keep.txt", "a/keep", "a/cache/x", "a/cache/sub/y", "deep/a/b/cache/c/f",
+                "deep/a/b/kept", "var/log/app.log", "var/logs/kept", "var/kept",
+                "b/log/kept.log", "w/1/drop", "w/1/keep", "w/2/x/drop", "x.tmp.keep"):
+        put(rel)
+    (root / "empty-cache-parent/cache").mkdir(parents=True)
+    (root / "links").mkdir()
+    os.symlink("../keep.txt", root / "links/cache")  # a symlink called cache: left out
+    os.symlink("cache", root / "links/to-cache")  # kept: patterns match names, not targets
+    # first name excluded by a name pattern: the later names go too
+    os.link(put("a.tmp"), put("c/a-link", b"-").parent / "a-link2")
+    # first name kept: later names are links, except those excluded themselves
+    os.link(put("b/x-link"), root / "x.tmp")
+    # three names: kept first, excluded second, kept third (a link to the first)
+    t1 = put("d/t1")
+    (root / "e/cache").mkdir(parents=True)
+    os.link(t1, root / "e/cache/t2")
+    os.link(t1, put("f/t3", b"-").parent / "t3b")
+    # three names, the first deep inside an excluded directory
+    tri = put("cache/deeper/tri")
+    (root / "m").mkdir()
+    (root / "n").mkdir()
+    os.link(tri, root / "m/tri2")
+    os.link(tri, root / "n/tri3")
+    # a sparse file left out by an anchored pattern, with a link after it
+    (root / "s").mkdir()
+    with open(root / "s/sparse", "wb") as f:
+        f.seek(5 * 2**20)
+        f.write(b"end")
+    (root / "t").mkdir()
+    os.link(root / "s/sparse", root / "t/sparse-link")
+
+
+def test_exclude_in_the_walk_is_the_stream_filter(tmp_path: Path) -> None:
+    """DirectSource.exclude gives byte for byte the stream ExcludeFilter makes of the
+    full one, so the restore is the same; the walk does not enter excluded directories."""
+    from volbak.stream.exclude import ExcludeFilter
+
+    src = tmp_path / "src"
+    exclude_tree(src)
+    walked = DirectSource(src)
+    walked.exclude(EXCLUDE)
+    direct_stream = b"".join(read_all(walked, 100_000))
+    with DirectSource(src) as full:
+        filt = ExcludeFilter(full.read, EXCLUDE, "data")
+        filtered = b"".join(iter(lambda: filt.read(100_000), b""))
+    assert direct_stream == filtered
+    with tarfile.open(fileobj=io.BytesIO(direct_stream)) as tar:
+        names = {m.name.removeprefix("data/") for m in tar.getmembers()}
+        sparse_kept = [m.name for m in tar.getmembers() if m.issparse()]
+    assert not sparse_kept  # the only sparse file is left out
+    assert {"keep.txt", "a/keep", "deep/a/b/kept", "var/logs/kept", "var/kept",
+            "b/log/kept.log", "w/1/keep", "x.tmp.keep", "links/to-cache", "b/x-link",
+            "d/t1", "f/t3b", "m", "n", "t", "empty-cache-parent"} <= names
+    for gone in ("a/cache", "a/cache/x", "deep/a/b/cache", "var/log", "var/log/app.log",
+                 "w/1/drop", "w/2/x/drop", "links/cache", "a.tmp", "c/a-link2", "x.tmp",
+                 "e/cache", "e/cache/t2", "cache", "m/tri2", "n/tri3", "s/sparse",
+                 "t/sparse-link", "empty-cache-parent/cache"):
+        assert gone not in names, gone
+    # names met by the walk (directories once) and the four links to left-out names
+    assert walked.report.excluded == 12 + 4
+    assert filt.excluded > walked.report.excluded  # the filter counts directories' contents
+
+    out = {}
+    for label, stream in (("walk", direct_stream), ("filter", filtered)):
+        dst = tmp_path / label
+        dst.mkdir()
+        DirectTarget(dst).extract(iter([stream]))
+        out[label] = listing(dst)
+    assert out["walk"] == out["filter"], diff(out["walk"], out["filter"])
+    assert out["walk"][b"./f/t3b"][9] == b"./d/t1"  # still one inode, as in the source
+
+
+def test_exclude_without_hard_links_never_walks_what_it_leaves_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    for rel in ("cache/a", "cache/b/c", "keep", "sub/x.tmp", "sub/y"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(b"x")
+    opened: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        opened.append(os.fsdecode(path))
+        return real_open(path, *args, **kwargs)
+
+    source = DirectSource(src)
+    source.exclude(["cache", "*.tmp"])
+    monkeypatch.setattr(DirectSource, "_index_excluded", lambda self: pytest.fail("walked"))
+    monkeypatch.setattr(os, "open", spy)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(read_all(source)))) as tar:
+        assert tar.getnames() == ["data", "data/keep", "data/sub", "data/sub/y"]
+    assert "cache" not in opened and "x.tmp" not in opened
+    assert source.report.excluded == 2
+
+
 # ------------------------------------------------------------------ hostile archives
 
 

@@ -287,18 +287,115 @@ def test_a_file_changing_while_read_is_not_cached(tmp_path: Path,
     assert s.stats.files_read == 1 and s.stats.files_reused == 4
 
 
-def test_exclude_and_archive_format_do_not_use_the_cache(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exclude_uses_the_cache_and_archive_format_does_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The direct source leaves excluded paths out during its walk, so the stream's
+    offsets are the cache's: a backup with --exclude reuses files and restores what the
+    stream filter would have kept."""
+    from volbak.stream.exclude import ExcludeFilter
+
     root = tmp_path / "vol"
     make_volume(root)
     repo = new_repo(tmp_path)
-    backup(repo, root)
+
+    def filtered() -> bytes:
+        with DirectSource(root) as d:
+            f = ExcludeFilter(d.read, ["b"], "data")
+            return b"".join(iter(lambda: f.read(MiB), b""))
+
     _, _, s = backup(repo, root, exclude=["b"])
-    assert s is None
+    assert s.stats.status == "none" and s.stats.saved == 3  # big1, big2, exactly-min
+    info, _, s = backup(repo, root, exclude=["b"])
+    assert s.stats.status == "used"
+    assert (s.stats.files_reused, s.stats.files_read) == (3, 0)
+    assert restore(repo, info) == filtered()
+    # other patterns next time: what was left out before is read, the rest reused
+    info, _, s = backup(repo, root)
+    assert (s.stats.files_reused, s.stats.files_read) == (3, 2)
+    assert restore(repo, info) == full_stream(root)
     monkeypatch.setenv("VOLBAK_REPO_FORMAT", "archive")
     arch = Repository(LocalBackend(tmp_path / "arch"))
     _, _, s = backup(arch, root)
     assert s is None
+
+
+def _cache_file(repo_id: str, volume: str, mountpoint: Path | str, age_days: float = 0,
+                now: float | None = None) -> Path:
+    path = filecache.cache_path(repo_id, volume)
+    filecache.write(path, filecache.Scope(repo_id, volume, str(mountpoint), (1, 2, 3, 4)), [])
+    _age(path, age_days, now)
+    return path
+
+
+def _age(path: Path, days: float, now: float | None = None) -> None:
+    t = (now or dt.datetime.now(dt.UTC).timestamp()) - days * 86400
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def test_sweep_removes_only_cache_files_of_gone_volumes_and_old_ones(tmp_path: Path) -> None:
+    live = tmp_path / "live"
+    live.mkdir()
+    now = dt.datetime.now(dt.UTC).timestamp()
+    kept = [
+        _cache_file("repo-a", "live", live, 29),
+        _cache_file("repo-b", "live", live),  # the same volume in another repository
+        _cache_file("repo-a", "just-written", tmp_path / "gone-too"),  # `keep`
+    ]
+    removed = [
+        _cache_file("repo-a", "gone", tmp_path / "gone"),
+        _cache_file("repo-b", "gone", "/nonexistent/volumes/x/_data"),
+        _cache_file("repo-b", "old", live, 31),
+        _cache_file("repo-a", "under-a-file", tmp_path / "afile" / "x"),
+    ]
+    (tmp_path / "afile").write_bytes(b"")
+    d = filecache.cache_dir() / "repo-a"
+    for name, data, days, goes in (
+            (".live.cache.123.tmp", b"partial", 2, True),  # an interrupted save
+            (".live.cache.456.tmp", b"partial", 0, False),  # a save in progress
+            ("corrupt.cache", b"garbage", 0, False),  # no header: only its age counts
+            ("corrupt-old.cache", b"garbage", 40, True),
+            ("notes.txt", b"not ours", 400, False)):
+        (d / name).write_bytes(data)
+        _age(d / name, days)
+        (removed if goes else kept).append(d / name)
+    # symlinks and directories are never removed, nor anything they point to
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / "victim.cache"
+    victim.write_bytes(b"not the cache's")
+    _age(victim, 400)
+    os.symlink(victim, d / "link.cache")
+    _age(d / "link.cache", 400)
+    os.symlink(outside, filecache.cache_dir() / "linked-repo")
+    (d / "dir.cache").mkdir()
+    _age(d / "dir.cache", 400)
+    kept += [victim, d / "link.cache", d / "dir.cache"]
+
+    assert filecache.sweep(keep=kept[2], now=now) == len(removed)
+    assert [p for p in kept if not os.path.lexists(p)] == []
+    assert [p for p in removed if os.path.lexists(p)] == []
+    assert filecache.sweep(keep=kept[2], now=now) == 0
+
+
+def test_sweep_after_a_backup_and_never_failing_it(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "vol"
+    make_volume(root)
+    repo = new_repo(tmp_path)
+    assert filecache.sweep() == 0  # no cache directory yet
+    gone = _cache_file(repo.dedup().config.id, "removed-volume", tmp_path / "removed")
+    _, _, s = backup(repo, root)
+    assert s.stats.saved == 5 and s.stats.removed == 1 and not gone.exists()
+    assert s.path.exists()
+
+    def broken(**kwargs: object) -> int:
+        raise RuntimeError("a bug in the sweep")
+
+    monkeypatch.setattr(filecache, "sweep", broken)
+    info, _, s = backup(repo, root)
+    assert s.stats.saved == 5 and s.stats.removed is None and s.stats.save_error is None
+    assert s.stats.files_reused == 5
+    assert restore(repo, info) == full_stream(root)
 
 
 def test_session_matches_chunks_to_regions() -> None:

@@ -111,3 +111,60 @@ def test_incremental_backups_reuse_unchanged_files(resources, docker_client, run
     got = restored(info)
     assert got == after, diff_listings(after, got)
     assert backup()["file_cache"]["files_reused"] == big
+
+
+def test_backups_with_exclude_reuse_unchanged_files(resources, docker_client, run, env):
+    """The direct source leaves --exclude's paths out during its walk: the cache is
+    used, and the restore is what the archive API's stream filter keeps."""
+    keyfile, recipient = env
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    populate(root, big=4 * MiB + 5)
+    (root / "blobs/cache").mkdir(parents=True)
+    for i in range(BIG):
+        (root / f"blobs/b{i}").write_bytes(random.Random(i).randbytes(2 * MiB + i))
+        (root / f"blobs/cache/c{i}").write_bytes(random.Random(100 + i).randbytes(MiB))
+    (root / "blobs/x.tmp").write_bytes(random.Random(99).randbytes(MiB))
+    (root / "later").mkdir()
+    os.link(root / "blobs/cache/c0", root / "later/c0-link")  # its first name is left out
+    os.link(root / "blobs/b0", root / "later/b0-link")  # a link to a kept name
+    excl = ("--exclude", "cache", "--exclude", "*.tmp", "--exclude", "files/big.bin")
+    run("init", "-r", recipient)
+
+    def backup(*args: str) -> dict:
+        out, _ = run("backup", src, "--json", *excl, *args)
+        return json.loads(out)
+
+    def restored(info: dict) -> list:
+        target = resources.name("volbak-fc")
+        resources.track_volume(target)
+        run("restore", info["id"], "--to-volume", target, "-i", keyfile)
+        return listing(volume_path(docker_client, target))
+
+    first = backup("--source", "direct")
+    fc = first["file_cache"]
+    assert fc["status"] == "none" and fc["files_reused"] == 0
+    big = fc["files_read"]
+    assert big >= BIG and fc["saved"] == big
+    # the cache of a volume deleted since goes after the next backup; this one's stays
+    path = filecache.cache_path(
+        json.loads(run("show", first["id"], "--json")[0])["storage"]["repository"], src)
+    gone = path.with_name("deleted-volume.cache")
+    filecache.write(gone, filecache.Scope("r", "deleted-volume", str(root) + "-gone", (1,)),
+                    [])
+    second = backup("--source", "direct")
+    fc = second["file_cache"]
+    assert fc["status"] == "used" and (fc["files_reused"], fc["files_read"]) == (big, 0)
+    assert fc["removed"] == 1 and not gone.exists() and path.exists()
+    assert fc["bytes_reused"] >= BIG * 2 * MiB
+    assert second["entries"] == first["entries"]
+
+    api = backup("--source", "api")
+    assert api["source"] == "api" and "file_cache" not in api
+    got, want = restored(second), restored(api)
+    assert got == want, diff_listings(want, got)
+    paths = {e.path for e in got}
+    assert {"blobs/b0", "later/b0-link", "files/small.bin"} <= paths
+    assert not paths & {"blobs/cache", "blobs/x.tmp", "later/c0-link", "files/big.bin"}
+    show = json.loads(run("show", second["id"], "--json")[0])
+    assert show["exclude"] == list(excl[1::2])

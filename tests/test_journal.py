@@ -104,43 +104,56 @@ def test_recovery_keeps_the_note_while_a_helper_is_busy(tmp_path, monkeypatch):
     assert rep.removed_helpers == 1 and journal.entries(tmp_path) == []
 
 
-def test_a_helper_create_cut_off_keeps_the_engine_note(monkeypatch):
-    """SIGTERM or Ctrl-C during the helper's create request: the engine may still make
-    it, with no id for our cleanup to remove, so the run's engine note must outlive the
-    run (scripts/chaos.py migrate-force left such helpers on the target engine). A
-    refusal is an answer: nothing was made, nothing to keep."""
-    import docker.errors
-    import pytest
+def test_a_helper_is_never_created_before_its_engine_is_noted(tmp_path):
+    """A run killed right after asking for a helper (migrate --force's emptiness check
+    did, before the fix) must have noted the engine: recovery sweeps only noted ones."""
+    code = """
+import os
+from volbak.engine.helpers import VolumeMount, helper
+import volbak.ops.journal  # noqa: F401 - registers the note
 
-    from volbak.engine import helpers
-    from volbak.errors import EngineError
+class Api:
+    def inspect_image(self, image): return {}
+    def create_host_config(self, **kw): return {}
+    def create_container(self, *a, **kw):
+        os._exit(0)  # dies as the engine creates the helper
 
-    monkeypatch.setattr(helpers, "_unremoved", set())
+class Engine:
+    url = "unix:///e3"
+    api = Api()
 
-    class Api:
-        def __init__(self, exc):
-            self.exc = exc
+with helper(Engine(), [VolumeMount("v", "/data")]):
+    pass
+"""
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
+    [rec] = journal.entries(tmp_path / "journal")
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e3"] and not rec["live"]
 
-        def inspect_image(self, image):
-            return {}
 
-        def create_host_config(self, **kw):
-            return kw
+def test_a_helper_creation_cut_short_keeps_the_note(tmp_path):
+    """Ctrl-C (or a timeout) while the engine creates a helper: it may exist with an id
+    the run never learnt, so the run's note must outlive a normal exit."""
+    code = """
+from volbak.engine.helpers import VolumeMount, helper
+import volbak.ops.journal  # noqa: F401 - registers the note
 
-        def create_container(self, *a, **kw):
-            raise self.exc
+class Api:
+    def inspect_image(self, image): return {}
+    def create_host_config(self, **kw): return {}
+    def create_container(self, *a, **kw): raise KeyboardInterrupt
 
-    class FakeEngine:
-        def __init__(self, url, exc):
-            self.url, self.api = url, Api(exc)
+class Engine:
+    url = "unix:///e4"
+    api = Api()
 
-    mount = [helpers.VolumeMount("v", "/data")]
-    with pytest.raises(EngineError), \
-            helpers.helper(FakeEngine("unix:///e1", docker.errors.APIError("no")), mount,
-                           "img"):
+try:
+    with helper(Engine(), [VolumeMount("v", "/data")]):
         pass
-    assert helpers.engines_with_unremoved_helpers() == set()
-    with pytest.raises(KeyboardInterrupt), \
-            helpers.helper(FakeEngine("unix:///e2", KeyboardInterrupt()), mount, "img"):
-        pass
-    assert helpers.engines_with_unremoved_helpers() == {"unix:///e2"}
+except KeyboardInterrupt:
+    pass
+"""
+    subprocess.run([sys.executable, "-c", code], check=True,
+                   env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
+    [rec] = journal.entries(tmp_path / "journal")
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e4"] and not rec["live"]

@@ -445,3 +445,24 @@ def test_sparse_digest_does_not_depend_on_chunking(tmp_path) -> None:
     assert b"GNU.sparse.major" in archive
     digests = {digest(archive, step=step) for step in (2**20, 4096, 700, 513, 1)}
     assert len(digests) == 1
+
+
+def test_an_extracting_parser_digests_big_files_the_same() -> None:
+    """With ``on_entry`` (the direct target), a big file is hashed beside the writes
+    (``_Behind``): the digest must not change, whatever the piece sizes."""
+    import os
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, size in (("data/big", 3 * 2**20 + 5), ("data/small", 10),
+                           ("data/big2", 2**20)):
+            ti = tarfile.TarInfo(name)
+            ti.size = size
+            t.addfile(ti, io.BytesIO(os.urandom(size)))
+    raw = buf.getvalue()
+    plain = TarParser(digest=True, root="data")
+    plain.feed(raw)
+    extracting = TarParser(digest=True, root="data", on_entry=lambda e: None)
+    for i in range(0, len(raw), 70_001):
+        extracting.feed(raw[i: i + 70_001])
+    assert extracting.ended and extracting.hexdigest() == plain.hexdigest()

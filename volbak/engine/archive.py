@@ -154,7 +154,8 @@ def put_archive(engine: Engine, cid: str, path: str, chunks: Iterator[bytes]) ->
 # on the way: read as "<root>/...", written at the mount path with relative names.
 
 PODMAN_LOSSES = ("read through Podman's archive API, which replaces every owner with the "
-                 "container's user and leaves out top-level dev/, proc/ and sys/: uid/gid "
+                 "container's user, rounds modification times to the nearest second and "
+                 "leaves out top-level dev/, proc/ and sys/: uid/gid, sub-second mtimes "
                  "and such directories are not kept (the direct volume source on the "
                  "engine's host keeps them)")
 
@@ -185,7 +186,11 @@ def put_volume_tar(engine: Engine, cid: str, root: str, chunks: Iterator[bytes])
         return
     from ..stream.tar import Renamed, relative_to
 
-    renamed = Renamed(_reader(chunks), relative_to(root))
+    # Podman's GET rounds mtimes to the nearest second (Go's tar writer does, with no
+    # format set); dockerd's truncates, as volbak's digest does. A sub-second mtime
+    # (from the direct source) written through Podman would read back 1 s later half
+    # the time and fail the restore's read-back: write whole seconds instead.
+    renamed = Renamed(_reader(chunks), relative_to(root), whole_seconds=True)
     try:
         put_archive(engine, cid, "/" + root, iter(lambda: renamed.read(CHUNK), b""))
     finally:

@@ -12,7 +12,7 @@ import dataclasses
 import io
 import socket
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import docker.errors
 import requests.exceptions
@@ -27,13 +27,25 @@ HELPER_IMAGE = "volbak-helper:empty"
 HELPER_LABEL = "volbak"  # value "helper"; the before-stop check looks for this key
 OWNER_LABEL = "volbak.owner"  # "<hostname>:<pid>" of the volbak process that made it
 
-# Engines on which this process failed to remove a helper it made: the run's journal
-# note must then outlive the run, so the next command's recovery sweeps them again.
+# Engines on which this process failed to remove a helper it made (or may have made):
+# the run's journal note must then outlive the run, so the next command's recovery
+# sweeps them again.
 _unremoved: set[str] = set()
 
 
 def engines_with_unremoved_helpers() -> set[str]:
     return set(_unremoved)
+
+
+# Called with an engine's URL before any helper is created on it. The run journal
+# (ops.journal) registers itself here, so a run killed at any instant, even in a
+# pre-flight check, has noted every engine that may hold its helpers.
+_before_create: list[Callable[[str], None]] = []
+
+
+def on_helper_create(hook: Callable[[str], None]) -> None:
+    if hook not in _before_create:
+        _before_create.append(hook)
 
 
 
@@ -78,13 +90,15 @@ def helper(
     """A created, never started container that sees the given volumes. It has no
     network and no logs, and is removed on every way out (its named volumes stay)."""
     image = ensure_helper_image(engine, image)
+    for hook in _before_create:
+        hook(engine.url)
     host_config = engine.api.create_host_config(
         mounts=[Mount(m.path, m.volume, type="volume", read_only=m.read_only) for m in mounts],
         network_mode="none",
         log_config=LogConfig(type="none"),
     )
-    with api_errors(engine, "creating the helper container"):
-        try:
+    try:
+        with api_errors(engine, "creating the helper container"):
             cid = engine.api.create_container(
                 image,
                 command=["/volbak-helper-is-never-started"],
@@ -92,15 +106,11 @@ def helper(
                 labels={HELPER_LABEL: "helper", OWNER_LABEL: owner()},
                 network_disabled=True,
             )["Id"]
-        except docker.errors.APIError:
-            raise  # the engine answered: it made nothing
-        except BaseException:
-            # Cut off mid-request (SIGTERM/Ctrl-C, a lost connection): the engine may
-            # still make the helper, and we never learn its id. The run's note of the
-            # engine must outlive the run so the next command's recovery sweeps it
-            # (chaos migrate-force: 3 helpers in 49 runs left after SIGTERM/SIGINT).
-            _unremoved.add(engine.url)
-            raise
+    except BaseException:
+        # Interrupted (a signal, a timeout) after the engine took the request, it may
+        # have made the helper all the same, with an id we never learnt: keep the note.
+        _unremoved.add(engine.url)
+        raise
     try:
         yield cid
     finally:

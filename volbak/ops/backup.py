@@ -131,7 +131,10 @@ def stream_into(src: TreeSource, writer: BackupWriter, parser: TarParser, volume
     returns the file cache session (``volumes.filecache``) to save after the commit, or
     None where the cache does not apply."""
     read = src.read
-    if opts.exclude:
+    if opts.exclude and src.direct is not None:
+        # left out during the walk: the stream's offsets stay the file cache's
+        src.direct.exclude(opts.exclude)
+    elif opts.exclude:
         from ..stream.exclude import ExcludeFilter
 
         read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
@@ -161,8 +164,8 @@ def _file_cache(src: Any, writer: Any, volume: str, vol: dict[str, Any],
                 opts: BackupOptions) -> Any:
     """The file cache session of a dedup backup read directly on the host, else None.
     With ``--no-cache`` nothing is reused but the cache is still written afresh."""
-    if src.direct is None or opts.exclude or not hasattr(writer, "append_known"):
-        return None  # --exclude shifts stream offsets under the source's feet
+    if src.direct is None or not hasattr(writer, "append_known"):
+        return None
     cut = writer.file_cut_min
     if not cut:
         return None

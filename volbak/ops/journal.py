@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..engine.helpers import engines_with_unremoved_helpers, on_helper_create
 from ..errors import VolbakError
 from ..util.host import fsync_dir, pid_alive, state_dir
 
@@ -230,14 +231,15 @@ def touch_engine(url: str, directory: Path | None = None) -> None:
             _run_entry.update(engines=[*_run_entry.record["engines"], url])
 
 
+on_helper_create(touch_engine)
+
+
 def _end_run() -> None:
     """At a normal exit every helper and staging volume was removed by the finally
     blocks that made them, and the note is no longer needed; unless an engine refused
     to remove a helper (it can, for a while, after an aborted transfer): then the note
     stays for the next command's recovery."""
     global _run_entry
-    from ..engine.helpers import engines_with_unremoved_helpers
-
     with _run_lock:
         if _run_entry is not None and not engines_with_unremoved_helpers():
             _run_entry.remove()

@@ -346,9 +346,6 @@ def _run(src: Engine, dst: Engine, items: list[_Item],
                          hint="use one of: none, gzip")
     for item in items:
         check_volume_name(item.target, "--as")
-    # Before the target check: it reads the target through a helper on dst, which a
-    # run killed there would leave to no recovery (chaos migrate-force); and a dead
-    # run's helper still holding the target would make the check call it "in use".
     sweep_stale_helpers(src)
     sweep_stale_helpers(dst)
     recovery.note_engine(src)

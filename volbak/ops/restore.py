@@ -78,6 +78,14 @@ class RestoreResult:
         return dataclasses.asdict(self)
 
 
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _nothing() -> None:
+    pass
+
+
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
           opts: RestoreOptions) -> TarParser:
     """Stream the backup into ``volume``, then read it back the same way and compare."""
@@ -88,10 +96,18 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
     owners = owners_comparable(engine, kind)
     parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=kind == "direct",
                        what=f"backup {info.id}")
+    # The direct target parses the stream to extract it: it digests it in the same pass.
+    # (A second parser in the reader thread cost ~1 s of 6 on 50,000 small files: both
+    # passes are Python under one GIL.) The archive API gets the stream as it is.
+    direct = kind == "direct"
     with Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
         write_tree(engine, volume, vol, root,
-                   checked_chunks(reader.read, parser.feed, parser.check_complete,
-                                  progress=bar.update), kind, opts.helper_image)
+                   checked_chunks(reader.read, _ignore if direct else parser.feed,
+                                  _nothing if direct else parser.check_complete,
+                                  progress=bar.update), kind, opts.helper_image,
+                   parser if direct else None)
+        if direct:
+            parser.check_complete()
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
         got = read_back(engine, volume, vol, root, kind, owners=owners, all_xattrs=kind == "direct",
                         image=opts.helper_image, progress=bar.update)

@@ -14,6 +14,10 @@ Patterns use shell wildcards (``fnmatch``) against paths relative to the volume 
 
 The volume root itself is never left out. A hard link to a file that is left out is
 left out too (the archive could not be restored otherwise).
+
+This filter serves the archive API's stream. The direct source applies the same Matcher
+during its walk instead (``DirectSource.exclude``): it need not enter what is left out,
+and the dedup file cache needs the stream's offsets to be the source's.
 """
 
 from __future__ import annotations
@@ -40,6 +44,13 @@ class Matcher:
             if any(fnmatch.fnmatchcase(head, p) for p in self.anchored):
                 return True
         return False
+
+    def last(self, rel: str) -> bool:
+        """``self(rel)`` for a walker that tested every directory above ``rel`` and did
+        not enter those that matched: only the last name and the whole path are left."""
+        name = rel.rpartition("/")[2]
+        return (any(fnmatch.fnmatchcase(name, p) for p in self.anywhere)
+                or any(fnmatch.fnmatchcase(rel, p) for p in self.anchored))
 
 
 class ExcludeFilter:
@@ -136,7 +147,9 @@ class ExcludeFilter:
         if kind in _NO_DATA_TYPES:
             size = 0
         padded = size + (-size % BLOCK)
-        name = self._pax.get(b"path") or self._longname
+        # a GNU sparse 1.0 entry's header names dir/GNUSparseFile.0/file; its real name
+        # is what the patterns and later hard links refer to
+        name = self._pax.get(b"GNU.sparse.name") or self._pax.get(b"path") or self._longname
         if name is None:
             name = _cstr(header[0:100])
             if header[257:263] == b"ustar\x00" and header[345:500].strip(b"\0"):

@@ -23,6 +23,7 @@ import queue
 import tarfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import blake3
@@ -209,6 +210,32 @@ class _SparseHash:
         return self._h.hexdigest()
 
 
+BIG_FILE = 1 << 20
+
+
+class _Behind:
+    """BLAKE3 of a big file's data, hashed in a thread of the parser's own while the
+    caller writes it. Where the parser also extracts (the direct target), hashing in
+    line made a 1 GiB restore into tmpfs 0.58 s against 0.38 s with the hash beside
+    the writes (both release the GIL); small files keep the plain hasher (a hand-off
+    costs more than their hash)."""
+
+    def __init__(self, parser: TarParser) -> None:
+        if parser._hash_pool is None:
+            parser._hash_pool = ThreadPoolExecutor(1, thread_name_prefix="volbak-hash")
+        self._pool = parser._hash_pool
+        self._h = blake3.blake3()
+        self._last: Future[Any] | None = None
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._last = self._pool.submit(self._h.update, data)
+
+    def hexdigest(self) -> str:
+        if self._last is not None:
+            self._last.result()
+        return self._h.hexdigest()
+
+
 class TarParser:
     """See the module docstring. Read the counters after feeding."""
 
@@ -223,7 +250,8 @@ class TarParser:
         self.ended = False  # saw the end-of-archive zero block
         self._digest = blake3.blake3() if digest else None
         self._root = root.strip("/").encode() if root is not None else None
-        self._on_entry = on_entry
+        # set by an extractor that takes over a digesting parser (DirectTarget)
+        self.on_entry = on_entry
         self._what = what
         self.owners = owners  # digest uid/gid (not where an engine replaces them)
         # all xattrs and ACLs, or only what the archive API can write (a capability)
@@ -242,6 +270,7 @@ class TarParser:
         self._gpax: dict[bytes, bytes] = {}
         self._longname: bytes | None = None
         self._longlink: bytes | None = None
+        self._hash_pool: ThreadPoolExecutor | None = None  # see _Behind
 
     def feed(self, chunk: bytes | memoryview) -> None:
         self.tar_bytes += len(chunk)
@@ -287,7 +316,7 @@ class TarParser:
         """Count ``n`` bytes that are exactly the current file's data and padding
         without seeing them (the dedup file cache reuses an unchanged file's chunks
         without reading it). Only where the data is not needed: not in digest mode."""
-        if (self._digest is not None or self._on_entry is not None or self._meta is not None
+        if (self._digest is not None or self.on_entry is not None or self._meta is not None
                 or self._header or not self._left or self._left + self._pad != n):
             raise IntegrityError(
                 "internal error: the tar stream skipped data it cannot account for",
@@ -306,6 +335,9 @@ class TarParser:
     def _on_header(self, h: bytes) -> None:
         if h == bytes(BLOCK):
             self.ended = True
+            if self._hash_pool is not None:  # every file's hash was taken at its end
+                self._hash_pool.shutdown(wait=False)
+                self._hash_pool = None
             return
         entry = None
         # A damaged header must be an IntegrityError, not the ValueError of a
@@ -376,7 +408,7 @@ class TarParser:
         kind = b"0" if typ in _FILE_TYPES else typ
         if kind == b"0":
             self.file_bytes += size
-        if self._digest is None and self._on_entry is None:
+        if self._digest is None and self.on_entry is None:
             return size, None
         mtime = parse_number(h[136:148])
         if b"mtime" in pax:
@@ -396,7 +428,7 @@ class TarParser:
         # written densely (through the archive API) compares equal.
         real = int(pax.get(b"GNU.sparse.realsize", size)) if sparse else size
         entry.realsize, entry.payload = real, size
-        if self._on_entry is not None:
+        if self.on_entry is not None:
             entry.path, entry.linkpath = raw_name, raw_link
             entry.mtime_ns = parse_time_ns(pax[b"mtime"]) if b"mtime" in pax \
                 else mtime * 10**9
@@ -423,9 +455,10 @@ class TarParser:
             if entry.sparse is not None and entry.pax.get(b"GNU.sparse.major") == b"1":
                 self._content = _SparseHash(entry.realsize, entry.sparse)
             else:
-                self._content = blake3.blake3()
-        if self._on_entry is not None:
-            self._sink = self._on_entry(entry)
+                self._content = _Behind(self) if self.on_entry is not None and \
+                    entry.size >= BIG_FILE else blake3.blake3()
+        if self.on_entry is not None:
+            self._sink = self.on_entry(entry)
 
     def _map_piece(self, piece: memoryview) -> None:
         """Collect a GNU sparse 1.0 map from the start of the entry's data; once it is
@@ -499,7 +532,11 @@ class Renamed:
     stays flat whatever the file sizes."""
 
     def __init__(self, read: Callable[[int], bytes], rename: Callable[[str], str],
-                 owners: Callable[[Any], None] | None = None) -> None:
+                 owners: Callable[[Any], None] | None = None,
+                 whole_seconds: bool = False) -> None:
+        """``whole_seconds``: mtimes truncated to whole seconds (as dockerd's archive
+        API reads them and the digest counts them)."""
+        self._whole_seconds = whole_seconds
         self._q: Any = queue.Queue(8)
         self._buf = b""
         self._done = False
@@ -542,6 +579,9 @@ class Renamed:
                         m.linkname = self._rename(m.linkname)
                     if self._owners:
                         self._owners(m)
+                    if self._whole_seconds and "mtime" in m.pax_headers:
+                        # from the text: tarfile's float makes .999999999 the next second
+                        m.mtime = int(m.pax_headers.pop("mtime").split(".")[0])
                     tout.addfile(m, tin.extractfile(m) if m.isreg() else None)
             self._put(None)
         except BaseException as e:

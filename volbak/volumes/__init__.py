@@ -71,14 +71,17 @@ def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
 
 
 def write_tree(engine: Engine, volume: str, info: dict[str, Any], root: str,
-               chunks: Iterator[bytes], kind: str, image: str | None = None) -> None:
+               chunks: Iterator[bytes], kind: str, image: str | None = None,
+               parser: TarParser | None = None) -> None:
     """Write a tar stream named "<root>/..." into the (new, empty) ``volume`` (``info``:
-    its inspect), the way ``choose(..., write=True)`` decided."""
+    its inspect), the way ``choose(..., write=True)`` decided. ``parser`` (direct only):
+    extract with it, so that it sees, counts and digests the whole stream."""
     if kind == "direct":
         from .direct import DirectTarget
 
-        DirectTarget(info["Mountpoint"], root).extract(chunks)
+        DirectTarget(info["Mountpoint"], root, parser).extract(chunks)
         return
+    assert parser is None, "only the direct target parses the stream itself"
     with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)], image) as cid:
         put_volume_tar(engine, cid, root, chunks)
 

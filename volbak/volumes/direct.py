@@ -52,7 +52,7 @@ import errno
 import os
 import stat
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,7 @@ class Report:
     warnings: list[str] = field(default_factory=list)
     warning_count: int = 0
     changed: int = 0  # files that changed while they were read
+    excluded: int = 0  # names --exclude left out where the walk met them, and hard links
     skipped: int = 0  # sockets and other entries tar cannot hold, other filesystems
     entries: int = 0
     file_bytes: int = 0
@@ -136,6 +137,9 @@ class DirectSource:
         self._closed = False
         self._produced = 0  # stream bytes handed out by the generator so far
         self._cache: Any = None
+        self._exclude: Any = None  # stream.exclude.Matcher
+        self._unindexed: list[bytes] = []  # excluded names not yet looked at for links
+        self._gone: set[tuple[int, int]] = set()  # inodes whose first name was excluded
 
     def use_cache(self, session: Any) -> None:
         """Take unchanged big files' data from the dedup file cache (filecache.Session)
@@ -143,6 +147,17 @@ class DirectSource:
         its own, in place of such a file's data and padding. Only for a consumer that
         understands it (the dedup writer), and before the first ``read``."""
         self._cache = session
+
+    def exclude(self, patterns: Sequence[str]) -> None:
+        """Leave out what ``backup --exclude`` leaves out, during the walk, before the
+        first ``read``: the stream is then byte for byte what ``stream.exclude.
+        ExcludeFilter`` makes of the full one (same Matcher, and a later name of a file
+        whose first name is left out is left out too), but excluded directories are not
+        entered and excluded files not read, and the stream's offsets stay the file
+        cache's (a filter after the source would shift them under its markers)."""
+        from ..stream.exclude import Matcher
+
+        self._exclude = Matcher(patterns) if patterns else None
 
     # -- the stream
 
@@ -217,6 +232,8 @@ class DirectSource:
                 continue
             name, plain = item
             rel = prefix + name
+            if self._exclude is not None and self._excluded(rel):
+                continue
             # Most entries are files with one name: open, fstat, read, no lstat first.
             if plain and (yield from self._plain_file(dfd, name, rel)):
                 continue
@@ -248,6 +265,8 @@ class DirectSource:
             elif stat.S_ISSOCK(mode):
                 self.report.skipped += 1
                 self.report.warn(f"{show(rel)}: a socket; tar cannot hold it, skipped")
+            elif self._exclude is not None and self._first_name_excluded(st):
+                self.report.excluded += 1  # a link to a name not archived: unrestorable
             elif link := self._hardlink(st, rel):
                 self.report.entries += 1
                 yield tarfmt.header(rel, tarfmt.HARDLINK, mode=stat.S_IMODE(mode),
@@ -305,6 +324,85 @@ class DirectSource:
             raise self._error(rel, e) from None
         self._fds.append(cfd)
         return cfd, os.fstat(cfd)
+
+    def _excluded(self, rel: bytes) -> bool:
+        inner = rel[len(self.root) + 1:]
+        # Every directory above was tested and not matched (a matched one is not entered).
+        if not self._exclude.last(inner.decode("utf-8", "surrogateescape")):
+            return False
+        self.report.excluded += 1
+        self._unindexed.append(inner)
+        return True
+
+    def _first_name_excluded(self, st: os.stat_result) -> bool:
+        """Was an earlier name of this inode (in stream order) left out? The excluded
+        names are looked at only now, when a kept name of a new multi-link inode turns
+        up, so a tree without hard links never walks what it excludes."""
+        if st.st_nlink < 2 or stat.S_ISDIR(st.st_mode):
+            return False
+        key = (st.st_dev, st.st_ino)
+        if key in self._links:  # its first name was archived
+            return False
+        if self._unindexed:
+            self._index_excluded()
+        return key in self._gone
+
+    def _index_excluded(self) -> None:
+        """Note the multi-link inodes below the names excluded so far. Best effort: what
+        cannot be read is passed over, and a later name of such an inode is then
+        archived as a file (more than the stream filter keeps, never a broken link)."""
+        pending, self._unindexed = self._unindexed, []
+        for inner in pending:
+            parts = inner.split(b"/")
+            opened: list[int] = []
+            try:
+                dfd = self._rootfd
+                for part in parts[:-1]:
+                    dfd = os.open(part, _O_DIR, dir_fd=dfd)
+                    opened.append(dfd)
+                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    self._note_gone(st)
+                    continue
+                if st.st_dev != self._dev:
+                    continue
+                dfd = os.open(parts[-1], _O_DIR, dir_fd=dfd)
+                opened.append(dfd)
+                stack = [iter(os.listdir(dfd))]
+                while stack:
+                    name = next(stack[-1], None)
+                    if name is None:
+                        stack.pop()
+                        if len(stack) > 0:
+                            os.close(opened.pop())
+                        continue
+                    dfd = opened[-1]
+                    try:
+                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                        if not stat.S_ISDIR(st.st_mode):
+                            self._note_gone(st)
+                            continue
+                        if st.st_dev != self._dev:
+                            continue
+                        cfd = os.open(name, _O_DIR, dir_fd=dfd)
+                    except OSError:
+                        continue
+                    opened.append(cfd)
+                    try:
+                        stack.append(iter(os.listdir(cfd)))
+                    except OSError:
+                        os.close(opened.pop())
+            except OSError:
+                continue
+            finally:
+                for fd in opened:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    def _note_gone(self, st: os.stat_result) -> None:
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key not in self._links:  # else archived before this name
+            self._gone.add(key)
 
     def _hardlink(self, st: os.stat_result, rel: bytes) -> bytes | None:
         """The earlier name of this inode if it was already archived."""
@@ -638,7 +736,10 @@ class DirectTarget:
 
     DIR_CACHE = 64
 
-    def __init__(self, path: str | bytes, root: str = "data") -> None:
+    def __init__(self, path: str | bytes, root: str = "data",
+                 parser: TarParser | None = None) -> None:
+        """``parser``: a TarParser (e.g. in digest mode) to extract with, so that a
+        caller who needs the stream's digest does not parse it a second time."""
         self.path = os.fsencode(path)
         self.root = os.fsencode(root).strip(b"/")
         self.report = Report()
@@ -652,7 +753,8 @@ class DirectTarget:
         self._root_user = os.geteuid() == 0
         # Paths are checked here, against the names as the archive spells them, not by
         # the parser's root check: a target must also refuse absolute names and links.
-        self._parser = TarParser(on_entry=self._on_entry)
+        self.parser = parser or TarParser()
+        self.parser.on_entry = self._on_entry
         self._sink: _FileSink | None = None
         self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
         self._cache: dict[tuple[bytes, ...], int] = {}
@@ -661,7 +763,7 @@ class DirectTarget:
     # -- feeding
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._parser.feed(memoryview(data).cast("B"))
+        self.parser.feed(memoryview(data).cast("B"))
 
     def extract(self, chunks: Iterable[bytes]) -> Report:
         try:
@@ -676,7 +778,7 @@ class DirectTarget:
     def close(self) -> None:
         if self._closed:
             return
-        if not self._parser.ended:
+        if not self.parser.ended:
             self.abort()
             raise IntegrityError(
                 "the archive ended early (truncated tar stream)",
@@ -764,8 +866,8 @@ class DirectTarget:
         return None
 
     def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
-        """``what`` is "entry" for the entry's own name, "hardlink" for its link target."""
-        """The path below the target for an archive name, or IntegrityError."""
+        """The path below the target for an archive name, or IntegrityError. ``what`` is
+        "entry" for the entry's own name, "hardlink" for its link target."""
         def refuse(why: str) -> IntegrityError:
             return IntegrityError(
                 f"refusing the archive: entry {show(entry.name)} {why}",

@@ -31,12 +31,29 @@ What can make an entry wrong, and what is done about it:
 - a damaged or truncated cache file: it ends with a BLAKE3 of its content; any doubt
   and it is ignored (a full read, no error).
 
+``--exclude``: the direct source leaves excluded paths out during its walk
+(``DirectSource.exclude``, the stream filter's Matcher and hard-link rule), so no filter
+sits between the source and the writer and the stream offsets the cache's regions and
+``Reused`` markers refer to are the stream the writer gets. A cache written with other
+patterns is still right: entries are per path, and a path left out last time is read.
+
 Where: ``<state_dir>/file-cache/<repository id>/<volume>.cache`` (beside the journal),
 mode 0600 in a 0700 directory, written to a temp file, fsynced and renamed only after
 the backup's manifest is committed. It holds the volume's paths and the chunk ids
 (keyed hashes) of its big files: nothing the host cannot read anyway, and never stored
 in the repository. Memory: the previous cache is held whole, about 150 bytes per big
 file plus 36 bytes per chunk (a 5 GiB volume of 1 MiB files: ~5,000 entries, ~1 MB).
+
+Removal (``sweep``, after every successful save, best effort): a cache file of any
+repository in that directory is removed when the mountpoint in its header no longer
+exists on this host (the volume was deleted; the state directory is this host's own,
+like the journal) or when it was not rewritten for ``MAX_AGE`` (30 days: the caches
+of a repository no longer used, or of a volume no longer backed up, go this way; keeping
+them longer would save at most one full read each); a temp file goes after
+``TEMP_AGE`` (1 day: an interrupted save; a save takes seconds). Nothing else is
+touched: only regular ``*.cache`` files and their temp files, found through directory
+handles that follow no symlink. Removing a cache wrongly costs one full read of that
+volume, never correctness.
 
 Measured (``scripts/bench_direct.py --incremental-mib 5120 --only-incremental --rounds
 2``, 2 cores shared with other jobs, load 10-13): 1,271 files of 256 KiB-8 MiB plus
@@ -51,6 +68,7 @@ import collections
 import contextlib
 import json
 import os
+import stat
 import struct
 import time
 import urllib.parse
@@ -69,6 +87,10 @@ REC = struct.Struct(">32sI")  # chunk id | raw length, as in the dedup chunk lis
 _ENTRY = struct.Struct(">IQQQqqI")  # path length, dev, ino, size, mtime_ns, ctime_ns, chunks
 _U32 = struct.Struct(">I")
 RACY_NS = 2_000_000_000  # coarse file-system clocks tick in <= 10 ms; 2 s covers FAT too
+MAX_AGE = 30 * 86400  # seconds: a cache file not rewritten for this long is removed
+TEMP_AGE = 86400  # a temp file this old is no save in progress (a save takes seconds)
+_HEAD_MAX = 1 << 16  # a cache file's JSON header is a few hundred bytes
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _pad(n: int) -> int:
@@ -239,6 +261,7 @@ class Stats:
     chunks_gone: int = 0  # cached files read again because a chunk left the index
     saved: int | None = None  # entries in the cache written after the backup
     save_error: str | None = None
+    removed: int | None = None  # other cache files swept after the save (see ``sweep``)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -330,6 +353,99 @@ class Session:
             self.stats.saved = write(self.path, self.scope, entries)
         except OSError as e:
             self.stats.save_error = f"{self.path}: {e.strerror or e}"
+            return
+        with contextlib.suppress(Exception):  # housekeeping: never fails a stored backup
+            self.stats.removed = sweep(keep=self.path)
+
+
+def sweep(keep: Path | None = None, now: float | None = None) -> int:
+    """Remove the cache files no backup will use: those whose volume directory (the
+    header's mountpoint) no longer exists on this host, those not rewritten for
+    ``MAX_AGE``, and temp files older than ``TEMP_AGE``; ``keep`` (the file just
+    written) is left alone. Only ``*.cache`` files and their temp files directly in
+    ``<cache_dir>/<repository id>/`` are ever removed, through directory handles that
+    follow no symlink. Best effort: anything unreadable or unexpected is left as it is.
+    Returns how many files were removed."""
+    now = time.time() if now is None else now
+    try:
+        top = os.open(cache_dir(), _O_DIR)
+    except OSError:
+        return 0
+    removed = 0
+    try:
+        for sub in _dirs(top):
+            try:
+                dfd = os.open(sub, _O_DIR, dir_fd=top)
+            except OSError:
+                continue
+            try:
+                for name in os.listdir(dfd):
+                    if keep is not None and (sub, name) == (keep.parent.name, keep.name):
+                        continue
+                    if _stale(dfd, name, now):
+                        with contextlib.suppress(OSError):
+                            os.unlink(name, dir_fd=dfd)
+                            removed += 1
+            finally:
+                os.close(dfd)
+    finally:
+        os.close(top)
+    return removed
+
+
+def _dirs(top: int) -> list[str]:
+    with os.scandir(top) as it:
+        return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+
+def _stale(dfd: int, name: str, now: float) -> bool:
+    temp = name.startswith(".") and name.endswith(".tmp") and ".cache." in name
+    if not (temp or name.endswith(".cache")):
+        return False
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    age = now - st.st_mtime
+    if temp:
+        return age > TEMP_AGE
+    if age > MAX_AGE:
+        return True
+    mountpoint = _mountpoint(dfd, name)
+    if mountpoint is None:
+        return False  # unreadable or not ours: only its age removes it
+    try:
+        os.stat(mountpoint)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False  # there but not visible to us (another user's engine): keep it
+    return False
+
+
+def _mountpoint(dfd: int, name: str) -> str | None:
+    """The header's mountpoint; not checked against the trailing hash (that would mean
+    reading the whole file): a damaged header at worst costs that volume one full read."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        return None
+    try:
+        head = os.pread(fd, len(MAGIC) + 4, 0)
+        if len(head) != len(MAGIC) + 4 or not head.startswith(MAGIC):
+            return None
+        (hlen,) = _U32.unpack_from(head, len(MAGIC))
+        if hlen > _HEAD_MAX:
+            return None
+        header = json.loads(os.pread(fd, hlen, len(head)))
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    mountpoint = header.get("mountpoint") if isinstance(header, dict) else None
+    return mountpoint if isinstance(mountpoint, str) and mountpoint.startswith("/") else None
 
 
 def start(scope: Scope, min_size: int, known: Callable[[bytes], bool],
