@@ -35,12 +35,19 @@ memory: a kill would lose it), with short client timeouts so that a freeze can f
 request. Their invariants: a documented exit code and no traceback; exit 0 only if the
 backup is listed (the prune done); after the server is back, ``volbak cleanup
 --older-than 0`` leaves no multipart upload and no orphan under the prefix; every listed
-backup verifies; the same command works again. Their recovery time is the server's
-restart plus that cleanup; their "garbage" the multipart uploads the fault left.
+backup verifies; the same command works again. A quarter of their iterations (half the
+backups) wait for an open multipart upload and hit the server while its parts are in
+flight; a fault that leaves an upload also checks that the default age gate of ``volbak
+cleanup`` keeps it (SeaweedFS: moto dates every upload 2010). Their recovery time is the
+server's restart plus that cleanup; their "garbage" the multipart uploads the fault left.
 
-Prints one row per kind: runs, violations, exit codes seen, mean and max recovery time.
-Exit status 1 if there was any violation (or the run was stopped by SIGTERM: the table
-then shows the iterations that ran).
+Prints one row per kind: runs, violations, exit codes seen, mean and max recovery time,
+garbage left for the age-gated cleanup, harness errors. An iteration the harness could
+not carry out (a remount refused, an engine that would not come back) is a harness
+error: reported, not counted as a run, no verdict on volbak; three in a row end that
+kind, not the whole run. Exit status 1 if there was any violation (or the run was
+stopped by SIGTERM: the table then shows the iterations that ran), else 3 if there was
+a harness error, else 0.
 """
 
 from __future__ import annotations
@@ -157,6 +164,25 @@ def _diff(have: Listing | None, known: dict[str, Listing], allowed: list[str]) -
     return f"; vs {best}: extra {extra}, missing {missing}"
 
 
+def _helpers(client: docker.DockerClient, found: list[dict[str, Any]]) -> str:
+    """What the report needs to tell why a helper was left: its owner (and whether
+    that process lives), state, creation time, volumes."""
+    out = []
+    for c in found[:3]:
+        try:
+            d = client.api.inspect_container(c["Id"])
+        except docker.errors.APIError as e:
+            out.append(f"{c['Id'][:12]} ({e})")
+            continue
+        owner = (d["Config"].get("Labels") or {}).get("volbak.owner", "")
+        pid = owner.rpartition(":")[2]
+        alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+        out.append(f"{c['Id'][:12]} owner {owner} ({'alive' if alive else 'dead'}), "
+                   f"{d['State'].get('Status')}, created {d.get('Created')}, volumes "
+                   f"{[m.get('Name') for m in d.get('Mounts') or []]}")
+    return "; ".join(out)
+
+
 # -- the world ----------------------------------------------------------------------------------
 
 
@@ -167,6 +193,14 @@ class Result:
     codes: dict[str, int] = dataclasses.field(default_factory=dict)
     recover_s: list[float] = dataclasses.field(default_factory=list)
     garbage: int = 0
+    # iterations the harness itself could not carry out (a remount refused, an engine
+    # that would not come back): not counted as runs, and no verdict on volbak
+    harness: list[str] = dataclasses.field(default_factory=list)
+    # kind-specific counts (the S3 kinds: faults aimed at an open multipart upload)
+    notes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def note(self, key: str, n: int = 1) -> None:
+        self.notes[key] = self.notes.get(key, 0) + n
 
 
 class World:
@@ -270,27 +304,37 @@ class World:
 
     def hit(self, kind: str, args: list[str], fault: Callable[[subprocess.Popen[str]], str],
             res: Result, cmd: list[str] | None = None, env: dict[str, str] | None = None,
-            window: str | None = None, reach: float = 1.3) -> tuple[int, str, str]:
+            window: str | None = None, reach: float = 1.3,
+            delay: float | None = None) -> tuple[int, str, str]:
         """Run volbak, apply ``fault`` at a random instant; returns (code, fault, stderr).
         ``cmd``/``env`` replace ``self.cmd(*args)``/``self.env``; ``window`` names the
-        clean run whose duration bounds the instant (default: ``kind``)."""
+        clean run whose duration bounds the instant (default: ``kind``); ``delay`` fixes
+        the instant (a fault that waits for its moment itself)."""
         t_max = self.duration.get(window or kind, 5.0) * reach + 0.2
-        delay = self.rng.uniform(0, t_max)
+        delay = self.rng.uniform(0, t_max) if delay is None else delay
         with tempfile.TemporaryFile("w+") as err, tempfile.TemporaryFile("w+") as out:
             proc = subprocess.Popen(cmd or self.cmd(*args), env=env or self.env, stdout=out,
                                     stderr=err, stdin=subprocess.DEVNULL, text=True)
             what = "none"
             try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                what = fault(proc)
-            try:
-                code = proc.wait(timeout=300)
-                self.ended_at = time.time()
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait()
-                res.violations.append(f"{kind}: volbak hung after {what}")
+                try:
+                    proc.wait(timeout=delay)
+                except subprocess.TimeoutExpired:
+                    what = fault(proc)
+                try:
+                    code = proc.wait(timeout=300)
+                    self.ended_at = time.time()
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    code = proc.wait()
+                    res.violations.append(f"{kind}: volbak hung after {what}")
+            except BaseException:
+                # the harness stopped (SIGTERM) or failed: leave no volbak running
+                # behind (one left hanging spoiled the next run's engine)
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                raise
             err.seek(0)
             stderr = err.read()
         res.codes[str(code)] = res.codes.get(str(code), 0) + 1
@@ -344,13 +388,12 @@ class World:
                 if not helpers:
                     self.say(f"{kind}: a helper on {url} needed another recover")
             if helpers:
-                desc = [f"{c['Id'][:12]} {c.get('State')} "
-                        f"{(c.get('Labels') or {}).get('volbak.owner')} created "
-                        f"{client.api.inspect_container(c['Id'])['Created']}, the run "
-                        f"ended {time.strftime('%H:%M:%S', time.gmtime(self.ended_at))}"
-                        f".{int(self.ended_at * 1000) % 1000:03d}" for c in helpers]
-                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url}: "
-                                      f"{desc}; journal: {self.journal()}")
+                ended = (f"{time.strftime('%H:%M:%S', time.gmtime(self.ended_at))}"
+                         f".{int(self.ended_at * 1000) % 1000:03d}")
+                res.violations.append(f"{kind}: {len(helpers)} helper(s) left on {url} "
+                                      f"after {what} (the run ended {ended}): "
+                                      f"{_helpers(client, helpers)}; journal: "
+                                      f"{self.journal()}")
             staging = client.api.volumes(
                 filters={"label": "volbak.managed=staging"}).get("Volumes") or []
             if staging:
@@ -518,14 +561,89 @@ def engine_name(url: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _procs(comm: str, arg: str) -> list[int]:
+    """Live (not zombie) processes named ``comm`` with ``arg`` in their command line."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if (d / "comm").read_text().strip() != comm:
+                continue
+            if arg not in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace"):
+                continue
+            if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue
+        except (OSError, IndexError):
+            continue
+        out.append(int(d.name))
+    return out
+
+
+def _gone(comm: str, arg: str, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _procs(comm, arg):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def restart_engine(name: str, attempts: int = 3) -> int:
+    """Start a killed ``scripts/engine`` engine again; returns the attempts it took.
+
+    Before each start: the old dockerd and its containerd gone (killed if they linger),
+    and their pid and socket files removed. A stale containerd.pid matters most: dockerd
+    takes a pid that still answers kill(0) (a containerd zombie that init has not reaped
+    yet, or the pid reused on this machine's 32768-pid table) for a running containerd,
+    waits for it, and gives up with "failed to start containerd: timeout". A stale
+    dockerd.pid would make scripts/engine take it for a hung engine and wipe its data."""
+    run = Path(f"/run/volbak-{name}")
+    containerd = f"{run}/exec/containerd/containerd.toml"
+    dockerd = f"--pidfile {run}/dockerd.pid"
+    last = ""
+    for attempt in range(1, attempts + 1):
+        for comm, arg in (("dockerd", dockerd), ("containerd", containerd)):
+            if not _gone(comm, arg, 15):
+                for pid in _procs(comm, arg):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                if not _gone(comm, arg, 15):
+                    raise HarnessError(f"engine {name}: {comm} {_procs(comm, arg)} "
+                                       "survives SIGKILL")
+        for f in ("dockerd.pid", "docker.sock", "exec/containerd/containerd.pid",
+                  "exec/containerd/containerd.sock", "exec/containerd/containerd.sock.ttrpc",
+                  "exec/containerd/containerd-debug.sock"):
+            (run / f).unlink(missing_ok=True)
+        try:
+            r = subprocess.run([str(ROOT / "scripts/engine"), "start", name],
+                               env={**os.environ, "VOLBAK_ENGINE_TIMEOUT": "60"},
+                               capture_output=True, text=True, timeout=150)
+        except subprocess.TimeoutExpired:
+            last = "scripts/engine start: no exit in 150 s"
+            continue
+        if r.returncode == 0:
+            return attempt
+        last = r.stderr.strip()[-400:]
+        print(f"chaos: engine {name} start attempt {attempt} failed: {last}",
+              file=sys.stderr, flush=True)
+    raise HarnessError(f"engine {name} did not start in {attempts} attempts: {last}")
+
+
 def kind_dockerd_restore(w: World, n: int, res: Result) -> None:
     """Restore into engine 2 and SIGKILL its dockerd at a random instant."""
     name = engine_name(w.host2)
     assert name is not None
     target = f"chaos-d-{w.token}"
-    args = ["restore", w.backup_id, "--to-volume", target, "-H", w.host2]
-    if n == 0:
-        w.calibrate("dockerd-restore", args, lambda: w.remove_volume(w.c2, target))
+    # as root on the engine's host a restore writes the volume's directory itself and
+    # needs dockerd only to create the volume; every other iteration sends the data
+    # through the engine's archive API (helper containers), where a dead dockerd hurts
+    source = ("auto", "api")[n % 2]
+    args = ["restore", w.backup_id, "--to-volume", target, "-H", w.host2, "--source", source]
+    window = f"dockerd-restore-{source}"
+    if window not in w.duration:
+        w.calibrate(window, args, lambda: w.remove_volume(w.c2, target))
     w.remove_volume(w.c2, target)
 
     def kill_dockerd(proc: subprocess.Popen[str]) -> str:
@@ -543,10 +661,21 @@ def kind_dockerd_restore(w: World, n: int, res: Result) -> None:
             time.sleep(0.05)
         return "SIGKILL dockerd"
 
-    code, what, err = w.hit("dockerd-restore", args, kill_dockerd, res)
+    code, what, err = w.hit("dockerd-restore", args, kill_dockerd, res, window=window)
+    res.note(f"--source {source}, {'exit 0' if code == 0 else 'failed'}")
     if what != "none":
-        subprocess.run([str(ROOT / "scripts/engine"), "start", name], check=True,
-                       capture_output=True)
+        tries = restart_engine(name)
+        if tries > 1:
+            res.note("engine restarts that needed a retry")
+        try:
+            w.c2.api.inspect_image(IMAGE)
+        except docker.errors.ImageNotFound:
+            # only if a start attempt wiped the engine (scripts/engine does that to a
+            # dockerd that runs but does not answer)
+            from conftest import ensure_busybox_image
+
+            ensure_busybox_image(w.c2)
+            res.note("test image re-imported")
     w.recover("dockerd-restore", res)
     # recover -H names engine 1; engine 2 is swept because the dead run noted it, or
     # by the next command on it: run one, as a user would
@@ -555,6 +684,30 @@ def kind_dockerd_restore(w: World, n: int, res: Result) -> None:
     w.check_target("dockerd-restore", w.c2, target, code, ["absent", "new"], res)
     if code not in (0, 4, 130, 143) and what != "none":
         res.violations.append(f"dockerd-restore: exit {code} (expected 4) after {what}")
+
+
+def remount_ro(mnt: Path, proc: subprocess.Popen[str]) -> str:
+    """Remount ``mnt`` read-only as soon as the kernel lets us. It refuses (EBUSY)
+    while any file on it is open for writing, so during a backup the remount lands
+    between two files (after a temp file's close, before the next open) or, if the
+    backup keeps a file open to its end, once it has exited."""
+    deadline = time.monotonic() + 120
+    exited = 0.0
+    tries = 0
+    while True:
+        running = proc.poll() is None
+        if not running and not exited:
+            exited = time.monotonic()
+        r = subprocess.run(["mount", "-o", "remount,ro", str(mnt)], capture_output=True,
+                           text=True)
+        tries += 1
+        if r.returncode == 0:
+            return "read-only mid-run" if running else "read-only after exit"
+        if time.monotonic() > deadline or (exited and time.monotonic() - exited > 2):
+            # volbak gone (its files closed) or 2 min of open files, and still refused
+            raise HarnessError(f"mount -o remount,ro {mnt} failed {tries} times: "
+                               f"{r.stderr.strip()}")
+        time.sleep(0.01)
 
 
 def kind_repo_full(w: World, n: int, res: Result) -> None:
@@ -566,6 +719,7 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
         else 256 * 1024
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(mnt)],
                    check=True)
+    proc: subprocess.Popen[str] | None = None
     try:
         cmd = [*VOLBAK, "backup", w.src, "-H", w.host1,
                "--repo", str(mnt / "repo")]
@@ -580,8 +734,8 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
         if readonly:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=delay)
-            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
-            what = "read-only"
+            what = remount_ro(mnt, proc)
+            res.note(what)
         _out, err = proc.communicate(timeout=300)
         code = proc.returncode
         res.codes[str(code)] = res.codes.get(str(code), 0) + 1
@@ -608,6 +762,9 @@ def kind_repo_full(w: World, n: int, res: Result) -> None:
             res.violations.append(f"repo-full: traceback: {err[-500:]}")
         w.check_common("repo-full", code, "SIGKILL-free", "", res)
     finally:
+        if proc is not None and proc.poll() is None:  # after a harness error
+            proc.kill()
+            proc.communicate()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
@@ -767,8 +924,12 @@ def _s3(kind: str, w: World, n: int, res: Result) -> None:
     fmt = ("archive", "dedup")[(n + n // 2) % 2]
     op = ("backup", "prune")[n % 2]
     vol = f"chaos-s3-{w.token}"
+    # a quarter of the iterations (half the backups, both formats) aim at the window a
+    # random instant rarely hits: a multipart upload open, its parts in flight
+    aim = op == "backup" and n % 8 in (0, 2)
     # bigger than one 8 MiB part even in the quick mode: archives and packs go multipart
-    big = max(w.big // 4, 12 << 20)
+    # (the aimed ones: three parts at least, a 32 MiB pack has four)
+    big = max(w.big // 2, 20 << 20) if aim else max(w.big // 4, 12 << 20)
     env = {**w.env, "VOLBAK_REPO_FORMAT": fmt, "AWS_ACCESS_KEY_ID": srv.KEYS[0],
            "AWS_SECRET_ACCESS_KEY": srv.KEYS[1], "AWS_DEFAULT_REGION": "us-east-1"}
     for k in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_MAX_ATTEMPTS"):
@@ -831,20 +992,61 @@ def _s3(kind: str, w: World, n: int, res: Result) -> None:
             os.kill(srv.pid, signal.SIGCONT)
         return f"SIGSTOP s3 server {bound:.1f}s"
 
-    # within the clean run's time: a fault after the command ended tests nothing here
-    code, what, err = w.hit(kind, args, fault, res, cmd=[*VOLBAK, *args, *repo()], env=env,
-                            window=window, reach=0.8)
+    def aimed(proc: subprocess.Popen[str]) -> str:
+        """The fault once a new multipart upload is open under the prefix, a moment
+        later (its first parts in flight or done)."""
+        client = srv.client()
+        old = {u["UploadId"] for u in client.list_multipart_uploads(
+            Bucket=srv.bucket, Prefix=f"{fmt}/").get("Uploads") or []}
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            ups = [u for u in client.list_multipart_uploads(
+                Bucket=srv.bucket, Prefix=f"{fmt}/").get("Uploads") or []
+                if u["UploadId"] not in old]
+            if ups:
+                time.sleep(w.rng.uniform(0, 0.15))
+                with contextlib.suppress(Exception):  # the upload may be done by now
+                    parts = client.list_parts(Bucket=srv.bucket, Key=ups[0]["Key"],
+                                              UploadId=ups[0]["UploadId"]).get("Parts")
+                    res.note(f"aimed: {len(parts or [])} part(s) complete at the fault")
+                res.note("aimed: landed in an open multipart upload")
+                return fault(proc) + " in a multipart upload"
+            time.sleep(0.03)
+        res.note("aimed: no multipart upload seen")
+        return "none" if proc.poll() is not None else fault(proc)
+
+    if aim:
+        res.note("aimed at a multipart upload")
+        code, what, err = w.hit(kind, args, aimed, res, cmd=[*VOLBAK, *args, *repo()],
+                                env=env, delay=0.0)
+    else:
+        # within the clean run's time: a fault after the command ended tests nothing here
+        code, what, err = w.hit(kind, args, fault, res, cmd=[*VOLBAK, *args, *repo()],
+                                env=env, window=window, reach=0.8)
     # recovery: the server back (a killed one restarted on its data), then `volbak
     # cleanup` (which runs the recovery of dead runs first, as every command does)
     t0 = time.monotonic()
     if what.startswith("SIGKILL"):
         srv.restart()
     uploads = srv.uploads(f"{fmt}/")
+    if uploads and flavour == "seaweedfs":
+        # the default age gate keeps a fresh upload: it may be a live run's elsewhere
+        # (moto dates every upload 2010, so only SeaweedFS can tell)
+        r = run("cleanup", "--json")
+        if r.returncode != 0 or srv.uploads(f"{fmt}/") != uploads:
+            res.violations.append(f"{kind}: cleanup (24 h) exited {r.returncode} and "
+                                  f"left {srv.uploads(f'{fmt}/')} of the fresh uploads "
+                                  f"{uploads}: {r.stderr[-300:]}")
     time.sleep(2.5)  # S3 times are whole seconds and cleanup keeps one second of slack
     r = run("cleanup", "--older-than", "0", "--json")
     res.recover_s.append(time.monotonic() - t0 - 2.5)
     if r.returncode != 0 or "Traceback" in r.stderr:
         res.violations.append(f"{kind}: cleanup exited {r.returncode}: {r.stderr[-300:]}")
+    elif uploads:
+        res.note("multipart uploads left by the fault", len(uploads))
+        with contextlib.suppress(ValueError, KeyError):
+            res.note("multipart uploads aborted by cleanup",
+                     len(json.loads(r.stdout.splitlines()[-1])["incomplete"]))
     w.say(f"  {kind} {op} {fmt}: {len(uploads)} upload(s) before cleanup; cleanup: "
           + " ".join(r.stdout.split())[:300])
     res.garbage += len(uploads)
@@ -922,12 +1124,14 @@ RUNNERS: dict[str, Callable[[World, int, Result], None]] = {
 
 
 def table(results: dict[str, Result]) -> str:
-    rows = [("kind", "runs", "violations", "exit codes", "recover mean/max s", "garbage")]
+    rows = [("kind", "runs", "violations", "exit codes", "recover mean/max s", "garbage",
+             "harness errors")]
     for kind, r in results.items():
         codes = " ".join(f"{c}x{n}" for c, n in sorted(r.codes.items(), key=lambda x: int(x[0])))
         rec = (f"{sum(r.recover_s) / len(r.recover_s):.2f}/{max(r.recover_s):.2f}"
                if r.recover_s else "-")
-        rows.append((kind, str(r.runs), str(len(r.violations)), codes, rec, str(r.garbage)))
+        rows.append((kind, str(r.runs), str(len(r.violations)), codes, rec, str(r.garbage),
+                     str(len(r.harness))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
@@ -977,21 +1181,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         w.setup()
         for kind in kinds:
+            failed = 0
             for n in range(iterations):
-                results[kind].runs += 1
-                seen = len(results[kind].violations)
+                res = results[kind]
+                res.runs += 1
+                seen = len(res.violations)
                 try:
-                    RUNNERS[kind](w, n, results[kind])
+                    RUNNERS[kind](w, n, res)
+                    failed = 0
                 except (docker.errors.DockerException, OSError, subprocess.SubprocessError,
                         RuntimeError) as e:
-                    results[kind].violations.append(f"{kind}: harness error: {e!r}")
-                for v in results[kind].violations[seen:]:
+                    # the iteration is void: what it found before the failure stays
+                    # reported, but it is not a run
+                    res.runs -= 1
+                    res.harness.append(f"{kind} #{n}: {e!r}"[:600])
+                    print(f"HARNESS ERROR {res.harness[-1]}", file=sys.stderr, flush=True)
+                    failed += 1
+                for v in res.violations[seen:]:
                     print(f"VIOLATION {v}", file=sys.stderr, flush=True)
+                if failed >= 3:
+                    print(f"chaos: {kind}: 3 harness errors in a row, on to the next kind",
+                          file=sys.stderr, flush=True)
+                    break
     except Stopped:
         stopped = True  # SIGTERM: the iteration under way is not counted as done
         for r in results.values():
-            if r.runs > len(r.recover_s):
-                r.runs = len(r.recover_s)
+            r.runs = min(r.runs, len(r.recover_s))
         print("chaos: stopped by SIGTERM; the table shows what ran", file=sys.stderr)
     finally:
         w.cleanup()
@@ -1000,11 +1215,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chaos: {time.monotonic() - t0:.0f} s, seed {seed}", file=sys.stderr)
     if a.json:
         print(json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}))
-    return 1 if stopped or any(r.violations for r in results.values()) else 0
+    for kind, r in results.items():
+        if r.notes:
+            print(f"chaos: {kind}: " + ", ".join(f"{k} {v}" for k, v in r.notes.items()),
+                  file=sys.stderr)
+    if stopped or any(r.violations for r in results.values()):
+        return 1
+    # a run whose harness failed checked less than it says: not a pass either
+    return 3 if any(r.harness for r in results.values()) else 0
 
 
 class Stopped(Exception):
     """SIGTERM to the harness."""
+
+
+class HarnessError(RuntimeError):
+    """The harness could not set up or apply a fault: no verdict on volbak."""
 
 
 if __name__ == "__main__":

@@ -368,6 +368,43 @@ def test_same_engine_through_another_url_is_recognised(resources, docker_client,
     assert (volume_path(docker_client, src) / "f").read_text() == "x"
 
 
+def test_target_engine_is_noted_before_its_target_is_checked(resources, resources2,
+                                                            docker_client, docker_client2,
+                                                            docker_host, docker_host2, run,
+                                                            monkeypatch):
+    """Checking whether a --force target is empty reads it through a helper on the target
+    engine. A run killed there left that helper for good (scripts/chaos.py
+    migrate-force: recovery sweeps only engines a dead run noted, and the note came after
+    the check), and the next migrate found the target "in use" (exit 8). So the engine
+    is noted, and a dead run's helpers swept, before the check."""
+    import volbak.ops.migrate as m
+    from volbak.ops import journal
+
+    src = resources.volume().name
+    (volume_path(docker_client, src) / "f").write_text("new")
+    target = resources2.volume().name
+    (volume_path(docker_client2, target) / "g").write_text("old")
+    seen: list[tuple[str, list[str]]] = []
+    real = m.volume_is_empty
+
+    def check(engine, name, image=None):
+        # what recovery would sweep if the run died right now
+        entry = journal._run_entry
+        seen.append((engine.url, list(entry.record["engines"]) if entry else []))
+        return real(engine, name, image)
+
+    monkeypatch.setattr(m, "volume_is_empty", check)
+    # this test's run note, not one an earlier in-process run left (it lives to exit)
+    monkeypatch.setattr(journal, "_run_entry", None)
+    try:
+        run("migrate", src, "--from", docker_host, "--to", docker_host2, "--as", target,
+            "--force")
+    finally:
+        journal._end_run()
+    assert seen and all(url in engines for url, engines in seen), seen
+    assert (volume_path(docker_client2, target) / "f").read_text() == "new"
+
+
 def test_from_defaults_like_host(resources, resources2, docker_client, docker_client2,
                                  docker_host, docker_host2, run, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", docker_host)
