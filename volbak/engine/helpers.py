@@ -124,9 +124,24 @@ def remove_container(engine: Engine, cid: str, patience: float = 10.0) -> bool:
 
     Right after an aborted transfer the engine may still be finishing its tar process
     and refuse the removal for a moment, so failures are retried for ``patience`` s."""
-    done, _ = retry(lambda: engine.api.remove_container(cid, v=False, force=True),
-                    seconds=patience)
+    done, _ = retry(lambda: _delete(engine, cid, max(patience, 1.0)), seconds=patience)
     return done
+
+
+def _delete(engine: Engine, cid: str, timeout: float) -> None:
+    """DELETE /containers/ID (force, volumes kept) that gives up after ``timeout``: a
+    SIGTERM that cut a GET archive short can leave dockerd 20.10 holding the removal
+    until the client-wide timeout (600 s, with signals held: chaos saw a migrate hang
+    so). docker-py's remove_container has no per-call timeout; its private request
+    helpers do. If they change, the public call (client-wide timeout) is used."""
+    api = engine.api
+    try:
+        res = api._delete(api._url("/containers/{0}", cid),
+                          params={"v": False, "force": True}, timeout=timeout)
+    except (AttributeError, TypeError):
+        api.remove_container(cid, v=False, force=True)
+        return
+    api._raise_for_status(res)
 
 
 @dataclasses.dataclass
@@ -163,17 +178,10 @@ def sweep_stale_helpers(engine: Engine, timeout: float = 10) -> Sweep:
 
 
 def _remove_with_timeout(engine: Engine, cid: str, timeout: float) -> bool:
-    """docker-py's remove_container has no per-call timeout; its private request
-    helpers do. If they change, fall back to the public call (client-wide timeout)."""
-    api = engine.api
-    with contextlib.suppress(requests.exceptions.RequestException, docker.errors.APIError):
-        try:
-            res = api._delete(api._url("/containers/{0}", cid),
-                              params={"v": False, "force": True}, timeout=timeout)
-        except (AttributeError, TypeError):
-            api.remove_container(cid, v=False, force=True)
-            return True
-        return res.status_code < 300
-    return False
+    try:
+        _delete(engine, cid, timeout)
+    except (requests.exceptions.RequestException, docker.errors.APIError):
+        return False
+    return True
 
 

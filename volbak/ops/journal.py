@@ -38,6 +38,7 @@ from typing import Any
 from ..engine.helpers import engines_with_unremoved_helpers, on_helper_create
 from ..errors import VolbakError
 from ..util.host import fsync_dir, pid_alive, state_dir
+from ..util.signals import deferred
 
 VERSION = 1
 
@@ -240,7 +241,9 @@ def _end_run() -> None:
     to remove a helper (it can, for a while, after an aborted transfer): then the note
     stays for the next command's recovery."""
     global _run_entry
-    with _run_lock:
+    # The process is on its way out: a Ctrl-C now waits for the entry's removal, then
+    # is dropped (from an atexit callback it would only print a traceback).
+    with contextlib.suppress(KeyboardInterrupt), deferred(), _run_lock:
         if _run_entry is not None and not engines_with_unremoved_helpers():
             _run_entry.remove()
             _run_entry = None
