@@ -426,3 +426,24 @@ def test_checked_chunks_threaded_inspects_in_another_thread() -> None:
 
     list(checked_chunks(Source(numbered(5)).read, inspect, lambda: None, threaded=True))
     assert threads == {"volbak-drain"}
+
+
+def test_write_all_writes_in_bounded_pieces_and_continues_short_writes(monkeypatch):
+    import os
+
+    from volbak.util import host
+
+    sizes: list[int] = []
+    got = bytearray()
+
+    def short_write(fd: int, data: memoryview) -> int:
+        n = min(len(data), 100_000)  # the kernel may take less than it is given
+        sizes.append(len(data))
+        got.extend(data[:n])
+        return n
+
+    monkeypatch.setattr(os, "write", short_write)
+    data = bytes(range(256)) * 5000  # 1.28 MB
+    host.write_all(3, data)
+    assert bytes(got) == data
+    assert max(sizes) <= host.WRITE_MAX

@@ -29,7 +29,7 @@ from .errors import (
     ObjectNotFound,
     UsageError,
 )
-from .util.host import fsync_dir
+from .util.host import fsync_dir, write_all
 
 TMP_PREFIX = ".volbak-tmp-"
 
@@ -64,7 +64,7 @@ class _LocalWriter(ObjectWriter):
 
     def write(self, data: bytes | memoryview) -> None:
         try:
-            self._f.write(data)
+            write_all(self._f.fileno(), data)
         except OSError as e:
             self.abort()
             raise _translate(e, self._display) from None

@@ -28,6 +28,7 @@ def dump(ctx: Ctx, backup_id: str, output: str | None, identity: tuple[str, ...]
       volbak dump pgdata@20261129T070001Z -i key.txt | tar -t
     """
     from ..crypto.keys import identities
+    from ..util.host import WRITE_MAX
 
     info = ctx.repo().get(backup_id)
     if output is None and sys.stdout.isatty():
@@ -38,7 +39,7 @@ def dump(ctx: Ctx, backup_id: str, output: str | None, identity: tuple[str, ...]
         out = open(output, "wb") if output else click.get_binary_stream("stdout")  # noqa: SIM115
         try:
             total = 0
-            while data := reader.read(1 << 20):
+            while data := reader.read(WRITE_MAX):  # big writes are slow (util.host)
                 out.write(data)
                 total += len(data)
             out.flush()

@@ -20,6 +20,23 @@ def state_dir() -> Path:
     return Path(xdg) / "volbak"
 
 
+# write(2) calls of at most this much. On this machine's kernel (6.18, a VM) a write of
+# 512 KiB or more into the page cache costs 10-25x the system time of the same bytes in
+# 256 KiB pieces (dd of 1 GiB: bs=1M 6-8 s, bs=256K or 64K 0.22 s; reads are not
+# affected), and an unencrypted backup wrote its archive in 1 MiB pieces (7.8 s against
+# 3.8 s for the same volume encrypted, whose age chunks are 64 KiB). Elsewhere the cap
+# costs four syscalls per MiB.
+WRITE_MAX = 256 * 1024
+
+
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of ``data`` to ``fd``, in pieces of at most WRITE_MAX (a short write is
+    continued, never lost)."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view[:WRITE_MAX]):]
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -58,6 +58,7 @@ from typing import Any
 
 from ..errors import IntegrityError, NotFoundError, VolbakError
 from ..stream.tar import Entry, TarParser, parse_time_ns
+from ..util.host import WRITE_MAX
 from . import tarfmt
 from .tarfmt import BLOCK
 
@@ -706,7 +707,7 @@ class _FileSink:
     def write(self, view: memoryview) -> None:
         try:
             while view:
-                take = min(self._left, len(view))
+                take = min(self._left, len(view), WRITE_MAX)
                 done = os.write(self.fd, view[:take])
                 view = view[done:]
                 self._left -= done
