@@ -113,7 +113,8 @@ def test_incremental_backups_reuse_unchanged_files(resources, docker_client, run
     assert backup()["file_cache"]["files_reused"] == big
 
 
-def test_backups_with_exclude_reuse_unchanged_files(resources, docker_client, run, env):
+def test_backups_with_exclude_reuse_unchanged_files(resources, docker_client, run, env,
+                                                    engine_kind):
     """The direct source leaves --exclude's paths out during its walk: the cache is
     used, and the restore is what the archive API's stream filter keeps."""
     keyfile, recipient = env
@@ -162,7 +163,10 @@ def test_backups_with_exclude_reuse_unchanged_files(resources, docker_client, ru
     api = backup("--source", "api")
     assert api["source"] == "api" and "file_cache" not in api
     got, want = restored(second), restored(api)
-    assert got == want, diff_listings(want, got)
+    if engine_kind == "podman":  # its archive API replaces owners, rounds mtimes (README)
+        assert [e.path for e in got] == [e.path for e in want]
+    else:
+        assert got == want, diff_listings(want, got)
     paths = {e.path for e in got}
     assert {"blobs/b0", "later/b0-link", "files/small.bin"} <= paths
     assert not paths & {"blobs/cache", "blobs/x.tmp", "later/c0-link", "files/big.bin"}
