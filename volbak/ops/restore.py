@@ -78,14 +78,6 @@ class RestoreResult:
         return dataclasses.asdict(self)
 
 
-def _ignore(data: bytes) -> None:
-    pass
-
-
-def _nothing() -> None:
-    pass
-
-
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
           opts: RestoreOptions) -> TarParser:
     """Stream the backup into ``volume``, then read it back the same way and compare."""
@@ -102,8 +94,8 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
     direct = kind == "direct"
     with Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
         write_tree(engine, volume, vol, root,
-                   checked_chunks(reader.read, _ignore if direct else parser.feed,
-                                  _nothing if direct else parser.check_complete,
+                   checked_chunks(reader.read, None if direct else parser.feed,
+                                  None if direct else parser.check_complete,
                                   progress=bar.update), kind, opts.helper_image,
                    parser if direct else None)
         if direct:

@@ -38,16 +38,20 @@ def pump_into(read: Read, write: Callable[[bytes], Any],
     return total
 
 
-def checked_chunks(read: Read, inspect: Callable[[bytes], Any], finish: Callable[[], Any],
+def checked_chunks(read: Read, inspect: Callable[[bytes], Any] | None,
+                   finish: Callable[[], Any] | None,
                    *, progress: Callable[[int], Any] | None = None,
                    threaded: bool = False) -> Iterator[bytes]:
     """The pieces of ``read``, unchanged. Each goes through ``inspect`` (in the reader
     thread, or with ``threaded`` in a thread of its own so that inspection overlaps
     both the reading and the consumer's writes); ``finish()`` runs after the source
-    ended, and only if it passes is the last piece yielded."""
+    ended, and only if it passes is the last piece yielded. Both may be None where the
+    consumer parses the stream itself (the direct target); the source's own end checks
+    (its reader's) still come before the last piece."""
 
     def look(data: bytes) -> None:
-        inspect(data)
+        if inspect is not None:
+            inspect(data)
         if progress:
             progress(len(data))
 
@@ -71,7 +75,8 @@ def checked_chunks(read: Read, inspect: Callable[[bytes], Any], finish: Callable
         if drain is not None:
             drain.close()
             drain = None
-        finish()
+        if finish is not None:
+            finish()
     finally:
         if drain is not None:
             drain.abandon()
