@@ -24,6 +24,7 @@ import pytest
 from fidelity import populate
 
 from volbak.errors import IntegrityError, NotFoundError, UsageError, VolbakError
+from volbak.stream.tar import TarParser
 from volbak.volumes import direct, select, tarfmt
 from volbak.volumes.direct import DirectSource, DirectTarget
 
@@ -815,3 +816,54 @@ def test_sparse_0_1_map_in_pax_extracts(tmp_path: Path) -> None:
                         "GNU.sparse.name": "data/s"}
     direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))])
     assert (tmp_path / "s").read_bytes() == b"\0\0\0\0abc\0\0\0"
+
+
+def test_header_fast_path_writes_the_general_paths_bytes() -> None:
+    """tarfmt.header's short cut for the usual entry (short names, small ids, at most
+    nanoseconds in PAX) must write what the general path writes, at every boundary."""
+    import random
+
+    rng = random.Random(7)
+    names = [b"data/a", b"data/" + b"n" * 95, b"data/" + b"n" * 96, b"data/\xff\xfe"]
+    for _ in range(2000):
+        kw = dict(
+            mode=rng.choice([0o644, 0o7777, 0]),
+            uid=rng.choice([0, 1000, 8**7 - 1, 8**7]),
+            gid=rng.choice([0, 8**7 - 1, 8**7, 2**32 - 1]),
+            mtime_ns=rng.choice([0, 10**9, 1764656000123456789, 8**11 * 10**9 - 1,
+                                 8**11 * 10**9, -1, -(10**9)]),
+            size=rng.choice([0, 1, 8**11 - 1, 8**11]),
+            linkname=rng.choice([b"", b"x" * 100, b"x" * 101]),
+            devmajor=rng.choice([0, 8, 8**7]),
+            devminor=rng.choice([0, 3]),
+        )
+        name, typ = rng.choice(names), rng.choice([tarfmt.REGULAR, tarfmt.SYMLINK])
+        fast = tarfmt.header(name, typ, **kw)
+        general = tarfmt._header(name, typ, pax=None, **kw)
+        assert fast == general, kw
+        assert len(fast) % 512 == 0
+
+
+@needs_root
+@pytest.mark.parametrize("owners,all_xattrs", [(True, True), (False, True), (True, False)])
+def test_walk_digest_is_the_parsers_digest_of_the_stream(tree: Path, owners: bool,
+                                                         all_xattrs: bool) -> None:
+    """The read-back of a direct restore digests during the walk; it must agree with a
+    digesting parser over the stream the walk writes, on every kind of entry."""
+    (tree / "sparse" / "holes-only").write_bytes(b"")
+    os.truncate(tree / "sparse" / "holes-only", 3 * 2**20)
+    os.utime(tree / "files" / "text.txt", ns=(1, -1_500_000_000))  # negative, sub-second
+    parser = TarParser(digest=True, root="data", owners=owners, all_xattrs=all_xattrs)
+    for chunk in read_all(DirectSource(tree)):
+        parser.feed(chunk)
+    parser.check_complete()
+    with DirectSource(tree) as src:
+        walk = src.digest(owners=owners, all_xattrs=all_xattrs)
+    assert (walk.hexdigest(), walk.entries, walk.file_bytes, walk.attr_entries) == (
+        parser.hexdigest(), parser.entries, parser.file_bytes, parser.attr_entries)
+    assert walk.attr_entries > 0 or not all_xattrs
+    # and it sees a change the way the parser does
+    os.chmod(tree / "files" / "text.txt", 0o751)
+    with DirectSource(tree) as src:
+        assert src.digest(owners=owners, all_xattrs=all_xattrs).hexdigest() != \
+            parser.hexdigest()

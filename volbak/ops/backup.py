@@ -76,7 +76,6 @@ def backup_volume(
     started = dt.datetime.now(dt.UTC)
     total = volume_size(engine, volume) if opts.progress else None
     t0 = time.monotonic()
-    parser = TarParser(root=ARCHIVE_ROOT, what=f"volume '{volume}' as read")
     # Three threads: the pump reads the volume, this one scans and compresses, the
     # repository writer's drain encrypts, hashes and stores.
     with contextlib.ExitStack() as stack:
@@ -88,7 +87,7 @@ def backup_volume(
             writer = stack.enter_context(repo.create_backup(
                 volume, started, compression=opts.compression, recipients=opts.recipients))
         bar = stack.enter_context(Progress(f"backup {volume}", total, opts.progress))
-        cache = stream_into(src, writer, parser, volume, vol, opts, bar.update)
+        tar, cache = stream_into(src, writer, volume, vol, opts, bar.update)
         manifest = Manifest(
             volume={
                 "name": volume,
@@ -98,8 +97,7 @@ def backup_volume(
                 "scope": vol.get("Scope"),
             },
             created=iso(started),
-            tar={"size": parser.tar_bytes, "entries": parser.entries,
-                 "file_bytes": parser.file_bytes, "changed_while_read": src.changed()},
+            tar={**tar, "changed_while_read": src.changed()},
             mount_path=mount_path,
             archive_root=ARCHIVE_ROOT,
             containers=[describe_container(c) for c in users],
@@ -124,30 +122,25 @@ def backup_volume(
         return info
 
 
-def stream_into(src: TreeSource, writer: BackupWriter, parser: TarParser, volume: str,
-                vol: dict[str, Any], opts: BackupOptions,
-                progress: Callable[[int], Any] | None = None) -> Any:
-    """The volume's tar stream into ``writer``, watched by ``parser`` (checked complete);
-    returns the file cache session (``volumes.filecache``) to save after the commit, or
-    None where the cache does not apply."""
+def stream_into(src: TreeSource, writer: BackupWriter, volume: str, vol: dict[str, Any],
+                opts: BackupOptions, progress: Callable[[int], Any] | None = None
+                ) -> tuple[dict[str, int], Any]:
+    """The volume's tar stream into ``writer``. Returns the stream's size, entries and
+    file bytes (the manifest's ``tar``), and the file cache session (``volumes.
+    filecache``) to save after the commit, or None where the cache does not apply."""
+    direct = src.direct
     read = src.read
-    if opts.exclude and src.direct is not None:
+    if opts.exclude and direct is not None:
         # left out during the walk: the stream's offsets stay the file cache's
-        src.direct.exclude(opts.exclude)
+        direct.exclude(opts.exclude)
     elif opts.exclude:
         from ..stream.exclude import ExcludeFilter
 
         read = ExcludeFilter(src.read, opts.exclude, ARCHIVE_ROOT).read
     cache = _file_cache(src, writer, volume, vol, opts)
-    inspect, write = parser.feed, writer.write
+    write = writer.write
     if cache is not None:
         from ..volumes.filecache import Reused
-
-        def inspect(data: Any) -> None:
-            if isinstance(data, Reused):
-                parser.skip(len(data))
-            else:
-                parser.feed(data)
 
         def write(data: Any) -> None:
             if isinstance(data, Reused):
@@ -155,9 +148,18 @@ def stream_into(src: TreeSource, writer: BackupWriter, parser: TarParser, volume
             else:
                 writer.write(data)
 
-    pump_into(read, write, inspect, progress)
+    if direct is not None:
+        # volbak wrote this stream itself and counted it as it went: parsing it again
+        # would find nothing new, and took a third of a small-file backup's time
+        # (50,000 files: 1.6 s against 1.05 s), the walk waiting for the GIL.
+        size = pump_into(read, write, None, progress)
+        r = direct.report
+        return {"size": size, "entries": r.entries, "file_bytes": r.file_bytes}, cache
+    parser = TarParser(root=ARCHIVE_ROOT, what=f"volume '{volume}' as read")
+    pump_into(read, write, parser.feed, progress)
     parser.check_complete()
-    return cache
+    return {"size": parser.tar_bytes, "entries": parser.entries,
+            "file_bytes": parser.file_bytes}, cache
 
 
 def _file_cache(src: Any, writer: Any, volume: str, vol: dict[str, Any],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine import (
     PODMAN_LOSSES,
@@ -23,9 +23,11 @@ from ..engine import (
     inspect_volume,
     put_volume_tar,
 )
-from ..stream.pipeline import checked_chunks
 from ..stream.tar import TarParser
 from .select import CHOICES, choose
+
+if TYPE_CHECKING:
+    from .direct import WalkDigest
 
 __all__ = ["CHOICES", "TreeSource", "copy_tree", "open_source", "owners_comparable", "read_back",
            "write_tree"]
@@ -93,9 +95,9 @@ def owners_comparable(engine: Engine, kind: str) -> bool:
 
 def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind: str, *,
               owners: bool = True, all_xattrs: bool = True, image: str | None = None,
-              progress: Callable[[int], Any] | None = None) -> TarParser:
-    """Read a volume back the way it was written and return the finished TarParser
-    (digest mode), to compare with what was sent."""
+              progress: Callable[[int], Any] | None = None) -> TarParser | WalkDigest:
+    """Read a volume back the way it was written and return its digest (``hexdigest()``,
+    ``entries``, ``file_bytes``), to compare with what was sent."""
     if kind != "direct":
         from ..engine import read_tree_digest
 
@@ -103,13 +105,8 @@ def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind
                                 all_xattrs=all_xattrs)
     from .direct import DirectSource
 
-    parser = TarParser(digest=True, root=root, owners=owners, all_xattrs=all_xattrs,
-                       what=f"volume '{volume}' as read back from its directory")
     with DirectSource(info["Mountpoint"], root) as src:
-        for _ in checked_chunks(src.read, parser.feed, parser.check_complete,
-                                progress=progress):
-            pass
-    return parser
+        return src.digest(owners=owners, all_xattrs=all_xattrs, progress=progress)
 
 
 def copy_tree(engine: Engine, src: str, dst: str, root: str = "data",

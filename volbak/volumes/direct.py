@@ -56,8 +56,20 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import blake3
+
 from ..errors import IntegrityError, NotFoundError, VolbakError
-from ..stream.tar import Entry, TarParser, parse_time_ns
+from ..stream.tar import (
+    PLAIN_PAX,
+    Entry,
+    SparseHash,
+    TarParser,
+    digest_add,
+    digest_record,
+    norm,
+    parse_sparse_map,
+    parse_time_ns,
+)
 from ..util.host import WRITE_MAX
 from . import tarfmt
 from .tarfmt import BLOCK
@@ -141,6 +153,8 @@ class DirectSource:
         self._exclude: Any = None  # stream.exclude.Matcher
         self._unindexed: list[bytes] = []  # excluded names not yet looked at for links
         self._gone: set[tuple[int, int]] = set()  # inodes whose first name was excluded
+        self._head = tarfmt.header  # or a WalkDigest's, which records instead of writing
+        self._walk_digest: WalkDigest | None = None
 
     def use_cache(self, session: Any) -> None:
         """Take unchanged big files' data from the dedup file cache (filecache.Session)
@@ -193,6 +207,28 @@ class DirectSource:
         if len(pieces) == 1 and isinstance(pieces[0], bytes):
             return pieces[0]
         return b"".join(pieces)
+
+    def digest(self, *, owners: bool = True, all_xattrs: bool = True,
+               progress: Callable[[int], Any] | None = None) -> WalkDigest:
+        """The tree's digest, entry count and file bytes, equal to a digesting
+        TarParser's over the stream ``read`` would give (``stream.tar.digest_record``),
+        with no stream between them: read-back after a direct restore (50,000 small
+        files: 0.6 s against 1.4 s for the walk and a parse of its stream). Instead of
+        ``read``, not after it."""
+        walk = self._walk_digest = WalkDigest(owners, all_xattrs)
+        self._head = walk.head
+        done = 0
+        for piece in self._gen:
+            if piece:
+                walk.update(piece)
+                done += len(piece)
+                if progress and done >= CHUNK:
+                    progress(done)
+                    done = 0
+        walk.finish()
+        if progress and done:
+            progress(done)
+        return walk
 
     def close(self) -> None:
         if self._closed:
@@ -270,7 +306,7 @@ class DirectSource:
                 self.report.excluded += 1  # a link to a name not archived: unrestorable
             elif link := self._hardlink(st, rel):
                 self.report.entries += 1
-                yield tarfmt.header(rel, tarfmt.HARDLINK, mode=stat.S_IMODE(mode),
+                yield self._head(rel, tarfmt.HARDLINK, mode=stat.S_IMODE(mode),
                                     uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                                     linkname=link)
             elif stat.S_ISREG(mode):
@@ -282,7 +318,7 @@ class DirectSource:
                     self.report.warn(f"{show(rel)}: vanished before it was read")
                     continue
                 self.report.entries += 1
-                yield tarfmt.header(rel, tarfmt.SYMLINK, mode=stat.S_IMODE(mode),
+                yield self._head(rel, tarfmt.SYMLINK, mode=stat.S_IMODE(mode),
                                     uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                                     linkname=target, pax=self._attrs(_proc(dfd, name), rel))
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
@@ -290,7 +326,7 @@ class DirectSource:
                        tarfmt.BLOCKDEV if stat.S_ISBLK(mode) else tarfmt.FIFO)
                 dev = st.st_rdev if typ != tarfmt.FIFO else 0
                 self.report.entries += 1
-                yield tarfmt.header(rel, typ, mode=stat.S_IMODE(mode), uid=st.st_uid,
+                yield self._head(rel, typ, mode=stat.S_IMODE(mode), uid=st.st_uid,
                                     gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                                     devmajor=os.major(dev), devminor=os.minor(dev),
                                     pax=self._attrs(_proc(dfd, name), rel))
@@ -298,7 +334,8 @@ class DirectSource:
                 self.report.skipped += 1
                 self.report.warn(f"{show(rel)}: an entry of unknown type; skipped")
         self._check_root()
-        yield tarfmt.END_OF_ARCHIVE
+        if self._walk_digest is None:
+            yield tarfmt.END_OF_ARCHIVE
 
     def _listing(self, dfd: int, rel: bytes) -> list[tuple[bytes, bool]]:
         """(name, looks like a plain file) sorted bytewise, as dockerd's archive (Go's
@@ -421,7 +458,7 @@ class DirectSource:
 
     def _dir_header(self, rel: bytes, fd: int, st: os.stat_result) -> bytes:
         self.report.entries += 1
-        return tarfmt.header(rel, tarfmt.DIRECTORY, mode=stat.S_IMODE(st.st_mode),
+        return self._head(rel, tarfmt.DIRECTORY, mode=stat.S_IMODE(st.st_mode),
                              uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                              pax=self._attrs(fd, rel))
 
@@ -529,7 +566,8 @@ class DirectSource:
                     changed == self.report.changed
             yield header
             if data:
-                yield data + b"\0" * tarfmt.padding(len(data))
+                yield data if self._walk_digest is not None else \
+                    data + b"\0" * tarfmt.padding(len(data))
             return
         yield from self._read_large(fd, rel, st, pax, sparse)
 
@@ -537,7 +575,7 @@ class DirectSource:
                      pax: list[tuple[bytes, bytes]]) -> bytes:
         self.report.entries += 1
         self.report.file_bytes += size
-        return tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+        return self._head(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
                              uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                              size=size, pax=pax)
 
@@ -577,7 +615,7 @@ class DirectSource:
             payload += len(mapblock)
         self.report.entries += 1
         self.report.file_bytes += size
-        header = tarfmt.header(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
+        header = self._head(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
                                uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
                                size=payload, pax=pax)
         region = None
@@ -596,7 +634,7 @@ class DirectSource:
                     piece = bytes(min(CHUNK, end - pos))
                 pos += len(piece)
                 yield piece
-        if payload % BLOCK:
+        if payload % BLOCK and self._walk_digest is None:
             yield bytes(tarfmt.padding(payload))
         if short or not _same(st, os.fstat(fd)):
             if region is not None:
@@ -626,6 +664,71 @@ class DirectSource:
             f"cannot read {show(rel)} in {show(self.path)}: {e.strerror or e}",
             hint="run volbak as root (or the engine's user), or use --source api",
         )
+
+
+class WalkDigest:
+    """A tree digest taken during DirectSource's walk: ``head`` stands in for
+    ``tarfmt.header`` and returns nothing, and the walk's pieces come to ``update`` (a
+    file's data; first the map block of a sparse one). Its records are those a
+    digesting TarParser makes of the stream the walk would have written, through the
+    same ``digest_record``; tests compare the two on the full fidelity tree."""
+
+    def __init__(self, owners: bool, all_xattrs: bool) -> None:
+        self.owners = owners
+        self._all_xattrs = all_xattrs
+        self._digest = blake3.blake3()
+        self.entries = 0
+        self.file_bytes = 0
+        self.attr_entries = 0
+        self._record: tuple[Any, ...] | None = None
+        self._content: Any = None
+        self._sparse_real: int | None = None  # a sparse file whose map block comes next
+
+    def head(self, name: bytes, typ: bytes, *, mode: int, uid: int, gid: int,
+             mtime_ns: int, size: int = 0, linkname: bytes = b"", devmajor: int = 0,
+             devminor: int = 0, pax: list[tuple[bytes, bytes]] | None = None) -> bytes:
+        self.finish()
+        records = dict(pax or ())
+        real = size
+        if records.get(b"GNU.sparse.major") == b"1":
+            name = records[b"GNU.sparse.name"]
+            real = self._sparse_real = int(records[b"GNU.sparse.realsize"])
+        # what the parser reads back of tarfmt's encoding: the PAX mtime's integer part
+        # (truncated towards zero), and device numbers too big for ustar as 0
+        mtime = mtime_ns // 10**9 if mtime_ns >= 0 else -(-mtime_ns // 10**9)
+        device = (devmajor if devmajor < 8**7 else 0, devminor if devminor < 8**7 else 0) \
+            if typ in (tarfmt.CHARDEV, tarfmt.BLOCKDEV) else (0, 0)
+        link = norm(linkname) if typ == tarfmt.HARDLINK else \
+            linkname if typ == tarfmt.SYMLINK else b""
+        self._record, attrs = digest_record(norm(name), typ, mode, uid, gid, real, mtime,
+                                            link, device, records, self.owners,
+                                            self._all_xattrs)
+        self.attr_entries += attrs
+        self.entries += 1
+        if typ == tarfmt.REGULAR:
+            self.file_bytes += real
+        self._content = None if self._sparse_real is not None else blake3.blake3()
+        return b""
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._content is None:  # a sparse file's map block, whole in one piece
+            assert self._sparse_real is not None
+            parsed = parse_sparse_map(data)
+            assert parsed is not None and parsed[1] == len(data)
+            self._content = SparseHash(self._sparse_real, parsed[0])
+            self._sparse_real = None
+            return
+        self._content.update(data)
+
+    def finish(self) -> None:
+        if self._record is not None:
+            if self._content is None:  # an empty sparse file has its map block all the same
+                raise AssertionError("a sparse entry without its map")
+            digest_add(self._digest, self._record, self._content.hexdigest())
+            self._record = None
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
@@ -825,7 +928,8 @@ class DirectTarget:
                                  or b"GNU.sparse.numblocks" in pax):
             raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak does "
                                  "not read", hint="extract this archive with GNU tar")
-        xattrs, acl_access, acl_default = _xattrs(pax.items())
+        xattrs, acl_access, acl_default = ([], None, None) if pax.keys() <= PLAIN_PAX \
+            else _xattrs(pax.items())
         entry = _Entry(
             name=e.path, typ=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, size=e.size,
             mtime_ns=e.mtime_ns,
@@ -978,10 +1082,15 @@ class DirectTarget:
         try:
             if entry.sparse is not None:
                 os.ftruncate(fd, entry.realsize)
-            self._chown(entry, lambda: os.fchown(fd, entry.uid, entry.gid))
-            self._set_xattrs(fd, entry.xattrs, entry.name)  # after chown, which drops caps
+            try:
+                os.fchown(fd, entry.uid, entry.gid)
+            except PermissionError:
+                self._chown(entry, lambda: os.fchown(fd, entry.uid, entry.gid))
+            if entry.xattrs:
+                self._set_xattrs(fd, entry.xattrs, entry.name)  # after chown: it drops caps
             os.fchmod(fd, entry.mode)
-            self._set_acls(fd, entry.acl_access, None, entry.name)
+            if entry.acl_access is not None:
+                self._set_acls(fd, entry.acl_access, None, entry.name)
             os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
         except OSError as e:
             raise self._oserror(entry.name, e) from None

@@ -9,9 +9,12 @@ Names and values stay bytes throughout: a volume may hold names that are not UTF
 
 from __future__ import annotations
 
+import functools
 import grp
 import pwd
 import struct
+
+from ..stream.tar import byte_sum
 
 BLOCK = 512
 END_OF_ARCHIVE = bytes(2 * BLOCK)
@@ -74,8 +77,8 @@ def _ustar(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int, mt
         b"ustar\x0000", b"", b"", b"%07o\0" % (devmajor if devmajor < _MAX7 else 0),
         b"%07o\0" % (devminor if devminor < _MAX7 else 0), prefix,
     ]
-    # The padding struct adds is zeros: summing the bare fields is the same, 5x cheaper.
-    fields[6] = b"%06o\0 " % sum(b"".join(fields))
+    # The padding struct adds is zeros: summing the bare fields is the same, cheaper.
+    fields[6] = b"%06o\0 " % byte_sum(b"".join(fields))
     return _USTAR.pack(*fields)
 
 
@@ -93,6 +96,30 @@ def header(name: bytes, typ: bytes, *, mode: int, uid: int, gid: int, mtime_ns: 
     """One entry's header block(s): a PAX extended header when anything does not fit
     ustar (long names, large ids or sizes, sub-second mtimes, xattrs, ACLs, sparse maps),
     then the ustar header."""
+    seconds, ns = divmod(mtime_ns, 10**9)
+    if (not pax and len(name) <= 100 and len(linkname) <= 100 and uid < _MAX7
+            and gid < _MAX7 and size < _MAX11 and 0 <= seconds < _MAX11):
+        # Most entries: ustar, and at most the mtime's nanoseconds in PAX. The same
+        # bytes as the general path below (test_tarfmt), in a third of its time.
+        main = _ustar(name, typ, mode, uid, gid, size, seconds, linkname, devmajor, devminor)
+        if not ns:
+            return main
+        data = pax_record(b"mtime", b"%d.%09d" % (seconds, ns))
+        return b"".join((_pax_header(len(data), seconds), data,
+                         bytes(padding(len(data))), main))
+    return _header(name, typ, mode, uid, gid, mtime_ns, size, linkname, devmajor, devminor,
+                   pax)
+
+
+@functools.lru_cache(maxsize=16)
+def _pax_header(size: int, seconds: int) -> bytes:
+    """The ustar block before a PAX header's data; files written together share it."""
+    return _ustar(b"././@PaxHeader", b"x", 0o644, 0, 0, size, seconds, b"", 0, 0)
+
+
+def _header(name: bytes, typ: bytes, mode: int, uid: int, gid: int, mtime_ns: int,
+            size: int, linkname: bytes, devmajor: int, devminor: int,
+            pax: list[tuple[bytes, bytes]] | None) -> bytes:
     records = list(pax or ())
     split = _split_name(name)
     if split is None:
