@@ -3,7 +3,7 @@
 
     scripts/bench_dedup.py [--host URL] [--size-mib 1024] [--year-mib 64] [--days 365]
                            [--index-chunks 3300000] [--chunk MIN/AVG/MAX[b|t]]
-                           [--prune-chunks N [--prune-code TREE]]
+                           [--prune-chunks N] [--restore-chunks N] [--prune-code TREE]
                            [--skip-docker] [--skip-year]
 
 1. ratio: a mixed tree (random files, compressible text, a database-like file of 8 KiB
@@ -20,6 +20,8 @@
    phase 2 (a due plan of a tenth of the packs) over an index of N chunks of which ~45%
    are referenced (--prune-code TREE: with TREE's
    volbak package, e.g. `git archive main volbak | tar -x -C TREE`, for a before/after).
+   With --restore-chunks N: peak RSS of opening a backup of N distinct chunks for a
+   restore and walking its whole fetch plan (chunk list and locations; no pack data).
 4. docker (needs root on the engine's host; volumes are filled through their
    mountpoints): the SIZE MiB tree in a volume; first dedup backup (encrypted), backup of
    the unchanged volume, restore into a new volume, against `docker cp` out and in of
@@ -44,6 +46,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+import blake3
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -276,7 +280,8 @@ def bench_index(chunks: int, work: Path) -> dict:
             "backup_seconds": round(float(out[0]), 2), "peak_rss_mib": round(float(out[1]))}
 
 
-def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple:
+def write_index_repo(chunks: int, path: Path, refs: Path | None = None,
+                     encrypted: bool = True) -> tuple:
     """A repository whose index holds ``chunks`` chunks in 32 MiB packs (no pack data);
     with ``refs``, every other chunk id of all packs but the first tenth is written
     there (those packs are left unreferenced for a GC plan). Returns the repository,
@@ -284,7 +289,7 @@ def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple
     from volbak.repository.dedup.index import write_index
     from volbak.repository.dedup.packs import PackEntry, PackInfo, new_pack_name
 
-    repo, _ = new_repo(path)
+    repo, _ = new_repo(path, encrypted)
     store = repo.dedup()
     meta = store.write_keys().metadata
     per_pack = 1024  # 32 MiB packs of 32 KiB chunks, as a backup writes them
@@ -295,6 +300,16 @@ def write_index_repo(chunks: int, path: Path, refs: Path | None = None) -> tuple
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)
     dead, n = [p.name for p in packs[: len(packs) // 10]], 0
+    if refs is not None and refs.suffix == ".chunks":  # a backup's chunk list of them all
+        from volbak.repository.dedup.crypto import SealedWriter
+        from volbak.repository.dedup.writer import LIST_REC
+
+        with refs.open("wb") as f:
+            w = SealedWriter(f.write, meta)
+            for pk in packs:
+                w.write(b"".join(LIST_REC.pack(e.id, e.raw) for e in pk.entries))
+            w.close()
+        return repo, store, dead, chunks
     if refs is not None:
         with refs.open("wb") as f:
             for pk in packs[len(dead):]:
@@ -362,6 +377,50 @@ def prune_worker(path: str, refs: str, phase: str) -> None:
         gc._phase2(repo, store, keys.metadata, dt.timedelta(0), now, [], report)
     report = {k: v for k, v in dataclasses.asdict(report).items() if v}
     print(time.monotonic() - t, peak_rss_mib(), json.dumps(report, separators=(",", ":")))
+
+
+# -- 3c. restore memory ----------------------------------------------------------------------
+
+def bench_restore_plan(chunks: int, work: Path, code: Path | None = None) -> dict:
+    """Peak RSS of what a restore holds besides the data in flight: a backup of
+    ``chunks`` distinct chunks (its chunk list and index entries; no pack data), opened
+    for reading and its whole fetch plan walked, in a child process. ``code``: as for
+    the prune (a before/after)."""
+    path = work / "restore-repo"
+    listing = work / "backup.chunks"
+    _, store, _, _ = write_index_repo(chunks, path, listing, encrypted=False)
+    name = "v/20260101T000000Z.chunks"
+    store.backend.put_bytes(name, listing.read_bytes())
+    storage = {"chunks": name, "chunks_size": listing.stat().st_size,
+               "chunks_blake3": blake3.blake3(listing.read_bytes()).hexdigest()}
+    listing.unlink()
+    script = Path(__file__)
+    if code is not None:
+        (code / "scripts").mkdir(exist_ok=True)
+        script = code / "scripts" / script.name
+        shutil.copy(__file__, script)
+    r = subprocess.run([sys.executable, str(script), "--restore-worker", str(path),
+                        json.dumps(storage)], check=True, capture_output=True,
+                       text=True, env=os.environ.copy()).stdout.split()
+    return {"chunks": chunks, "runs": int(r[2]), "seconds": round(float(r[0]), 2),
+            "peak_rss_mib": round(float(r[1]))}
+
+
+def restore_worker(path: str, storage: str) -> None:
+    from volbak.local import LocalBackend
+    from volbak.repository import Manifest, Repository
+    from volbak.repository.dedup.reader import DedupReader
+    from volbak.repository.manifest import BackupInfo
+
+    store = Repository(LocalBackend(Path(path))).dedup()
+    info = BackupInfo("v@20260101T000000Z", "v", "20260101T000000Z",
+                      Manifest(volume={"name": "v"}, created="2026-01-01T00:00:00Z",
+                               storage=json.loads(storage)))
+    t = time.monotonic()
+    reader = DedupReader(store, info, [])
+    runs = sum(1 for _ in reader._runs)  # the plan the reader fetches by; no pack data
+    reader.close()
+    print(time.monotonic() - t, peak_rss_mib(), runs)
 
 
 # -- 4. docker ------------------------------------------------------------------------------
@@ -493,6 +552,9 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--prune-worker":
         prune_worker(sys.argv[2], sys.argv[3], sys.argv[4])
         return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--restore-worker":
+        restore_worker(sys.argv[2], sys.argv[3])
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         os.environ.setdefault("VOLBAK_HOST_KEY", str(Path(sys.argv[5]).parent / "host.key"))
         worker(*sys.argv[2:7])
@@ -507,9 +569,12 @@ def main() -> int:
     ap.add_argument("--prune-chunks", type=int, default=0,
                     help="also measure a prune's phases 1 and 2 over an index of this many "
                     "chunks (3300000 = 100 GiB at 32 KiB), ~45%% of them referenced")
+    ap.add_argument("--restore-chunks", type=int, default=0,
+                    help="also measure what a restore of a backup of this many distinct "
+                    "chunks holds (3300000 = 100 GiB at 32 KiB)")
     ap.add_argument("--prune-code", type=Path,
-                    help="measure the prune with the volbak package of this tree instead "
-                    "(e.g. an export of main, for a before/after)")
+                    help="measure the prune and the restore plan with the volbak package of "
+                    "this tree instead (e.g. an export of main, for a before/after)")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--chunk", metavar="MIN/AVG/MAX[b|t]",
                     help="chunk sizes in KiB for the repositories made (default: volbak's); "
@@ -542,6 +607,10 @@ def main() -> int:
         if args.prune_chunks:
             results["prune"] = bench_prune(args.prune_chunks, work, args.prune_code)
             print(json.dumps({"prune": results["prune"]}), flush=True)
+        if args.restore_chunks:
+            results["restore_plan"] = bench_restore_plan(args.restore_chunks, work,
+                                                         args.prune_code)
+            print(json.dumps({"restore_plan": results["restore_plan"]}), flush=True)
         if not args.skip_docker and args.host:
             results["docker"] = bench_docker(args.host, args.size_mib, work, args.repeat)
             print(json.dumps({"docker": results["docker"]}), flush=True)

@@ -177,6 +177,44 @@ def test_missing_chunk_list(tmp_path: Path) -> None:
         restore(repo, info)
 
 
+@pytest.mark.parametrize("damage", ["flip", "append", "swap"])
+def test_damaged_chunk_list(tmp_path: Path, damage: str) -> None:
+    """The chunk list is streamed (read twice by a restore) and checked against the
+    manifest at each end: a damaged one fails restore and verify naming the backup."""
+    repo = new_repo(tmp_path)
+    info = backup(repo, "v", make_tar(sample_files(2, 5)))
+    other = backup(repo, "w", make_tar(sample_files(3, 5)))
+    path = tmp_path / "repo" / info.manifest.storage["chunks"]
+    data = path.read_bytes()
+    if damage == "flip":
+        data = data[:-20] + bytes([data[-20] ^ 1]) + data[-19:]
+    elif damage == "append":
+        data += b"\0"
+    else:  # another backup's whole, valid list in its place
+        data = (tmp_path / "repo" / other.manifest.storage["chunks"]).read_bytes()
+    path.write_bytes(data)
+    with pytest.raises(IntegrityError, match=info.id):
+        restore(repo, info)
+    with pytest.raises(IntegrityError, match=info.id):
+        repo.check_stored(info)
+    assert restore(repo, other)
+
+
+def test_chunk_missing_from_the_index(tmp_path: Path) -> None:
+    from volbak.repository.dedup.index import write_index
+
+    repo = new_repo(tmp_path)
+    info = backup(repo, "v", make_tar(sample_files(2, 5)))
+    store = repo.dedup()
+    (idx,) = list((tmp_path / "repo" / "_index").iterdir())
+    idx.unlink()
+    write_index(store.backend, store.meta_keys().metadata, [])  # an empty, valid index
+    with pytest.raises(IntegrityError, match=f"{info.id}.*in no index file"):
+        restore(repo, info)
+    with pytest.raises(IntegrityError, match=f"{info.id}.*in no index file"):
+        repo.check_stored(info)
+
+
 # -- keys -----------------------------------------------------------------------------
 
 def test_wrong_and_missing_identity(tmp_path: Path) -> None:
@@ -616,8 +654,9 @@ def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
 
     index = store.load_index(meta)
     blobs: dict[str, int] = collections.Counter()
-    for v in index.loc.values():
-        blobs[index.packs[v >> 112].name] += (v >> 32) & 0xFFFFFFFF
+    for cid in set(seen):  # each id at its first record, as Index.load keeps it
+        loc = index.get(cid)
+        blobs[loc.pack] += loc.length
     live: dict[str, int] = collections.Counter()
     live_ids: dict[str, set] = collections.defaultdict(set)
     for cid in set(refs):
@@ -648,7 +687,7 @@ def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
     packs, recs = usage.consolidated(cand)
     got_recs = [(cid, packs[no].name, off, length, raw, k) for cid, no, off, length, raw, k in recs]
     want = {(cid, loc.pack, loc.offset, loc.length, loc.raw, loc.key)
-            for cid in final.loc if (loc := final.get(cid))}
+            for cid in set(seen) if (loc := final.get(cid))}
     assert len(got_recs) == len(want) and set(got_recs) == want
     assert {p.name: p for p in packs} == {p.name: p for p in final.packs if p.name not in cand
                                           and any(r[1] == p.name for r in want)}

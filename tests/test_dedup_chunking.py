@@ -86,3 +86,21 @@ def test_idset_is_exact_and_grows() -> None:
     for o in range(0, len(blob), 32):
         loaded.add_at(blob, o)
     assert all(cid in loaded for cid in ids[::7])
+
+
+def test_idset_map_keeps_values_through_growth() -> None:
+    """The restore's location map: values survive buckets overflowing and growing; ids
+    are told apart by their first 2 + tail bytes only."""
+    ids = [os.urandom(32) for _ in range(70_000)]
+    m = IdSet(tail=14, value=5)  # no expectation: overflow, then growth in place
+    for n, cid in enumerate(ids):
+        m.add_at(cid, 0, n.to_bytes(5, "big"))
+    assert len(m) == len(ids)
+    assert all(m.get(cid) == n.to_bytes(5, "big") for n, cid in enumerate(ids))
+    assert all(m.get(os.urandom(32)) is None for _ in range(20_000))
+    same_head = ids[9][:16] + bytes(16)  # equal in the 16 bytes kept: the same key
+    assert m.get(same_head) == (9).to_bytes(5, "big") and same_head in m
+    near = bytearray(ids[9])
+    near[15] ^= 1
+    assert m.get(bytes(near)) is None
+    assert IdSet().get(ids[0]) is None and IdSet(tail=6).get(b"short") is None

@@ -157,3 +157,64 @@ except KeyboardInterrupt:
                    env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)})
     [rec] = journal.entries(tmp_path / "journal")
     assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e4"] and not rec["live"]
+
+
+def test_a_helper_removal_the_engine_holds_gives_up_and_keeps_the_note(tmp_path):
+    """dockerd may hold a DELETE (after a GET archive cut short) until the client-wide
+    timeout of 600 s, with signals held. The removal gives up after its own timeout and
+    the note stays for the next command. The "engine" here answers nothing."""
+    sock = tmp_path / "held.sock"
+    code = f"""
+import socket, threading, time
+import docker
+from volbak.engine.helpers import VolumeMount, helper
+import volbak.ops.journal  # noqa: F401 - registers the note
+
+srv = socket.socket(socket.AF_UNIX)
+srv.bind({str(sock)!r})
+srv.listen(8)
+held = []
+threading.Thread(target=lambda: [held.append(srv.accept()) for _ in iter(int, 1)],
+                 daemon=True).start()
+
+class Api(docker.APIClient):  # a real HTTP DELETE; the rest is not asked of the engine
+    def inspect_image(self, image): return {{}}
+    def create_host_config(self, **kw): return {{}}
+    def create_container(self, *a, **kw): return {{"Id": "c1"}}
+
+class Engine:
+    url = "unix:///e5"
+    api = Api(base_url="unix://{sock}", version="1.41", timeout=600)
+
+t = time.monotonic()
+with helper(Engine(), [VolumeMount("v", "/data")]):
+    pass
+print(round(time.monotonic() - t))
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, timeout=120,
+                         env={**os.environ, "VOLBAK_STATE_DIR": str(tmp_path)}).stdout
+    assert int(out) < 60  # patience 10 s, each try its own timeout: far from 600 s
+    [rec] = journal.entries(tmp_path / "journal")
+    assert rec["kind"] == "engines" and rec["engines"] == ["unix:///e5"] and not rec["live"]
+
+
+def test_ctrl_c_during_the_cleanup_at_exit_waits_and_is_dropped(tmp_path):
+    """A Ctrl-C that lands while the run removes its note at exit: the note is still
+    removed, and no "Exception ignored in atexit" traceback is printed."""
+    code = f"""
+import os, signal
+from pathlib import Path
+from volbak.ops import journal
+
+remove = journal.Entry.remove
+def interrupted(self):
+    os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C right now
+    remove(self)
+journal.Entry.remove = interrupted
+journal.touch_engine("unix:///e6", Path({str(tmp_path)!r}))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "Traceback" not in r.stderr and "Exception" not in r.stderr, \
+        r.stderr
+    assert journal.entries(tmp_path) == []

@@ -421,21 +421,19 @@ def recover_all(connect: Callable[[str], Engine], on_event: Event | None = None,
         # Dead runs' helpers hold volumes (staging, targets): remove them before those.
         urls = list(dict.fromkeys(
             [*(u for e in dead for u in _engines_of(e)), *engines]))
-        swept: set[str] = set()
-        busy: set[str] = set()  # a dead run's helper is still there: keep its note
+        # engine URL -> every dead run's helper on it is gone (else their notes are kept)
+        swept: dict[str, bool] = {}
         for url in urls:
             eng = engine_for(url)
             if eng is None:
                 continue
             sweep = sweep_stale_helpers(eng)
             report.removed_helpers += len(sweep.removed)
-            swept.add(url)
-            if sweep.left:
-                busy.add(url)
-                if on_event:
-                    on_event(f"{len(sweep.left)} helper container(s) of an interrupted run "
-                             f"on {url} could not be removed yet; the next volbak command "
-                             "tries again")
+            swept[url] = not sweep.left
+            if sweep.left and on_event:
+                on_event(f"{len(sweep.left)} helper container(s) of an interrupted run "
+                         f"on {url} could not be removed yet; the next volbak command "
+                         "tries again")
 
         for e in dead:
             if e["kind"] != "replace":
@@ -490,8 +488,7 @@ def recover_all(connect: Callable[[str], Engine], on_event: Event | None = None,
                 report.errors.append(str(err))
 
         for e in dead:
-            if e["kind"] == "engines" and all(u in swept and u not in busy
-                                              for u in _engines_of(e)):
+            if e["kind"] == "engines" and all(swept.get(u) for u in _engines_of(e)):
                 with journal.claim(Path(e["path"])) as rec:
                     if rec is not None:
                         journal.forget(rec["path"])

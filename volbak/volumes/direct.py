@@ -391,51 +391,38 @@ class DirectSource:
         archived as a file (more than the stream filter keeps, never a broken link)."""
         pending, self._unindexed = self._unindexed, []
         for inner in pending:
-            parts = inner.split(b"/")
+            *parents, last = inner.split(b"/")
             opened: list[int] = []
             try:
                 dfd = self._rootfd
-                for part in parts[:-1]:
+                for part in parents:
                     dfd = os.open(part, _O_DIR, dir_fd=dfd)
                     opened.append(dfd)
-                st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+                st = os.stat(last, dir_fd=dfd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
                     self._note_gone(st)
-                    continue
-                if st.st_dev != self._dev:
-                    continue
-                dfd = os.open(parts[-1], _O_DIR, dir_fd=dfd)
-                opened.append(dfd)
-                stack = [iter(os.listdir(dfd))]
-                while stack:
-                    name = next(stack[-1], None)
-                    if name is None:
-                        stack.pop()
-                        if len(stack) > 0:
-                            os.close(opened.pop())
-                        continue
-                    dfd = opened[-1]
-                    try:
-                        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                        if not stat.S_ISDIR(st.st_mode):
-                            self._note_gone(st)
-                            continue
-                        if st.st_dev != self._dev:
-                            continue
-                        cfd = os.open(name, _O_DIR, dir_fd=dfd)
-                    except OSError:
-                        continue
-                    opened.append(cfd)
-                    try:
-                        stack.append(iter(os.listdir(cfd)))
-                    except OSError:
-                        os.close(opened.pop())
+                elif st.st_dev == self._dev:
+                    self._index_below(last, dfd)
             except OSError:
                 continue
             finally:
                 for fd in opened:
                     with contextlib.suppress(OSError):
                         os.close(fd)
+
+    def _index_below(self, name: bytes, parent: int) -> None:
+        # fwalk opens each directory below its parent's handle and follows no symlink;
+        # what it cannot read it passes over
+        for _, dirs, files, dfd in os.fwalk(name, dir_fd=parent, follow_symlinks=False):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    self._note_gone(os.stat(f, dir_fd=dfd, follow_symlinks=False))
+            same = []
+            for d in dirs:
+                with contextlib.suppress(OSError):
+                    if os.stat(d, dir_fd=dfd, follow_symlinks=False).st_dev == self._dev:
+                        same.append(d)
+            dirs[:] = same
 
     def _note_gone(self, st: os.stat_result) -> None:
         key = (st.st_dev, st.st_ino)

@@ -14,10 +14,11 @@ In memory a backup needs only to know which chunks exist: ``Index.load(ids_only=
 keeps every id in an IdSet (~34 bytes per chunk in one bytearray, no object per id), so
 100 GiB of unique data at ~32 KiB per chunk (~3.3 million chunks) costs ~110 MiB, and
 the ids of the chunks the backup adds join it.
-Locations (a dict entry of ~150 bytes per chunk) are loaded by a restore for its own
-chunks only. Prune's phase 1 loads the ids the same way, marks the referenced ones in a
-byte per id (``IdSet.slot``) and streams the records (``iter_records``) to sum the packs'
-bytes; a prune that carries out a plan (phase 2) still loads locations.
+Locations are loaded by a restore for its own chunks only, into an IdSet that keeps
+each id's first 16 bytes and its location (~36 bytes per chunk: ~115 MiB for the ~3.3
+million chunks of a 100 GiB backup, where a dict took ~1 GiB). Prune's phase 1 loads
+the ids the same way, marks the referenced ones in a byte per id (``IdSet.slot``) and
+streams the records (``iter_records``) to sum the packs' bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from .packs import PackInfo
 
 INDEX_PREFIX = "_index/"
 REC = struct.Struct(">32sIIIIH")
+# a location in an IdSet map: pack number, key block, offset, length, raw length
+LOC = struct.Struct(">IHIII")
+# A restore's ids by their first 16 bytes: keyed BLAKE3 outputs that agree in 128 bits
+# do not occur (~n^2 / 2^129), and if they did the chunk read would fail its check
+# against the whole id, an error and never wrong data.
+LOC_TAIL = 14
 _U32 = struct.Struct(">I")
 
 
@@ -204,10 +211,13 @@ def index_packs(backend: Backend, key: bytes, names: Iterable[str]) -> list[Pack
 
 
 class IdSet:
-    """A set of 32-byte ids in ~34 bytes each, with no Python object per id.
+    """A set of 32-byte ids in ~34 bytes each, with no Python object per id; with
+    ``value``, a map of ids to values of that many bytes.
 
     One bytearray of 65536 buckets (by the ids' first two bytes) of ``cap`` slots, each
-    slot the other 30 bytes of an id; ``_cnt`` says how many slots of a bucket are used.
+    slot the next ``tail`` bytes of an id (30: the whole id, exact; fewer where a false
+    match costs no data, see LOC_TAIL) and its value; ``_cnt`` says how many slots of a
+    bucket are used.
     Ids are uniform, so a bucket holds n/65536 of them (~50 at 100 GiB of 32 KiB chunks:
     ``find`` scans ~1.5 KiB at C speed). The few ids of a full bucket go to a small set;
     when that set outgrows 1/64 of the ids, every bucket gets 25% more slots, in place
@@ -215,14 +225,15 @@ class IdSet:
     id is compared. A Python set costs ~120 bytes per id, a list of bytes ~80."""
 
     NB = 65536
-    W = 30
 
-    def __init__(self, expect: int = 0) -> None:
+    def __init__(self, expect: int = 0, tail: int = 30, value: int = 0) -> None:
         lam = expect / self.NB
+        self._t = tail
+        self.W = tail + value
         self._cap = int(lam * 1.12) + 2
         self._raw = bytearray(self.NB * self._cap * self.W)
         self._cnt = array.array("I", bytes(4 * self.NB))
-        self._over: set[bytes] = set()
+        self._over: dict[bytes, bytes] = {}  # key (the id's first 2 + tail bytes) -> value
         self._over_no: dict[bytes, int] | None = None  # slot()'s numbers of _over's ids
         self._n = 0
 
@@ -234,7 +245,7 @@ class IdSet:
         k = cid[0] << 8 | cid[1]
         start = k * self._cap * self.W
         end = start + self._cnt[k] * self.W
-        tail = cid[2:]
+        tail = cid[2:2 + self._t]
         raw = self._raw
         i = raw.find(tail, start, end)
         while i >= 0 and (i - start) % self.W:  # a match across two slots is not one
@@ -244,7 +255,7 @@ class IdSet:
     def __contains__(self, cid: bytes) -> bool:
         if len(cid) != 32:
             return False
-        return self._find(cid) >= 0 or (bool(self._over) and cid in self._over)
+        return self._find(cid) >= 0 or (bool(self._over) and cid[:2 + self._t] in self._over)
 
     def slot(self, cid: bytes) -> int:
         """A number for ``cid`` in range(self.slots()), or -1 if it is not in the set:
@@ -261,7 +272,7 @@ class IdSet:
         if self._over_no is None:
             base = self.NB * self._cap
             self._over_no = {c: base + j for j, c in enumerate(sorted(self._over))}
-        return self._over_no.get(cid, -1)
+        return self._over_no.get(cid[:2 + self._t], -1)
 
     def slots(self) -> int:
         return self.NB * self._cap + len(self._over)
@@ -272,19 +283,29 @@ class IdSet:
         if cid not in self:
             self.add_at(cid, 0)
 
-    def add_at(self, data: bytes, o: int) -> None:
-        """Add the id at data[o: o + 32], not looking for it first (loading: an id in
-        two index files costs a slot, membership is the same)."""
+    def get(self, cid: bytes) -> bytes | None:
+        """The value stored with ``cid`` (b"" in a plain set), or None."""
+        i = self._find(cid) if len(cid) == 32 else -1
+        if i >= 0:
+            return bytes(self._raw[i + self._t: i + self.W])
+        return self._over.get(cid[:2 + self._t]) if self._over else None
+
+    def add_at(self, data: bytes, o: int, value: bytes = b"") -> None:
+        """Add the id at data[o: o + 32] (with its ``value``), not looking for it first
+        (loading: an id in two index files costs a slot, membership is the same)."""
         k = data[o] << 8 | data[o + 1]
         c = self._cnt[k]
+        t = self._t
         self._n += 1
         self._over_no = None
         if c < self._cap:
             at = (k * self._cap + c) * self.W
-            self._raw[at: at + self.W] = data[o + 2: o + 32]
+            self._raw[at: at + t] = data[o + 2: o + 2 + t]
+            if value:
+                self._raw[at + t: at + self.W] = value
             self._cnt[k] = c + 1
             return
-        self._over.add(bytes(data[o: o + 32]))
+        self._over[bytes(data[o: o + 2 + t])] = bytes(value)
         if len(self._over) > 1024 + (self._n >> 6):
             self._grow()
 
@@ -301,10 +322,10 @@ class IdSet:
                 n = cnt[k] * w
                 raw[k * new * w: k * new * w + n] = raw[k * old * w: k * old * w + n]
         self._cap = new
-        over, self._over = self._over, set()
+        over, self._over = self._over, {}
         self._n -= len(over)
-        for cid in over:
-            self.add_at(cid, 0)
+        for key, value in over.items():
+            self.add_at(key, 0, value)
 
 
 class Index:
@@ -316,7 +337,7 @@ class Index:
     def __init__(self) -> None:
         self.packs: list[PackRef] = []
         self._pack_no: dict[str, int] = {}
-        self.loc: dict[bytes, int] = {}
+        self.loc = IdSet(tail=LOC_TAIL, value=LOC.size)  # id -> LOC (see load)
         self.files: list[str] = []  # the live index files read
         self.superseded: list[str] = []  # present, but replaced by another
         self.sizes: dict[str, int] = {}
@@ -331,10 +352,14 @@ class Index:
 
     @classmethod
     def load(cls, backend: Backend, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-             want: set[bytes] | None = None, ids_only: bool = False) -> Index:
+             want: IdSet | set[bytes] | None = None, ids_only: bool = False) -> Index:
         idx = cls()
         names = {o.name: o.size for o in backend.list(INDEX_PREFIX)}
-        ids = IdSet(sum(names.values()) // REC.size if ids_only else 0)
+        records = sum(names.values()) // REC.size
+        ids = IdSet(records if ids_only else 0)
+        if not ids_only:
+            idx.loc = IdSet(len(want) if want is not None else records, tail=LOC_TAIL,
+                            value=LOC.size)
         heads: list[tuple[str, list[str]]] = []
         for name in sorted(names):
             try:
@@ -364,8 +389,8 @@ class Index:
             for cid, pno, off, length, raw, k in f.records():
                 if pno in skipped or (want is not None and cid not in want):
                     continue
-                if cid not in loc:
-                    loc[cid] = (nos[pno] << 112) | (k << 96) | (off << 64) | (length << 32) | raw
+                if cid not in loc:  # the first record of an id counts
+                    loc.add_at(cid, 0, LOC.pack(nos[pno], k, off, length, raw))
         if ids_only:
             idx.ids = ids
         return idx
@@ -377,9 +402,11 @@ class Index:
         v = self.loc.get(cid)
         if v is None:
             return None
-        m = 0xFFFFFFFF
-        return Location(self.packs[v >> 112].name, (v >> 64) & m, (v >> 32) & m, v & m,
-                        (v >> 96) & 0xFFFF)
+        pno, k, off, length, raw = LOC.unpack(v)
+        return Location(self.packs[pno].name, off, length, raw, k)
 
     def pack_of(self, cid: bytes) -> str:
-        return self.packs[self.loc[cid] >> 112].name
+        v = self.loc.get(cid)
+        if v is None:
+            raise KeyError(cid)
+        return self.packs[LOC.unpack(v)[0]].name

@@ -1,12 +1,18 @@
 """Reading a backup back from a dedup repository, and checking one without a key.
 
 The reader opens the repository keys with the identity (a wrong one fails before any
-read), reads the chunk list (checked against the manifest's size and BLAKE3), loads the
-index entries of just those chunks, and streams the chunks in order: adjacent blobs of a
-pack are fetched with one ranged read (up to RUN_BYTES), and a pool of two threads
-fetches, decrypts, decompresses and checks up to PREFETCH runs ahead. Every chunk is
-checked against its keyed BLAKE3 id; anything missing or wrong is an IntegrityError
-naming the backup.
+read), reads the chunk list once to learn which chunks it needs, loads the index entries
+of just those chunks, then reads the list again and streams the chunks in its order:
+adjacent blobs of a pack are fetched with one ranged read (up to RUN_BYTES), and a pool
+of two threads fetches, decrypts, decompresses and checks up to PREFETCH runs ahead.
+Every chunk is checked against its keyed BLAKE3 id, and each reading of the chunk list
+against the manifest's size and BLAKE3 at its end; anything missing or wrong is an
+IntegrityError naming the backup.
+
+Memory follows the backup's number of distinct chunks, not its size in Python objects:
+the list is streamed both times, the chunks wanted are an IdSet of 8-byte keys (a false
+match keeps one location too many) and their locations an IdSet map (index.LOC_TAIL),
+about 46 bytes per chunk: ~150 MiB for the ~3.3 million chunks of a 100 GiB backup.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from ...errors import IntegrityError, NotFoundError, VolbakError
 from ...stream.pump import _tune_malloc
 from ..format import BackupReader
 from .crypto import SealedReader, decode_blob, records, unwrap_key
-from .index import Location
+from .index import IdSet, Index, Location
 from .packs import read_header
 from .store import DedupStore
 from .writer import LIST_REC
@@ -42,20 +48,57 @@ def _damaged(info: BackupInfo, what: str) -> IntegrityError:
                           "('volbak verify --all' lists which ones are whole)")
 
 
-def read_chunk_list(store: DedupStore, info: BackupInfo, key: bytes) -> list[tuple[bytes, int]]:
+def read_chunk_list(store: DedupStore, info: BackupInfo, key: bytes
+                    ) -> Iterator[tuple[bytes, int]]:
+    """The backup's (chunk id, raw size) pairs, streamed. The object's size and BLAKE3
+    are checked against the manifest at its end: a consumer must not act on what it
+    read until the iteration finished (the reader and prune only collect ids)."""
     st = info.manifest.storage or {}
     name = st.get("chunks")
     try:
-        raw = store.backend.get_bytes(name)  # type: ignore[arg-type]
+        f = store.backend.open_reader(name)  # type: ignore[arg-type]
     except NotFoundError:
         raise _damaged(info, f"its chunk list {name} is missing") from None
-    if len(raw) != st.get("chunks_size") or blake3.blake3(raw).hexdigest() != st.get(
-            "chunks_blake3"):
-        raise _damaged(info, f"its chunk list {name} does not match the manifest")
-    import io
+    h = blake3.blake3()
+    size = 0
 
-    segs = SealedReader(io.BytesIO(raw).read, key, f"chunk list {name}").segments()
-    return [LIST_REC.unpack(r) for r in records(segs, LIST_REC.size)]
+    def read(n: int) -> bytes:
+        nonlocal size
+        data = f.read(n)
+        h.update(data)
+        size += len(data)
+        return data
+
+    try:
+        try:
+            segs = SealedReader(read, key, f"chunk list {name}").segments()
+            for r in records(segs, LIST_REC.size):
+                yield LIST_REC.unpack(r)
+        except IntegrityError:
+            raise _damaged(info, f"its chunk list {name} is damaged or not its own") from None
+    finally:
+        f.close()
+    if size != st.get("chunks_size") or h.hexdigest() != st.get("chunks_blake3"):
+        raise _damaged(info, f"its chunk list {name} does not match the manifest")
+
+
+def _wanted(store: DedupStore, info: BackupInfo, key: bytes) -> IdSet:
+    """The distinct chunk ids of the backup, by their first 8 bytes."""
+    n = int((info.manifest.storage or {}).get("chunks_size") or 0) // LIST_REC.size
+    want = IdSet(n, tail=6)
+    for cid, _ in read_chunk_list(store, info, key):
+        want.add(cid)
+    return want
+
+
+def _locate(store: DedupStore, info: BackupInfo, key: bytes) -> Index:
+    """The index entries of the backup's chunks; an IntegrityError if any is missing."""
+    want = _wanted(store, info, key)
+    index = store.load_index(key, want=want)
+    missing = len(want) - len(index.loc)
+    if missing > 0:
+        raise _damaged(info, f"{missing} of its chunks are in no index file")
+    return index
 
 
 class _Keys:
@@ -92,13 +135,8 @@ class DedupReader(BackupReader):
         self._store = store
         keys, idents = store.read_keys(list(identities))  # wrong/missing identity: here
         self._id_key = keys.chunk_id
-        self._list = read_chunk_list(store, info, keys.metadata)
-        want = {cid for cid, _ in self._list}
-        index = store.load_index(keys.metadata, want=want)
-        missing = len(want) - sum(1 for c in want if c in index)
-        if missing:
-            raise _damaged(info, f"{missing} of its chunks are in no index file")
-        self._index = index
+        self._meta_key = keys.metadata
+        self._index = _locate(store, info, keys.metadata)
         self._pack_keys = _Keys(store, idents)
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="volbak-restore")
         self._local = threading.local()
@@ -113,9 +151,10 @@ class DedupReader(BackupReader):
     def _plan(self) -> Iterator[tuple[str, int, int, list[tuple[bytes, Location]]]]:
         """Runs of blobs that are adjacent in one pack, in the backup's order."""
         run: list[tuple[bytes, Location]] = []
-        for cid, raw in self._list:
+        for cid, raw in read_chunk_list(self._store, self.info, self._meta_key):
             loc = self._index.get(cid)
-            assert loc is not None
+            if loc is None:
+                raise _damaged(self.info, "one of its chunks is in no index file")
             if loc.raw != raw:
                 raise _damaged(self.info, "its chunk list and the index disagree on a size")
             if run:
@@ -210,13 +249,12 @@ def check_stored(store: DedupStore, info: BackupInfo, identities: Sequence[Any] 
     """Structure without the identity: the chunk list matches the manifest, every chunk
     is in the index, every pack it uses exists with the indexed size and BLAKE3."""
     keys = store.meta_keys(list(identities))
-    chunks = read_chunk_list(store, info, keys.metadata)
-    want = {cid for cid, _ in chunks}
-    index = store.load_index(keys.metadata, want=want)
-    missing = sum(1 for c in want if c not in index)
-    if missing:
-        raise _damaged(info, f"{missing} of its chunks are in no index file")
-    packs = {index.pack_of(c) for c in want}
+    index = _locate(store, info, keys.metadata)
+    packs = set()
+    for cid, _ in read_chunk_list(store, info, keys.metadata):
+        if cid not in index:
+            raise _damaged(info, "one of its chunks is in no index file")
+        packs.add(index.pack_of(cid))
     refs = {p.name: p for p in index.packs if p.name in packs}
     for name in sorted(packs):
         check_pack(store, info, refs[name].name, refs[name].size, refs[name].blake3)

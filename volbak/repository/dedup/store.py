@@ -26,7 +26,7 @@ from ...errors import BackendError, LockBusyError, NotFoundError, VolbakError
 from ...util.host import pid_alive
 from . import keys as keymod
 from .crypto import seal, unseal
-from .index import Index
+from .index import IdSet, Index
 
 LOCK_PREFIX = "_locks/"
 GC_PREFIX = "_gc/"
@@ -232,7 +232,7 @@ class DedupStore:
         return {p for plan in self.plans(key) for p in plan["packs"]}
 
     def load_index(self, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-                   want: set[bytes] | None = None, ids_only: bool = False) -> Index:
+                   want: IdSet | set[bytes] | None = None, ids_only: bool = False) -> Index:
         return Index.load(self.backend, key, skip, want, ids_only)
 
     def prune_lock(self) -> RepoLock:
