@@ -41,13 +41,18 @@ MAX_META = 16 * 2**20  # one entry's PAX/long-name data, or a sparse map: memory
 
 
 def parse_number(field: bytes) -> int:
-    if field and field[0] == 0xFF:  # base-256, negative (GNU: mtimes before 1970)
-        return int.from_bytes(field, "big", signed=True)
-    if field and field[0] & 0x80:  # base-256 (GNU/star) for huge values
-        n = int.from_bytes(field, "big")
+    if field and field[0] & 0x80:
+        if field[0] == 0xFF:  # base-256, negative (GNU: mtimes before 1970)
+            return int.from_bytes(field, "big", signed=True)
+        n = int.from_bytes(field, "big")  # base-256 (GNU/star) for huge values
         return n - (1 << (8 * len(field) - 1))
-    text = field.split(b"\0", 1)[0].strip(b" \0")
-    return int(text, 8) if text else 0
+    text = field.split(b"\0", 1)[0]
+    try:
+        return int(text, 8)  # spaces around the digits are allowed, as int() allows them
+    except ValueError:
+        if text.strip(b" "):
+            raise
+        return 0
 
 
 def byte_sum(block: bytes) -> int:
@@ -127,6 +132,13 @@ def _sparse_01(pax: dict[bytes, bytes]) -> tuple[list[tuple[int, int]], int] | N
     if len(values) % 2:
         raise IntegrityError("the tar stream has a malformed sparse map")
     return list(zip(values[::2], values[1::2], strict=True)), real
+
+
+def _outside(path: bytes, root: bytes) -> bool:
+    """Not ``root`` or below it, or climbing with "..": refused."""
+    if path != root and not (path.startswith(root) and path[len(root):len(root) + 1] == b"/"):
+        return True
+    return b".." in path and b".." in path.split(b"/")
 
 
 def _cstr(field: bytes) -> bytes:
@@ -421,9 +433,10 @@ class TarParser:
         outside = None
         if self._root is not None:
             root = self._root
-            outside = next((p for p in (name, norm(link) if typ == b"1" else root)
-                            if (p != root and not p.startswith(root + b"/"))
-                            or b".." in p.split(b"/")), None)
+            if _outside(name, root):
+                outside = name
+            elif typ == b"1" and _outside(norm(link), root):
+                outside = norm(link)
         if outside is not None:
             raise IntegrityError(
                 f"{self._what} holds an entry outside its root '{root.decode()}/': "
@@ -459,7 +472,7 @@ class TarParser:
             entry.path, entry.linkpath = raw_name, raw_link
             entry.mtime_ns = parse_time_ns(pax[b"mtime"]) if b"mtime" in pax \
                 else mtime * 10**9
-            if not sparse and kind == b"0" and pax:
+            if not sparse and kind == b"0" and not pax.keys() <= PLAIN_PAX:
                 old = _sparse_01(pax)
                 if old is not None:
                     entry.sparse, entry.realsize = old
