@@ -215,6 +215,37 @@ def test_chunk_missing_from_the_index(tmp_path: Path) -> None:
         repo.check_stored(info)
 
 
+def test_a_big_backup_indexes_its_packs_as_it_goes(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pack locations are held only until an index file names them (a first backup of
+    100 GiB held 1.2 GiB of them). An abort deletes only the packs not yet indexed:
+    other runs may already reuse the indexed ones, which stay as garbage for prune."""
+    from volbak.repository.dedup import writer
+
+    monkeypatch.setattr(writer, "INDEX_EVERY", 30)  # chunks
+    monkeypatch.setattr(writer, "PACK_TARGET", 400_000)
+    repo = new_repo(tmp_path)
+    stream = make_tar(sample_files(0, 40))
+    info = backup(repo, "v", stream)
+    names = info.manifest.storage["index"]
+    assert len(names) > 2 and sorted(names) == sorted(
+        o.name for o in repo.backend.list("_index/"))
+    assert info.manifest.storage["packs"] == len(pack_names(repo))
+    assert restore(repo, info) == stream
+
+    before = set(pack_names(repo))
+    _clock[0] += dt.timedelta(seconds=1)
+    other = make_tar({"r": os.urandom(24 * MiB)})  # more than the chunks in flight
+    with pytest.raises(RuntimeError), repo.create_backup("w", _clock[0]) as w:
+        w.write(other)
+        raise RuntimeError("the volume's read failed")
+    indexed = {p.name for p in repo.dedup().load_index(
+        repo.dedup().meta_keys().metadata).packs}
+    new = set(pack_names(repo)) - before
+    assert new and new <= indexed
+    assert restore(repo, info) == stream
+
+
 # -- keys -----------------------------------------------------------------------------
 
 def test_wrong_and_missing_identity(tmp_path: Path) -> None:

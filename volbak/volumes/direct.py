@@ -770,7 +770,7 @@ def _data_segments(fd: int, size: int) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ target
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     name: bytes
     typ: bytes
@@ -929,14 +929,16 @@ class DirectTarget:
 
     def _on_entry(self, e: Entry) -> _FileSink | None:
         pax = e.pax
-        if pax.get(b"GNU.sparse.major") == b"1" and e.kind != b"0":
-            raise IntegrityError(f"the archive's entry {show(e.path)} is a sparse non-file")
-        if e.sparse is None and (b"GNU.sparse.offset" in pax
-                                 or b"GNU.sparse.numblocks" in pax):
-            raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak does "
-                                 "not read", hint="extract this archive with GNU tar")
-        xattrs, acl_access, acl_default = ([], None, None) if pax.keys() <= PLAIN_PAX \
-            else _xattrs(pax.items())
+        xattrs: list[tuple[str, bytes]] = []
+        acl_access = acl_default = None
+        if not pax.keys() <= PLAIN_PAX:  # most entries carry only an mtime
+            if pax.get(b"GNU.sparse.major") == b"1" and e.kind != b"0":
+                raise IntegrityError(f"the archive's entry {show(e.path)} is a sparse non-file")
+            if e.sparse is None and (b"GNU.sparse.offset" in pax
+                                     or b"GNU.sparse.numblocks" in pax):
+                raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak "
+                                     "does not read", hint="extract this archive with GNU tar")
+            xattrs, acl_access, acl_default = _xattrs(pax.items())
         entry = _Entry(
             name=e.path, typ=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, size=e.size,
             mtime_ns=e.mtime_ns,

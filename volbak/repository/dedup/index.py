@@ -5,10 +5,11 @@
     REC    = chunk id (32) | pack number in header (u32) | offset | length | raw length
              (u32 each) | key block number in the pack (u16)
 
-A backup writes one index file for the packs it wrote, after them and before its chunk
-list and manifest. Prune writes a consolidated one whose ``supersedes`` names the files it
-replaces, then deletes those: a loader ignores any file named in the ``supersedes`` of
-another present file, so a prune interrupted in between loses nothing.
+A backup writes index files for the packs it wrote, after them and before its chunk
+list and manifest (one per 65,536 new chunks, writer.INDEX_EVERY). Prune writes a
+consolidated one whose ``supersedes`` names the files it replaces, then deletes those:
+a loader ignores any file named in the ``supersedes`` of another present file, so a
+prune interrupted in between loses nothing.
 
 In memory a backup needs only to know which chunks exist: ``Index.load(ids_only=True)``
 keeps every id in an IdSet (~34 bytes per chunk in one bytearray, no object per id), so

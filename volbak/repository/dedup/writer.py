@@ -4,12 +4,14 @@ Order of writes (each step only after the previous one is committed):
 1. a lock object (see store.py), then read the GC plans and the index: chunks in packs a
    plan will delete are not reused;
 2. new chunks into new packs (random names: nobody else knows them yet);
-3. one index file for those packs;
+3. an index file for those packs, once they hold INDEX_EVERY new chunks and at the end
+   (where a chunk is stays in memory only until it is indexed: a first backup of 100
+   GiB held its 3.3 million chunks' locations, ~1.2 GiB);
 4. the chunk list ``<volume>/<stamp>.chunks`` (sealed: chunk id | raw length per chunk);
 5. the manifest (with the chunk list's size and BLAKE3), then the lock is released.
 
-Abort before step 3 deletes this run's packs; after it, other runs may already reuse
-them, so everything stays as garbage for prune.
+Abort deletes this run's packs that no index file names yet; other runs may already
+reuse the indexed ones, so those stay as garbage for prune.
 
 Threads: the caller's thread chunks; a pool of two hashes (keyed BLAKE3) and, for new
 chunks only, compresses and encrypts, in batches of ~BATCH_BYTES (one future per batch:
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 DEPTH = 4  # batches in flight per queue
 BATCH_BYTES = 1 << 20  # chunks go to the pool in batches: one future per ~1 MiB, not per chunk
 LIST_REC = struct.Struct(">32sI")
+INDEX_EVERY = 65536  # chunks (~2 GiB at 32 KiB) per index file a backup writes as it goes
 CHUNKS_SUFFIX = ".chunks"
 
 
@@ -92,8 +95,11 @@ class DedupWriter(BackupWriter):
         self._pool: ThreadPoolExecutor | None = None
         self._pack: PackWriter | None = None
         self._list_w: Any = None
-        self._packs: list[PackInfo] = []
-        self._index_name: str | None = None
+        self._unindexed: list[PackInfo] = []  # finished packs no index file names yet
+        self._unindexed_chunks = 0
+        self._indexes: list[str] = []
+        self._stored = 0  # bytes of this run's packs and index files
+        self._pack_count = 0
         try:
             meta = self._keys.metadata
             self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
@@ -192,7 +198,20 @@ class DedupWriter(BackupWriter):
     def _finish_pack(self) -> None:
         if self._pack is not None:
             pack, self._pack = self._pack, None
-            self._packs.append(pack.finish())
+            info = pack.finish()
+            self._unindexed.append(info)
+            self._unindexed_chunks += len(info.entries)
+            self._stored += info.size
+            self._pack_count += 1
+            if self._unindexed_chunks >= INDEX_EVERY:
+                self._write_index()
+
+    def _write_index(self) -> None:
+        if self._unindexed:
+            name, size = write_index(self._backend, self._keys.metadata, self._unindexed)
+            self._indexes.append(name)
+            self._stored += size
+            self._unindexed, self._unindexed_chunks = [], 0
 
     # -- the file cache (volbak.volumes.filecache) ---------------------------------------
 
@@ -240,14 +259,11 @@ class DedupWriter(BackupWriter):
             self._chunker.finish()
             self._advance(True)
             self._finish_pack()
-            index_size = 0
-            if self._packs:
-                self._index_name, index_size = write_index(
-                    self._backend, self._keys.metadata, self._packs)
+            self._write_index()
             self._list.close()
             self._list_w.commit()
             self._lock.check()
-            stored = sum(p.size for p in self._packs) + index_size + self._list_size
+            stored = self._stored + self._list_size
             manifest.repo_format = "dedup"
             manifest.compression = "zstd"
             manifest.encryption = self._store.encryption_record()
@@ -256,8 +272,8 @@ class DedupWriter(BackupWriter):
                 "chunks": self.chunks_name, "chunks_size": self._list_size,
                 "chunks_blake3": self._list_h.hexdigest(),
                 "chunk_count": self.chunks, "new_chunks": self.new_chunks,
-                "new_bytes": self.new_raw, "packs": len(self._packs),
-                "index": self._index_name, "size": stored,
+                "new_bytes": self.new_raw, "packs": self._pack_count,
+                "index": self._indexes, "size": stored,
             }
             info = self._repo.write_manifest(self._volume, self._stamp, manifest)
         except BaseException:
@@ -286,10 +302,9 @@ class DedupWriter(BackupWriter):
                 if not self._repo.has_manifest(self._volume, self._stamp):
                     with contextlib.suppress(NotFoundError):
                         self._backend.delete(self.chunks_name)
-                    if self._index_name is None:
-                        # Unindexed: no other run can have reused these packs.
-                        for p in self._packs:
-                            with contextlib.suppress(NotFoundError):
-                                self._backend.delete(p.name)
+                    # Unindexed: no other run can have reused these packs.
+                    for p in self._unindexed:
+                        with contextlib.suppress(NotFoundError):
+                            self._backend.delete(p.name)
             if hasattr(self, "_lock"):
                 self._lock.release()
