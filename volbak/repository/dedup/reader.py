@@ -48,36 +48,59 @@ def _damaged(info: BackupInfo, what: str) -> IntegrityError:
                           "('volbak verify --all' lists which ones are whole)")
 
 
+LIST_BLOCK = 4 << 20
+
+
+class _Ranged:
+    """``read(n)`` of an object by ranged reads of LIST_BLOCK. A restore reads its chunk
+    list as it fetches, for as long as the restore takes: one streamed GET held open
+    that long, idle between reads, could be dropped by an S3 server."""
+
+    def __init__(self, store: DedupStore, name: str) -> None:
+        self._backend = store.backend
+        self._name = name
+        self._pos = 0
+        self._buf = b""
+        self._off = 0
+
+    def read(self, n: int) -> bytes:
+        if self._off >= len(self._buf):
+            self._buf = self._backend.read_range(self._name, self._pos, LIST_BLOCK)
+            self._pos += len(self._buf)
+            self._off = 0
+        out = self._buf[self._off: self._off + n]
+        self._off += len(out)
+        return out
+
+
 def read_chunk_list(store: DedupStore, info: BackupInfo, key: bytes
                     ) -> Iterator[tuple[bytes, int]]:
     """The backup's (chunk id, raw size) pairs, streamed. The object's size and BLAKE3
-    are checked against the manifest at its end: a consumer must not act on what it
-    read until the iteration finished (the reader and prune only collect ids)."""
+    are checked against the manifest at its end, so what a consumer does before that
+    must be undoable: collecting ids (the reader's first reading, prune), or fetching
+    chunks each checked against its id into a restore whose stream then fails at the
+    end, before it reports success (the reader's second reading)."""
     st = info.manifest.storage or {}
-    name = st.get("chunks")
-    try:
-        f = store.backend.open_reader(name)  # type: ignore[arg-type]
-    except NotFoundError:
-        raise _damaged(info, f"its chunk list {name} is missing") from None
+    name = str(st.get("chunks"))
+    source = _Ranged(store, name)
     h = blake3.blake3()
     size = 0
 
     def read(n: int) -> bytes:
         nonlocal size
-        data = f.read(n)
+        data = source.read(n)
         h.update(data)
         size += len(data)
         return data
 
     try:
-        try:
-            segs = SealedReader(read, key, f"chunk list {name}").segments()
-            for r in records(segs, LIST_REC.size):
-                yield LIST_REC.unpack(r)
-        except IntegrityError:
-            raise _damaged(info, f"its chunk list {name} is damaged or not its own") from None
-    finally:
-        f.close()
+        segs = SealedReader(read, key, f"chunk list {name}").segments()
+        for r in records(segs, LIST_REC.size):
+            yield LIST_REC.unpack(r)
+    except NotFoundError:
+        raise _damaged(info, f"its chunk list {name} is missing") from None
+    except IntegrityError:
+        raise _damaged(info, f"its chunk list {name} is damaged or not its own") from None
     if size != st.get("chunks_size") or h.hexdigest() != st.get("chunks_blake3"):
         raise _damaged(info, f"its chunk list {name} does not match the manifest")
 
