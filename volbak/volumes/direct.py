@@ -307,8 +307,8 @@ class DirectSource:
             elif link := self._hardlink(st, rel):
                 self.report.entries += 1
                 yield self._head(rel, tarfmt.HARDLINK, mode=stat.S_IMODE(mode),
-                                    uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                                    linkname=link)
+                                 uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                 linkname=link)
             elif stat.S_ISREG(mode):
                 yield from self._file(dfd, name, rel)
             elif stat.S_ISLNK(mode):
@@ -319,17 +319,17 @@ class DirectSource:
                     continue
                 self.report.entries += 1
                 yield self._head(rel, tarfmt.SYMLINK, mode=stat.S_IMODE(mode),
-                                    uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                                    linkname=target, pax=self._attrs(_proc(dfd, name), rel))
+                                 uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                 linkname=target, pax=self._attrs(_proc(dfd, name), rel))
             elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode):
                 typ = (tarfmt.CHARDEV if stat.S_ISCHR(mode) else
                        tarfmt.BLOCKDEV if stat.S_ISBLK(mode) else tarfmt.FIFO)
                 dev = st.st_rdev if typ != tarfmt.FIFO else 0
                 self.report.entries += 1
                 yield self._head(rel, typ, mode=stat.S_IMODE(mode), uid=st.st_uid,
-                                    gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                                    devmajor=os.major(dev), devminor=os.minor(dev),
-                                    pax=self._attrs(_proc(dfd, name), rel))
+                                 gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                                 devmajor=os.major(dev), devminor=os.minor(dev),
+                                 pax=self._attrs(_proc(dfd, name), rel))
             else:
                 self.report.skipped += 1
                 self.report.warn(f"{show(rel)}: an entry of unknown type; skipped")
@@ -446,8 +446,8 @@ class DirectSource:
     def _dir_header(self, rel: bytes, fd: int, st: os.stat_result) -> bytes:
         self.report.entries += 1
         return self._head(rel, tarfmt.DIRECTORY, mode=stat.S_IMODE(st.st_mode),
-                             uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                             pax=self._attrs(fd, rel))
+                          uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                          pax=self._attrs(fd, rel))
 
     def _attrs(self, target: int | bytes, rel: bytes) -> list[tuple[bytes, bytes]]:
         """xattrs and ACLs as PAX records; ``target`` an fd or a path not followed."""
@@ -575,8 +575,8 @@ class DirectSource:
         self.report.entries += 1
         self.report.file_bytes += size
         return self._head(rel, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
-                             uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                             size=size, pax=pax)
+                          uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                          size=size, pax=pax)
 
     def _read_small(self, fd: int, rel: bytes, st: os.stat_result
                     ) -> tuple[bytes, os.stat_result]:
@@ -615,8 +615,8 @@ class DirectSource:
         self.report.entries += 1
         self.report.file_bytes += size
         header = self._head(name, tarfmt.REGULAR, mode=stat.S_IMODE(st.st_mode),
-                               uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
-                               size=payload, pax=pax)
+                            uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns,
+                            size=payload, pax=pax)
         region = None
         if self._cache is not None and not sparse and size >= self._cache.min_size:
             region = self._cache.region(rel, st, self._produced + len(header), size)
@@ -721,8 +721,8 @@ class WalkDigest:
 
     def finish(self) -> None:
         if self._record is not None:
-            if self._content is None:  # an empty sparse file has its map block all the same
-                raise AssertionError("a sparse entry without its map")
+            if self._content is None:  # the walk yields a sparse file's map after its head
+                raise AssertionError("a sparse entry without its map block")
             digest_add(self._digest, self._record, self._content.hexdigest())
             self._record = None
 
