@@ -281,11 +281,13 @@ def bench_index(chunks: int, work: Path) -> dict:
 
 
 def write_index_repo(chunks: int, path: Path, refs: Path | None = None,
-                     encrypted: bool = True) -> tuple:
+                     encrypted: bool = True, listing: Path | None = None) -> tuple:
     """A repository whose index holds ``chunks`` chunks in 32 MiB packs (no pack data);
     with ``refs``, every other chunk id of all packs but the first tenth is written
-    there (those packs are left unreferenced for a GC plan). Returns the repository,
-    its store, the names of the unreferenced packs and the number of ids in ``refs``."""
+    there (those packs are left unreferenced for a GC plan); with ``listing``, a sealed
+    chunk list of every chunk, as a backup of them all would have. Returns the
+    repository, its store, the names of the unreferenced packs and the number of ids
+    in ``refs``."""
     from volbak.repository.dedup.index import write_index
     from volbak.repository.dedup.packs import PackEntry, PackInfo, new_pack_name
 
@@ -300,16 +302,15 @@ def write_index_repo(chunks: int, path: Path, refs: Path | None = None,
         packs.append(PackInfo(new_pack_name(), 32 * MiB, "0" * 64, entries))
     write_index(store.backend, meta, packs)
     dead, n = [p.name for p in packs[: len(packs) // 10]], 0
-    if refs is not None and refs.suffix == ".chunks":  # a backup's chunk list of them all
+    if listing is not None:
         from volbak.repository.dedup.crypto import SealedWriter
         from volbak.repository.dedup.writer import LIST_REC
 
-        with refs.open("wb") as f:
+        with listing.open("wb") as f:
             w = SealedWriter(f.write, meta)
             for pk in packs:
                 w.write(b"".join(LIST_REC.pack(e.id, e.raw) for e in pk.entries))
             w.close()
-        return repo, store, dead, chunks
     if refs is not None:
         with refs.open("wb") as f:
             for pk in packs[len(dead):]:
@@ -388,7 +389,7 @@ def bench_restore_plan(chunks: int, work: Path, code: Path | None = None) -> dic
     the prune (a before/after)."""
     path = work / "restore-repo"
     listing = work / "backup.chunks"
-    _, store, _, _ = write_index_repo(chunks, path, listing, encrypted=False)
+    _, store, _, _ = write_index_repo(chunks, path, encrypted=False, listing=listing)
     name = "v/20260101T000000Z.chunks"
     store.backend.put_bytes(name, listing.read_bytes())
     storage = {"chunks": name, "chunks_size": listing.stat().st_size,

@@ -710,7 +710,7 @@ def test_gc_usage_streamed_matches_location_table(tmp_path: Path) -> None:
         "_packs/0-empty"}
     full = store.load_index(meta)
     rest = store.load_index(meta, skip=cand)
-    kept = {full.pack_of(cid) for cid in set(refs) if cid not in rest.loc and cid in full.loc}
+    kept = {full.pack_of(cid) for cid in set(refs) if cid not in rest and cid in full}
     assert kept and kept <= cand
     assert usage.only_in(cand) == kept
     cand -= kept

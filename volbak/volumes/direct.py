@@ -695,7 +695,8 @@ class WalkDigest:
         # what the parser reads back of tarfmt's encoding: the PAX mtime's integer part
         # (truncated towards zero), and device numbers too big for ustar as 0
         mtime = mtime_ns // 10**9 if mtime_ns >= 0 else -(-mtime_ns // 10**9)
-        device = (devmajor if devmajor < 8**7 else 0, devminor if devminor < 8**7 else 0) \
+        big = tarfmt.MAX7
+        device = (devmajor if devmajor < big else 0, devminor if devminor < big else 0) \
             if typ in (tarfmt.CHARDEV, tarfmt.BLOCKDEV) else (0, 0)
         link = norm(linkname) if typ == tarfmt.HARDLINK else \
             linkname if typ == tarfmt.SYMLINK else b""

@@ -64,18 +64,20 @@ def _split_name(name: bytes) -> tuple[bytes, bytes] | None:
 
 
 _USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
-_MAX7, _MAX11 = 8**7, 8**11
+# Values from these up do not fit ustar's 7- and 11-digit octal fields: they go to PAX
+# (ids, sizes, mtimes) or are written as 0 (device numbers).
+MAX7, MAX11 = 8**7, 8**11
 
 
 def _ustar(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int, mtime: int,
            linkname: bytes, devmajor: int, devminor: int, prefix: bytes = b"") -> bytes:
     # Values that do not fit are in the PAX header; their ustar fields hold zero.
     fields = [
-        name, b"%07o\0" % mode, b"%07o\0" % (uid if uid < _MAX7 else 0),
-        b"%07o\0" % (gid if gid < _MAX7 else 0), b"%011o\0" % (size if size < _MAX11 else 0),
-        b"%011o\0" % (mtime if 0 <= mtime < _MAX11 else 0), b"        ", typ, linkname,
-        b"ustar\x0000", b"", b"", b"%07o\0" % (devmajor if devmajor < _MAX7 else 0),
-        b"%07o\0" % (devminor if devminor < _MAX7 else 0), prefix,
+        name, b"%07o\0" % mode, b"%07o\0" % (uid if uid < MAX7 else 0),
+        b"%07o\0" % (gid if gid < MAX7 else 0), b"%011o\0" % (size if size < MAX11 else 0),
+        b"%011o\0" % (mtime if 0 <= mtime < MAX11 else 0), b"        ", typ, linkname,
+        b"ustar\x0000", b"", b"", b"%07o\0" % (devmajor if devmajor < MAX7 else 0),
+        b"%07o\0" % (devminor if devminor < MAX7 else 0), prefix,
     ]
     # The padding struct adds is zeros: summing the bare fields is the same, cheaper.
     fields[6] = b"%06o\0 " % byte_sum(b"".join(fields))
@@ -97,8 +99,8 @@ def header(name: bytes, typ: bytes, *, mode: int, uid: int, gid: int, mtime_ns: 
     ustar (long names, large ids or sizes, sub-second mtimes, xattrs, ACLs, sparse maps),
     then the ustar header."""
     seconds, ns = divmod(mtime_ns, 10**9)
-    if (not pax and len(name) <= 100 and len(linkname) <= 100 and uid < _MAX7
-            and gid < _MAX7 and size < _MAX11 and 0 <= seconds < _MAX11):
+    if (not pax and len(name) <= 100 and len(linkname) <= 100 and uid < MAX7
+            and gid < MAX7 and size < MAX11 and 0 <= seconds < MAX11):
         # Most entries: ustar, and at most the mtime's nanoseconds in PAX. The same
         # bytes as the general path below (test_tarfmt), in a third of its time.
         main = _ustar(name, typ, mode, uid, gid, size, seconds, linkname, devmajor, devminor)

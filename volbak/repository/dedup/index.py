@@ -335,14 +335,13 @@ class Index:
     ``skip``: packs whose chunks are left out (packs a GC plan will delete: a backup must
     not reuse them). ``want``: if given, only these chunk ids are kept (a restore)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ids: IdSet) -> None:
         self.packs: list[PackRef] = []
         self._pack_no: dict[str, int] = {}
-        self.loc = IdSet(tail=LOC_TAIL, value=LOC.size)  # id -> LOC (see load)
+        self.ids = ids  # the ids, each with its LOC unless the load was ids_only
         self.files: list[str] = []  # the live index files read
         self.superseded: list[str] = []  # present, but replaced by another
         self.sizes: dict[str, int] = {}
-        self.ids: IdSet | None = None  # ids_only loads
 
     def _pack(self, ref: PackRef) -> int:
         no = self._pack_no.get(ref.name)
@@ -354,13 +353,11 @@ class Index:
     @classmethod
     def load(cls, backend: Backend, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
              want: IdSet | set[bytes] | None = None, ids_only: bool = False) -> Index:
-        idx = cls()
         names = {o.name: o.size for o in backend.list(INDEX_PREFIX)}
         records = sum(names.values()) // REC.size
-        ids = IdSet(records if ids_only else 0)
-        if not ids_only:
-            idx.loc = IdSet(len(want) if want is not None else records, tail=LOC_TAIL,
-                            value=LOC.size)
+        ids = IdSet(records) if ids_only else IdSet(
+            len(want) if want is not None else records, tail=LOC_TAIL, value=LOC.size)
+        idx = cls(ids)
         heads: list[tuple[str, list[str]]] = []
         for name in sorted(names):
             try:
@@ -386,28 +383,25 @@ class Index:
                 f.add_ids(ids, skipped)
                 continue
             nos = [idx._pack(p) for p in f.packs]
-            loc = idx.loc
             for cid, pno, off, length, raw, k in f.records():
                 if pno in skipped or (want is not None and cid not in want):
                     continue
-                if cid not in loc:  # the first record of an id counts
-                    loc.add_at(cid, 0, LOC.pack(nos[pno], k, off, length, raw))
-        if ids_only:
-            idx.ids = ids
+                if cid not in ids:  # the first record of an id counts
+                    ids.add_at(cid, 0, LOC.pack(nos[pno], k, off, length, raw))
         return idx
 
     def __contains__(self, cid: bytes) -> bool:
-        return cid in self.ids if self.ids is not None else cid in self.loc
+        return cid in self.ids
 
     def get(self, cid: bytes) -> Location | None:
-        v = self.loc.get(cid)
-        if v is None:
+        v = self.ids.get(cid)
+        if not v:  # absent, or an ids_only load (no locations)
             return None
         pno, k, off, length, raw = LOC.unpack(v)
         return Location(self.packs[pno].name, off, length, raw, k)
 
     def pack_of(self, cid: bytes) -> str:
-        v = self.loc.get(cid)
-        if v is None:
+        loc = self.get(cid)
+        if loc is None:
             raise KeyError(cid)
-        return self.packs[LOC.unpack(v)[0]].name
+        return loc.pack

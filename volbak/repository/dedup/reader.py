@@ -118,7 +118,7 @@ def _locate(store: DedupStore, info: BackupInfo, key: bytes) -> Index:
     """The index entries of the backup's chunks; an IntegrityError if any is missing."""
     want = _wanted(store, info, key)
     index = store.load_index(key, want=want)
-    missing = len(want) - len(index.loc)
+    missing = len(want) - len(index.ids)
     if missing > 0:
         raise _damaged(info, f"{missing} of its chunks are in no index file")
     return index

@@ -96,7 +96,6 @@ class DedupWriter(BackupWriter):
         self._pack: PackWriter | None = None
         self._list_w: Any = None
         self._unindexed: list[PackInfo] = []  # finished packs no index file names yet
-        self._unindexed_chunks = 0
         self._indexes: list[str] = []
         self._stored = 0  # bytes of this run's packs and index files
         self._pack_count = 0
@@ -200,10 +199,9 @@ class DedupWriter(BackupWriter):
             pack, self._pack = self._pack, None
             info = pack.finish()
             self._unindexed.append(info)
-            self._unindexed_chunks += len(info.entries)
             self._stored += info.size
             self._pack_count += 1
-            if self._unindexed_chunks >= INDEX_EVERY:
+            if sum(len(p.entries) for p in self._unindexed) >= INDEX_EVERY:
                 self._write_index()
 
     def _write_index(self) -> None:
@@ -211,7 +209,7 @@ class DedupWriter(BackupWriter):
             name, size = write_index(self._backend, self._keys.metadata, self._unindexed)
             self._indexes.append(name)
             self._stored += size
-            self._unindexed, self._unindexed_chunks = [], 0
+            self._unindexed = []
 
     # -- the file cache (volbak.volumes.filecache) ---------------------------------------
 
