@@ -831,13 +831,15 @@ def test_header_fast_path_writes_the_general_paths_bytes() -> None:
             uid=rng.choice([0, 1000, 8**7 - 1, 8**7]),
             gid=rng.choice([0, 8**7 - 1, 8**7, 2**32 - 1]),
             mtime_ns=rng.choice([0, 10**9, 1764656000123456789, 8**11 * 10**9 - 1,
-                                 8**11 * 10**9, -1, -(10**9)]),
+                                 8**11 * 10**9, -1, -(10**9), 10**18 - 1, 10**18 + 1,
+                                 10**19 - 1, 10**19 + 1]),
             size=rng.choice([0, 1, 8**11 - 1, 8**11]),
             linkname=rng.choice([b"", b"x" * 100, b"x" * 101]),
             devmajor=rng.choice([0, 8, 8**7]),
             devminor=rng.choice([0, 3]),
         )
-        name, typ = rng.choice(names), rng.choice([tarfmt.REGULAR, tarfmt.SYMLINK])
+        name = rng.choice(names)
+        typ = rng.choice([tarfmt.REGULAR, tarfmt.SYMLINK, tarfmt.DIRECTORY])
         fast = tarfmt.header(name, typ, **kw)
         general = tarfmt._header(name, typ, pax=None, **kw)
         assert fast == general, kw
@@ -867,3 +869,157 @@ def test_walk_digest_is_the_parsers_digest_of_the_stream(tree: Path, owners: boo
     with DirectSource(tree) as src:
         assert src.digest(owners=owners, all_xattrs=all_xattrs).hexdigest() != \
             parser.hexdigest()
+
+
+# ------------------------------------------------------------------ read-back in two parts
+
+
+def _split_tree(root: Path) -> None:
+    """Names that sort differently bytewise and by component ("a.b" < "a/" < "a0"),
+    deep paths, empty directories, symlinks: where a split may fall."""
+    for d in ("a", "a.b", "a0", "b/c/d", "b/c/e", "b/empty", "z"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for i in range(9):
+        for d in ("a", "a.b", "b/c/d", "z"):
+            (root / d / f"f{i}").write_bytes(os.urandom(i * 300))
+    (root / "a" / "link").symlink_to("../nowhere")
+    (root / "b" / "c" / "e" / "x").write_bytes(b"x")
+
+
+@pytest.fixture
+def small_segments(monkeypatch) -> int:
+    """Segments of 5 entries, so a small tree has many places to split."""
+    from volbak.stream import tar
+
+    monkeypatch.setattr(tar, "SEGMENT", 5)
+    monkeypatch.setattr(direct, "SEGMENT", 5)
+    return 5
+
+
+def _parsed(root: Path) -> TarParser:
+    parser = TarParser(digest=True, root="data")
+    for chunk in read_all(DirectSource(root)):
+        parser.feed(chunk)
+    parser.check_complete()
+    return parser
+
+
+def _no_child_left() -> None:
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)
+
+
+def _summary(d) -> tuple:
+    return d.hexdigest(), d.entries, d.file_bytes, d.attr_entries
+
+
+def test_tree_digest_extended_is_the_digest_of_the_whole(small_segments: int) -> None:
+    from volbak.stream.tar import TreeDigest
+
+    records = [((b"data/%d" % i, b"0", 0o644, 0, 0, i, 0, b"", (0, 0), []), "c")
+               for i in range(23)]
+    whole = TreeDigest()
+    for r in records:
+        whole.add(*r)
+    for at in range(0, 24, small_segments):
+        first, rest = TreeDigest(), TreeDigest()
+        for r in records[:at]:
+            first.add(*r)
+        for r in records[at:]:
+            rest.add(*r)
+        first.extend(rest.segments(), rest.count)
+        assert (first.hexdigest(), first.count) == (whole.hexdigest(), whole.count)
+    odd = TreeDigest()
+    odd.add(*records[0])
+    with pytest.raises(ValueError):
+        odd.extend(b"", 0)
+
+
+def test_split_read_back_is_the_whole_read_back(tmp_path: Path, small_segments: int) -> None:
+    """The two processes' parts give the digest one walk gives, split at any mark;
+    and a change on either side of the split shows."""
+    root = tmp_path / "v"
+    _split_tree(root)
+    parser = _parsed(root)
+    assert len(parser.marks) > 6
+    assert {m.count(b"/") for m in parser.marks} >= {2, 3, 4}  # depths of the stack built
+    for at in parser.marks:
+        with DirectSource(root) as src:
+            split = src.split_digest(at, owners=True, all_xattrs=True)
+        assert split is not None, at
+        assert _summary(split) == _summary(parser), at
+    _no_child_left()
+    first, last = parser.marks[0], parser.marks[-1]
+    for changed in (root / "a" / "f1", root / "z" / "f8"):
+        os.chmod(changed, 0o600)
+        for at in (first, last):
+            got = direct.tree_digest(root, split_at=at)
+            assert got.hexdigest() != parser.hexdigest()
+        os.chmod(changed, 0o644)
+    assert direct.tree_digest(root, split_at=first).hexdigest() == parser.hexdigest()
+
+
+def test_split_read_back_falls_back_to_one_walk(tmp_path: Path, small_segments: int,
+                                                monkeypatch) -> None:
+    """Where the parts cannot stand for one walk, ``tree_digest`` walks once."""
+    root = tmp_path / "v"
+    _split_tree(root)
+    parser = _parsed(root)
+    at = parser.marks[len(parser.marks) // 2]
+    # a name that is not in the tree (what was written is not what was sent)
+    for gone in (b"data/a/nothing", b"data/nothing/f1", b"elsewhere/a"):
+        with DirectSource(root) as src:
+            assert src.split_digest(gone, owners=True, all_xattrs=True) is None
+        assert _summary(direct.tree_digest(root, split_at=gone)) == _summary(parser)
+    # a file with two names: its first name may be in the other part
+    os.link(root / "z" / "f3", root / "a" / "hard")
+    linked = _parsed(root)
+    with DirectSource(root) as src:
+        assert src.split_digest(at, owners=True, all_xattrs=True) is None
+    assert _summary(direct.tree_digest(root, split_at=at)) == _summary(linked)
+    os.unlink(root / "a" / "hard")
+    # the child failing
+    monkeypatch.setattr(DirectSource, "_stack_at", lambda self, name: 1 / 0)
+    with DirectSource(root) as src:
+        assert src.split_digest(at, owners=True, all_xattrs=True) is None
+    assert _summary(direct.tree_digest(root, split_at=at)) == _summary(parser)
+    _no_child_left()
+
+
+def test_read_back_splits_where_the_sent_stream_allows(tmp_path: Path, small_segments: int,
+                                                       monkeypatch) -> None:
+    from volbak.volumes import read_back
+
+    root = tmp_path / "v"
+    _split_tree(root)
+    parser = _parsed(root)
+    seen = []
+    real = DirectSource.split_digest
+    monkeypatch.setattr(DirectSource, "split_digest",
+                        lambda self, at, **kw: seen.append(at) or real(self, at, **kw))
+    info = {"Mountpoint": str(root)}
+    got = read_back(None, "v", info, "data", "direct", sent=parser)
+    assert seen == [parser.marks[len(parser.marks) // 2]]
+    assert _summary(got) == _summary(parser)
+    parser.links = 1  # a stream with hard links is read back in one walk
+    assert _summary(read_back(None, "v", info, "data", "direct", sent=parser)) == \
+        _summary(parser)
+    assert len(seen) == 1
+
+
+def test_split_read_back_interrupted_leaves_no_child(tmp_path: Path, small_segments: int,
+                                                      monkeypatch) -> None:
+    root = tmp_path / "v"
+    _split_tree(root)
+    at = _parsed(root).marks[0]
+    real = DirectSource._generate
+
+    def parent_interrupted(self, start=None, stop=None):
+        if stop is not None:
+            raise KeyboardInterrupt
+        return real(self, start, stop)
+
+    monkeypatch.setattr(DirectSource, "_generate", parent_interrupted)
+    with DirectSource(root) as src, pytest.raises(KeyboardInterrupt):
+        src.split_digest(at, owners=True, all_xattrs=True)
+    _no_child_left()

@@ -69,7 +69,7 @@ def _run_and_exit(tmp_path, unremoved: bool) -> None:
     code = ("from pathlib import Path; from volbak.ops import journal;"
             "from volbak.engine import helpers;"
             f"journal.touch_engine('unix:///e2', Path({str(tmp_path)!r}));"
-            + ("helpers._unremoved.add('unix:///e2');" if unremoved else ""))
+            + ("helpers.note_unremoved('unix:///e2');" if unremoved else ""))
     subprocess.run([sys.executable, "-c", code], check=True)  # a normal exit (atexit runs)
 
 

@@ -389,18 +389,17 @@ def test_target_engine_is_noted_before_its_target_is_checked(resources, resource
 
     def check(engine, name, image=None):
         # what recovery would sweep if the run died right now
-        entry = journal._run_entry
-        seen.append((engine.url, list(entry.record["engines"]) if entry else []))
+        seen.append((engine.url, journal.run_engines()))
         return real(engine, name, image)
 
     monkeypatch.setattr(m, "volume_is_empty", check)
     # this test's run note, not one an earlier in-process run left (it lives to exit)
-    monkeypatch.setattr(journal, "_run_entry", None)
+    journal.end_run()
     try:
         run("migrate", src, "--from", docker_host, "--to", docker_host2, "--as", target,
             "--force")
     finally:
-        journal._end_run()
+        journal.end_run()
     assert seen and all(url in engines for url, engines in seen), seen
     assert (volume_path(docker_client2, target) / "f").read_text() == "new"
 

@@ -37,6 +37,11 @@ def engines_with_unremoved_helpers() -> set[str]:
     return set(_unremoved)
 
 
+def note_unremoved(url: str) -> None:
+    """A helper on engine ``url`` may outlive this process."""
+    _unremoved.add(url)
+
+
 # Called with an engine's URL before any helper is created on it. The run journal
 # (ops.journal) registers itself here, so a run killed at any instant, even in a
 # pre-flight check, has noted every engine that may hold its helpers.
@@ -109,13 +114,13 @@ def helper(
     except BaseException:
         # Interrupted (a signal, a timeout) after the engine took the request, it may
         # have made the helper all the same, with an id we never learnt: keep the note.
-        _unremoved.add(engine.url)
+        note_unremoved(engine.url)
         raise
     try:
         yield cid
     finally:
         if not remove_container(engine, cid):
-            _unremoved.add(engine.url)
+            note_unremoved(engine.url)
 
 
 def remove_container(engine: Engine, cid: str, patience: float = 10.0) -> bool:

@@ -227,7 +227,7 @@ def touch_engine(url: str, directory: Path | None = None) -> None:
     with _run_lock:
         if _run_entry is None:
             _run_entry = Entry("engines", {"engines": [url]}, directory)
-            atexit.register(_end_run)
+            atexit.register(end_run)
         elif url not in _run_entry.record["engines"]:
             _run_entry.update(engines=[*_run_entry.record["engines"], url])
 
@@ -235,7 +235,13 @@ def touch_engine(url: str, directory: Path | None = None) -> None:
 on_helper_create(touch_engine)
 
 
-def _end_run() -> None:
+def run_engines() -> list[str]:
+    """The engines this run has noted so far (``touch_engine``)."""
+    with _run_lock:
+        return list(_run_entry.record["engines"]) if _run_entry is not None else []
+
+
+def end_run() -> None:
     """At a normal exit every helper and staging volume was removed by the finally
     blocks that made them, and the note is no longer needed; unless an engine refused
     to remove a helper (it can, for a while, after an aborted transfer): then the note

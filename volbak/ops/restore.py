@@ -102,7 +102,7 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
             parser.check_complete()
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
         got = read_back(engine, volume, vol, root, kind, owners=owners, all_xattrs=kind == "direct",
-                        image=opts.helper_image, progress=bar.update)
+                        image=opts.helper_image, progress=bar.update, sent=parser)
     if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:
         raise IntegrityError(
             f"verification failed: volume '{volume}' on {engine.url} does not hold what was "

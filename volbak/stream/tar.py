@@ -282,10 +282,47 @@ def digest_record(name: bytes, kind: bytes, mode: int, uid: int, gid: int, real:
     return (name, kind, mode, *owner, real, mtime, link, device, xattrs), attrs
 
 
-def digest_add(digest: Any, record: tuple[Any, ...], content: str) -> None:
-    """Add a record from ``digest_record`` and its content's BLAKE3 to a tree digest."""
-    data = repr((*record, content)).encode()
-    digest.update(len(data).to_bytes(4, "big") + data)
+SEGMENT = 4096  # entries per segment of a TreeDigest
+
+
+class TreeDigest:
+    """A tree's digest: BLAKE3 over the BLAKE3s of its records (``digest_record`` and
+    the content's BLAKE3) taken SEGMENT entries at a time, in archive order. Segments,
+    so a tree can be read back in two parts at once, split at a segment's first entry
+    (the parser's ``marks``), and give the digest one reading of it gives
+    (``volumes.direct.tree_digest``)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._segment = blake3.blake3()
+        self._done = bytearray()  # the finished segments' digests: 32 bytes each
+        self._extended = False
+
+    def add(self, record: tuple[Any, ...], content: str) -> None:
+        data = repr((*record, content)).encode()
+        self._segment.update(len(data).to_bytes(4, "big") + data)
+        self.count += 1
+        if not self.count % SEGMENT:
+            self._done += self._segment.digest()
+            self._segment = blake3.blake3()
+
+    def segments(self) -> bytes:
+        """Every segment's digest, the unfinished last one included."""
+        if self._extended or not self.count % SEGMENT:
+            return bytes(self._done)
+        return bytes(self._done) + self._segment.digest()
+
+    def extend(self, segments: bytes, count: int) -> None:
+        """Append the rest of the tree: another digest's ``segments`` and ``count``.
+        Nothing is added after it."""
+        if self.count % SEGMENT:
+            raise ValueError("a tree digest extended in the middle of a segment")
+        self._done += segments
+        self.count += count
+        self._extended = True
+
+    def hexdigest(self) -> str:
+        return blake3.blake3(self.segments()).hexdigest()
 
 
 class TarParser:
@@ -300,7 +337,11 @@ class TarParser:
         self.tar_bytes = 0
         self.attr_entries = 0  # entries with xattrs/ACLs beyond a capability (digest mode)
         self.ended = False  # saw the end-of-archive zero block
-        self._digest = blake3.blake3() if digest else None
+        self._digest = TreeDigest() if digest else None
+        self.links = 0  # hard link entries
+        # (digest mode) the name of each segment's first entry but the first: where a
+        # read-back may split the tree (TreeDigest)
+        self.marks: list[bytes] = []
         self._root = root.strip("/").encode() if root is not None else None
         # set by an extractor that takes over a digesting parser (DirectTarget)
         self.on_entry = on_entry
@@ -477,6 +518,9 @@ class TarParser:
                 if old is not None:
                     entry.sparse, entry.realsize = old
         if self._digest is not None:
+            if self.entries % SEGMENT == 1 and self.entries > 1:
+                self.marks.append(name)
+            self.links += kind == b"1"
             self._record, attrs = digest_record(name, kind, entry.mode, uid, gid, real, mtime,
                                                 link, device, pax, self.owners,
                                                 self._all_xattrs)
@@ -533,7 +577,7 @@ class TarParser:
             assert self._entry is not None
             raise self._corrupt(f"entry {self._entry.name!r} has a bad sparse map")
         if self._record is not None and self._digest is not None:
-            digest_add(self._digest, self._record, self._content.hexdigest())
+            self._digest.add(self._record, self._content.hexdigest())
             self._record = None
             self._content = None
         if self._sink is not None:
@@ -549,9 +593,9 @@ class TarParser:
             )
 
     def hexdigest(self) -> str:
-        """BLAKE3 over one canonical record per entry: path, type, permission bits, uid,
-        gid, size, mtime (seconds), link target, device numbers, exported xattrs and the
-        BLAKE3 of the content, in archive order. User/group names, atime/ctime and
+        """A TreeDigest of one canonical record per entry: path, type, permission bits,
+        uid, gid, size, mtime (seconds), link target, device numbers, exported xattrs and
+        the BLAKE3 of the content, in archive order. User/group names, atime/ctime and
         header encoding are left out, so two engines' archives of one tree agree."""
         assert self._digest is not None, "TarParser(digest=True) needed"
         return self._digest.hexdigest()

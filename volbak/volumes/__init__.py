@@ -95,18 +95,23 @@ def owners_comparable(engine: Engine, kind: str) -> bool:
 
 def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind: str, *,
               owners: bool = True, all_xattrs: bool = True, image: str | None = None,
-              progress: Callable[[int], Any] | None = None) -> TarParser | WalkDigest:
+              progress: Callable[[int], Any] | None = None,
+              sent: TarParser | None = None) -> TarParser | WalkDigest:
     """Read a volume back the way it was written and return its digest (``hexdigest()``,
-    ``entries``, ``file_bytes``), to compare with what was sent."""
+    ``entries``, ``file_bytes``), to compare with what was sent: ``sent``, the parser
+    that digested it, tells the direct path where the tree can be read in two parts."""
     if kind != "direct":
         from ..engine import read_tree_digest
 
         return read_tree_digest(engine, volume, root, image, progress=progress, owners=owners,
                                 all_xattrs=all_xattrs)
-    from .direct import DirectSource
+    from .direct import tree_digest
 
-    with DirectSource(info["Mountpoint"], root) as src:
-        return src.digest(owners=owners, all_xattrs=all_xattrs, progress=progress)
+    # in the middle, where a file of several names cannot be split from its first name
+    split = sent.marks[len(sent.marks) // 2] if sent and sent.marks and not sent.links \
+        else None
+    return tree_digest(info["Mountpoint"], root, owners=owners, all_xattrs=all_xattrs,
+                       progress=progress, split_at=split)
 
 
 def copy_tree(engine: Engine, src: str, dst: str, root: str = "data",

@@ -47,10 +47,13 @@ chunk ids of an unchanged file without reading it, which a tar subprocess cannot
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import errno
 import os
+import signal
 import stat
+import struct
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,10 +64,11 @@ import blake3
 from ..errors import IntegrityError, NotFoundError, VolbakError
 from ..stream.tar import (
     PLAIN_PAX,
+    SEGMENT,
     Entry,
     SparseHash,
     TarParser,
-    digest_add,
+    TreeDigest,
     digest_record,
     norm,
     parse_sparse_map,
@@ -155,6 +159,8 @@ class DirectSource:
         self._gone: set[tuple[int, int]] = set()  # inodes whose first name was excluded
         self._head = tarfmt.header  # or a WalkDigest's, which records instead of writing
         self._walk_digest: WalkDigest | None = None
+        self._split = False  # a part of a split digest: a file of several names ends it
+        self._stopped = False  # the walk came to its stop (split_digest)
 
     def use_cache(self, session: Any) -> None:
         """Take unchanged big files' data from the dedup file cache (filecache.Session)
@@ -214,11 +220,15 @@ class DirectSource:
         TarParser's over the stream ``read`` would give (``stream.tar.digest_record``),
         with no stream between them: read-back after a direct restore (50,000 small
         files: 0.6 s against 1.4 s for the walk and a parse of its stream). Instead of
-        ``read``, not after it."""
-        walk = self._walk_digest = WalkDigest(owners, all_xattrs)
+        ``read``, not after it. ``tree_digest`` reads big trees in two parts at once."""
+        return self._digest(WalkDigest(owners, all_xattrs), self._gen, progress)
+
+    def _digest(self, walk: WalkDigest, gen: Iterator[bytes],
+                progress: Callable[[int], Any] | None) -> WalkDigest:
+        self._walk_digest = walk
         self._head = walk.head
         done = 0
-        for piece in self._gen:
+        for piece in gen:
             if piece:
                 walk.update(piece)
                 done += len(piece)
@@ -229,6 +239,65 @@ class DirectSource:
         if progress and done:
             progress(done)
         return walk
+
+    def split_digest(self, at: bytes, *, owners: bool, all_xattrs: bool,
+                     progress: Callable[[int], Any] | None = None) -> WalkDigest | None:
+        """``digest`` in two processes: this one walks the entries before ``at`` (a
+        stream name, the first of a TreeDigest segment), a forked child the rest, and
+        their segments join. None where the two parts cannot stand for one walk (a file
+        with several names, whose first name the other part may hold; ``at`` not where
+        it was; the child failed): ``digest`` on a new source then gives the answer."""
+        if not at.startswith(self.root + b"/"):
+            return None
+        self._split = True
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child; it must never return into the caller's code
+            code = 1
+            try:
+                os.close(r)
+                for sig in (signal.SIGINT, signal.SIGTERM):  # die with the group, no cleanup
+                    signal.signal(sig, signal.SIG_DFL)
+                part = self._digest(WalkDigest(owners, all_xattrs),
+                                    self._generate(start=at), None)
+                out = memoryview(struct.pack(">QQQ", part.entries, part.file_bytes,
+                                             part.attr_entries) + part.tree.segments())
+                while out:
+                    out = out[os.write(w, out):]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        try:
+            walk = self._digest(WalkDigest(owners, all_xattrs), self._generate(stop=at),
+                                progress)
+            if not self._stopped:
+                return None
+            self._check_root()
+            with os.fdopen(r, "rb") as f:
+                r = -1
+                data = f.read()
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+            if status or len(data) < 24 or walk.tree.count % SEGMENT:
+                return None
+            entries, file_bytes, attrs = struct.unpack(">QQQ", data[:24])
+            walk.tree.extend(data[24:], entries)
+            walk.entries += entries
+            walk.file_bytes += file_bytes
+            walk.attr_entries += attrs
+            if progress:
+                progress(file_bytes)
+            return walk
+        except _Unsplittable:
+            return None
+        finally:
+            if r >= 0:
+                os.close(r)
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
     def close(self) -> None:
         if self._closed:
@@ -253,11 +322,18 @@ class DirectSource:
 
     # -- the walk
 
-    def _generate(self) -> Iterator[bytes]:
-        yield self._dir_header(self.root + b"/", self._rootfd, self._root_st)
-        stack: list[tuple[int, bytes, Iterator[tuple[bytes, bool]]]] = [
-            (self._rootfd, self.root + b"/", iter(self._listing(self._rootfd, self.root)))
-        ]
+    def _generate(self, start: bytes | None = None, stop: bytes | None = None
+                  ) -> Iterator[bytes]:
+        """The walk; from the entry named ``start`` on, or up to (not including) the
+        one named ``stop``: the two parts of ``split_digest``."""
+        if start is None:
+            yield self._dir_header(self.root + b"/", self._rootfd, self._root_st)
+            stack: list[tuple[int, bytes, Iterator[tuple[bytes, bool]]]] = [
+                (self._rootfd, self.root + b"/", iter(self._listing(self._rootfd, self.root)))
+            ]
+        else:
+            stack = self._stack_at(start)
+        whole = self._cache is None and self._walk_digest is None
         while stack:
             dfd, prefix, names = stack[-1]
             item = next(names, None)
@@ -269,11 +345,20 @@ class DirectSource:
                 continue
             name, plain = item
             rel = prefix + name
+            if rel == stop:
+                self._stopped = True
+                return
             if self._exclude is not None and self._excluded(rel):
                 continue
             # Most entries are files with one name: open, fstat, read, no lstat first.
-            if plain and (yield from self._plain_file(dfd, name, rel)):
-                continue
+            if plain:
+                if whole:
+                    piece = self._whole_file(dfd, name, rel)
+                    if piece is not None:
+                        yield piece
+                        continue
+                if (yield from self._plain_file(dfd, name, rel)):
+                    continue
             try:
                 st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
@@ -336,6 +421,28 @@ class DirectSource:
         self._check_root()
         if self._walk_digest is None:
             yield tarfmt.END_OF_ARCHIVE
+
+    def _stack_at(self, name: bytes) -> list[tuple[int, bytes, Iterator[tuple[bytes, bool]]]]:
+        """The walk's stack of directories as it stands when entry ``name`` comes next."""
+        parts = name[len(self.root) + 1:].split(b"/")
+        stack = []
+        dfd, prefix = self._rootfd, self.root + b"/"
+        for depth, part in enumerate(parts, 1):
+            listing = self._listing(dfd, prefix[:-1])
+            k = bisect.bisect_left(listing, (part,))
+            if k == len(listing) or listing[k][0] != part:
+                raise _Unsplittable
+            if depth == len(parts):  # this entry comes next; above, the one after its parent
+                stack.append((dfd, prefix, iter(listing[k:])))
+                return stack
+            stack.append((dfd, prefix, iter(listing[k + 1:])))
+            st = os.stat(part, dir_fd=dfd, follow_symlinks=False)
+            child = self._open_dir(dfd, part, prefix + part, st) if stat.S_ISDIR(st.st_mode) \
+                else None
+            if child is None or child[1].st_dev != self._dev:
+                raise _Unsplittable
+            dfd, prefix = child[0], prefix + part + b"/"
+        raise AssertionError("unreachable")
 
     def _listing(self, dfd: int, rel: bytes) -> list[tuple[bytes, bool]]:
         """(name, looks like a plain file) sorted bytewise, as dockerd's archive (Go's
@@ -433,6 +540,8 @@ class DirectSource:
         """The earlier name of this inode if it was already archived."""
         if st.st_nlink < 2 or stat.S_ISDIR(st.st_mode):
             return None
+        if self._split:
+            raise _Unsplittable
         key = (st.st_dev, st.st_ino)
         seen = self._links.get(key)
         if seen is None:
@@ -496,24 +605,43 @@ class DirectSource:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1 or st.st_dev != self._dev:
                 return False
-            size = st.st_size
-            if (size <= SMALL and st.st_blocks * 512 >= size and self._cache is None
-                    and self._walk_digest is None and not _has_xattrs(fd)):
-                # The usual small file as one piece (header, data, padding): the bytes
-                # _file_body yields in two, with a third of the calls (50,000 files
-                # walked in about 0.5 s against 0.6 s).
-                data = os.pread(fd, size + 1, 0)
-                after = os.fstat(fd)
-                if len(data) == size and _same(st, after):
-                    yield b"".join((self._file_header(rel, after, size, []), data,
-                                    bytes(tarfmt.padding(size))))
-                    return True
-            yield from self._file_body(fd, rel, st)  # reads it again if it changed
+            yield from self._file_body(fd, rel, st)
             return True
         except OSError as e:
             raise self._error(rel, e) from None
         finally:
             os.close(fd)
+
+    def _whole_file(self, dfd: int, name: bytes, rel: bytes) -> bytes | None:
+        """The usual small file (one name, no xattrs, no holes, unchanged while read) as
+        one piece: header, data, padding, the bytes _file_body yields, with a third of
+        the calls and no generator (50,000 files walked in 0.43 s, against 0.6 s in
+        _file_body). None for anything else, which _plain_file then reads again."""
+        try:
+            fd = self._open_file(dfd, name)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            size = st.st_size
+            if (size > SMALL or st.st_nlink > 1 or not stat.S_ISREG(st.st_mode)
+                    or st.st_dev != self._dev or st.st_blocks * 512 < size or _has_xattrs(fd)):
+                return None
+            data = os.pread(fd, size + 1, 0)
+            after = os.fstat(fd)
+        except OSError:  # _plain_file says what it is
+            return None
+        finally:
+            os.close(fd)
+        if len(data) != size or not _same(st, after):
+            return None
+        report = self.report
+        report.entries += 1
+        report.file_bytes += size
+        return b"".join((tarfmt.header(rel, tarfmt.REGULAR, mode=after.st_mode & 0o7777,
+                                       uid=after.st_uid, gid=after.st_gid,
+                                       mtime_ns=after.st_mtime_ns, size=size),
+                         data, bytes(-size % BLOCK)))
 
     def _file(self, dfd: int, name: bytes, rel: bytes) -> Iterator[bytes]:
         try:
@@ -675,7 +803,7 @@ class WalkDigest:
     def __init__(self, owners: bool, all_xattrs: bool) -> None:
         self.owners = owners
         self._all_xattrs = all_xattrs
-        self._digest = blake3.blake3()
+        self.tree = TreeDigest()
         self.entries = 0
         self.file_bytes = 0
         self.attr_entries = 0
@@ -724,11 +852,31 @@ class WalkDigest:
         if self._record is not None:
             if self._content is None:  # the walk yields a sparse file's map after its head
                 raise AssertionError("a sparse entry without its map block")
-            digest_add(self._digest, self._record, self._content.hexdigest())
+            self.tree.add(self._record, self._content.hexdigest())
             self._record = None
 
     def hexdigest(self) -> str:
-        return self._digest.hexdigest()
+        return self.tree.hexdigest()
+
+
+class _Unsplittable(Exception):
+    """The tree cannot be digested in parts (DirectSource.split_digest)."""
+
+
+def tree_digest(path: str | bytes, root: str = "data", *, owners: bool = True,
+                all_xattrs: bool = True, progress: Callable[[int], Any] | None = None,
+                split_at: bytes | None = None) -> WalkDigest:
+    """The digest of the tree at ``path`` (DirectSource.digest), in two processes when
+    ``split_at`` names a place to split it (a TarParser's ``marks``): a read-back takes
+    about half the time on two cores (50,000 small files: 0.6 s in one)."""
+    if split_at is not None:
+        with DirectSource(path, root) as src:
+            got = src.split_digest(split_at, owners=owners, all_xattrs=all_xattrs,
+                                   progress=progress)
+        if got is not None:
+            return got
+    with DirectSource(path, root) as src:
+        return src.digest(owners=owners, all_xattrs=all_xattrs, progress=progress)
 
 
 def _has_xattrs(fd: int) -> bool:

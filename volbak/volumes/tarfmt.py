@@ -84,6 +84,28 @@ def _ustar(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int, mt
     return _USTAR.pack(*fields)
 
 
+@functools.lru_cache(maxsize=64)
+def _ids(mode: int, uid: int, gid: int) -> bytes:
+    return b"%07o\0%07o\0%07o\0" % (mode, uid, gid)
+
+
+# after the type flag of an entry with no link name and no device: the magic, empty
+# user and group names, device numbers 0, no prefix; and its bytes' sum
+_PLAIN_TAIL = bytes(100) + b"ustar\x0000" + bytes(64) + b"0000000\0" * 2 + bytes(167)
+_PAD30 = bytes(BLOCK - 30)
+_PLAIN_TAIL_SUM = byte_sum(_PLAIN_TAIL) + 8 * 32  # and the checksum field's spaces
+
+
+def _ustar_plain(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int,
+                 mtime: int) -> bytes:
+    """``_ustar`` of an entry with no link name, device or prefix, all values in range
+    (files and directories): its bytes, in half the time (test_tarfmt compares)."""
+    head = b"".join((name, bytes(100 - len(name)), _ids(mode, uid, gid),
+                     b"%011o\0%011o\0" % (size, mtime)))
+    check = byte_sum(head) + typ[0] + _PLAIN_TAIL_SUM
+    return b"".join((head, b"%06o\0 " % check, typ, _PLAIN_TAIL))
+
+
 def _is_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
@@ -103,9 +125,14 @@ def header(name: bytes, typ: bytes, *, mode: int, uid: int, gid: int, mtime_ns: 
             and gid < MAX7 and size < MAX11 and 0 <= seconds < MAX11):
         # Most entries: ustar, and at most the mtime's nanoseconds in PAX. The same
         # bytes as the general path below (test_tarfmt), in a third of its time.
-        main = _ustar(name, typ, mode, uid, gid, size, seconds, linkname, devmajor, devminor)
+        main = _ustar_plain(name, typ, mode, uid, gid, size, seconds) \
+            if not linkname and not devmajor and not devminor else \
+            _ustar(name, typ, mode, uid, gid, size, seconds, linkname, devmajor, devminor)
         if not ns:
             return main
+        if 10**9 <= seconds < 10**10:  # 2001 to 2286: the record is 30 bytes
+            return b"".join((_pax_header(30, seconds), b"30 mtime=%d.%09d\n" % (seconds, ns),
+                             _PAD30, main))
         data = pax_record(b"mtime", b"%d.%09d" % (seconds, ns))
         return b"".join((_pax_header(len(data), seconds), data,
                          bytes(padding(len(data))), main))
