@@ -9,6 +9,7 @@ Needs the Debian packages attr (setfattr), acl (setfacl/getfacl) and libcap2-bin
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -1023,3 +1024,22 @@ def test_split_read_back_interrupted_leaves_no_child(tmp_path: Path, small_segme
     with DirectSource(root) as src, pytest.raises(KeyboardInterrupt):
         src.split_digest(at, owners=True, all_xattrs=True)
     _no_child_left()
+
+
+def test_files_whose_xattrs_cannot_be_listed_take_the_general_path(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """A filesystem without xattr support: the one-piece path steps aside, and the
+    stream is what it was."""
+    root = tmp_path / "v"
+    _split_tree(root)
+    want = b"".join(read_all(DirectSource(root)))
+    calls = []
+
+    def unlistable(target, *a, **kw):
+        calls.append(target)
+        raise OSError(errno.ENOTSUP, "not supported")
+
+    monkeypatch.setattr(direct.os, "listxattr", unlistable)
+    assert b"".join(read_all(DirectSource(root))) == want
+    assert calls
+

@@ -71,3 +71,23 @@ def test_name() -> None:
     assert containers.name(c) == "web"  # from attrs
     c.attrs = {}
     assert containers.name(c) == "0123456789ab"
+
+
+def test_helper_delete_falls_back_to_the_public_call() -> None:
+    """If docker-py's private request helpers change, the helper is still removed."""
+    from volbak.engine import helpers
+
+    class Api:
+        removed: list = []
+
+        def _url(self, *a):  # a private helper that changed its signature
+            raise TypeError("changed")
+
+        def remove_container(self, cid, v, force):
+            self.removed.append((cid, v, force))
+
+    class Engine:
+        api = Api()
+
+    helpers._delete(Engine(), "c1", timeout=1)
+    assert Api.removed == [("c1", False, True)]
