@@ -614,9 +614,9 @@ class DirectSource:
 
     def _whole_file(self, dfd: int, name: bytes, rel: bytes) -> bytes | None:
         """The usual small file (one name, no xattrs, no holes, unchanged while read) as
-        one piece: header, data, padding, the bytes _file_body yields, with a third of
-        the calls and no generator (50,000 files walked in 0.43 s, against 0.6 s in
-        _file_body). None for anything else, which _plain_file then reads again."""
+        one piece: header, data, padding, the bytes _file_body yields in two, with a
+        third of the calls (50,000 files walked in about 0.5 s against 0.6 s). None for
+        anything else, which _plain_file then reads again."""
         try:
             fd = self._open_file(dfd, name)
         except OSError:
