@@ -217,8 +217,8 @@ def main() -> int:
                     made.append(name)
                 # Who goes first alternates: on a VM that hands freed memory back to its
                 # host, writing GiBs of new data slows down after the first few (a 1 GiB
-                # restore right after `docker cp` in took 17.2-17.6 s in every run of
-                # one day, and 1.4-3.2 s on its own), so the later of two writers pays.
+                # restore right after `docker cp` in: best of each run 17.2-17.6 s, four
+                # runs in one day; 1.4-3.2 s on its own), so the later of two writers pays.
                 out = [("cp-out", vol, str(work / "unused"), tarfile)]
                 backup = [("backup", vol, str(repo)),
                           ("backup-age", vol, str(work / f"repo-age-{r}"))]
