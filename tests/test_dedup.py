@@ -246,6 +246,29 @@ def test_a_big_backup_indexes_its_packs_as_it_goes(tmp_path: Path,
     assert restore(repo, info) == stream
 
 
+def test_an_index_write_that_fails_after_storing_loses_no_pack(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index file stored whose commit still raised (an answer lost on the way): the
+    abort must not delete the packs it names, which another run may reuse."""
+    from volbak.repository.dedup import writer
+
+    monkeypatch.setattr(writer, "INDEX_EVERY", 30)
+    monkeypatch.setattr(writer, "PACK_TARGET", 400_000)
+    repo = new_repo(tmp_path)
+    real = writer.write_index
+
+    def stored_then_lost(*a, **kw):
+        real(*a, **kw)
+        raise OSError("connection reset after the upload")
+
+    monkeypatch.setattr(writer, "write_index", stored_then_lost)
+    with pytest.raises(OSError), repo.create_backup("v", _clock[0]) as w:
+        w.write(make_tar(sample_files(0, 40)))
+    index = repo.dedup().load_index(repo.dedup().meta_keys().metadata)
+    named = {p.name for p in index.packs}
+    assert named and named <= set(pack_names(repo))
+
+
 # -- keys -----------------------------------------------------------------------------
 
 def test_wrong_and_missing_identity(tmp_path: Path) -> None:

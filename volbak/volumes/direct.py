@@ -638,10 +638,10 @@ class DirectSource:
         report = self.report
         report.entries += 1
         report.file_bytes += size
-        return b"".join((tarfmt.header(rel, tarfmt.REGULAR, mode=after.st_mode & 0o7777,
+        return b"".join((tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(after.st_mode),
                                        uid=after.st_uid, gid=after.st_gid,
                                        mtime_ns=after.st_mtime_ns, size=size),
-                         data, bytes(-size % BLOCK)))
+                         data, bytes(tarfmt.padding(size))))
 
     def _file(self, dfd: int, name: bytes, rel: bytes) -> Iterator[bytes]:
         try:

@@ -99,7 +99,8 @@ _PLAIN_TAIL_SUM = byte_sum(_PLAIN_TAIL) + 8 * 32  # and the checksum field's spa
 def _ustar_plain(name: bytes, typ: bytes, mode: int, uid: int, gid: int, size: int,
                  mtime: int) -> bytes:
     """``_ustar`` of an entry with no link name, device or prefix, all values in range
-    (files and directories): its bytes, in half the time (test_tarfmt compares)."""
+    (files and directories): its bytes, in half the time
+    (test_direct.test_header_fast_path_writes_the_general_paths_bytes compares)."""
     head = b"".join((name, bytes(100 - len(name)), _ids(mode, uid, gid),
                      b"%011o\0%011o\0" % (size, mtime)))
     check = byte_sum(head) + typ[0] + _PLAIN_TAIL_SUM
@@ -124,7 +125,7 @@ def header(name: bytes, typ: bytes, *, mode: int, uid: int, gid: int, mtime_ns: 
     if (not pax and len(name) <= 100 and len(linkname) <= 100 and uid < MAX7
             and gid < MAX7 and size < MAX11 and 0 <= seconds < MAX11):
         # Most entries: ustar, and at most the mtime's nanoseconds in PAX. The same
-        # bytes as the general path below (test_tarfmt), in a third of its time.
+        # bytes as the general path below (test_direct), in a third of its time.
         main = _ustar_plain(name, typ, mode, uid, gid, size, seconds) \
             if not linkname and not devmajor and not devminor else \
             _ustar(name, typ, mode, uid, gid, size, seconds, linkname, devmajor, devminor)

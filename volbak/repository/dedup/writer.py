@@ -10,8 +10,8 @@ Order of writes (each step only after the previous one is committed):
 4. the chunk list ``<volume>/<stamp>.chunks`` (sealed: chunk id | raw length per chunk);
 5. the manifest (with the chunk list's size and BLAKE3), then the lock is released.
 
-Abort deletes this run's packs that no index file names yet; other runs may already
-reuse the indexed ones, so those stay as garbage for prune.
+Abort deletes this run's packs that no index file names yet and none is being written
+for; other runs may already reuse the indexed ones, so those stay as garbage for prune.
 
 Threads: the caller's thread chunks; a pool of two hashes (keyed BLAKE3) and, for new
 chunks only, compresses and encrypts, in batches of ~BATCH_BYTES (one future per batch:
@@ -206,10 +206,13 @@ class DedupWriter(BackupWriter):
 
     def _write_index(self) -> None:
         if self._unindexed:
-            name, size = write_index(self._backend, self._keys.metadata, self._unindexed)
+            # Off the list before the write: a write that fails may still have stored
+            # the file (a commit whose answer was lost), and abort must not delete packs
+            # it may name. If it did not, prune removes them as unindexed garbage.
+            packs, self._unindexed = self._unindexed, []
+            name, size = write_index(self._backend, self._keys.metadata, packs)
             self._indexes.append(name)
             self._stored += size
-            self._unindexed = []
 
     # -- the file cache (volbak.volumes.filecache) ---------------------------------------
 
