@@ -155,3 +155,25 @@ def test_crashed_temp_files_found_by_age(tmp_path: Path) -> None:
 def test_incomplete_of_a_missing_repository(tmp_path: Path) -> None:
     b = LocalBackend(tmp_path / "not-yet")
     assert b.list_incomplete(0) == [] and b.remove_incomplete(0) == []
+
+
+def test_a_write_survives_a_delete_emptying_its_directory(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """A delete of a directory's last object removes the directory; a writer that made
+    it a moment before makes it again (concurrent lock objects under ``_locks/``)."""
+    b = LocalBackend(tmp_path)
+    real_mkdir = Path.mkdir
+    raced = []
+
+    def mkdir_then_lose_it(self: Path, *args, **kwargs) -> None:
+        real_mkdir(self, *args, **kwargs)
+        if self.name == "_locks" and not raced:
+            raced.append(self)
+            b.put_bytes("_locks/other", b"x")
+            b.delete("_locks/other")  # the last object: the directory goes with it
+            assert not self.exists()
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_lose_it)
+    b.put_bytes("_locks/mine", b"lock")
+    assert raced
+    assert b.get_bytes("_locks/mine") == b"lock"

@@ -56,11 +56,18 @@ class _LocalWriter(ObjectWriter):
         self._display = display
         self._tmp = final.parent / f"{TMP_PREFIX}{final.name}.{secrets.token_hex(6)}"
         self._size = 0
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
-        except OSError as e:
-            raise _translate(e, display) from None
+        for attempt in range(8):
+            try:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._f = open(self._tmp, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+                break
+            except (FileNotFoundError, FileExistsError) as e:
+                # A delete of the directory's last object (LocalBackend.delete) removed
+                # the directory between our mkdir and open: make it again.
+                if attempt == 7:
+                    raise _translate(e, display) from None
+            except OSError as e:
+                raise _translate(e, display) from None
 
     def write(self, data: bytes | memoryview) -> None:
         try:
