@@ -258,6 +258,10 @@ class DirectSource:
                 os.close(r)
                 for sig in (signal.SIGINT, signal.SIGTERM):  # die with the group, no cleanup
                     signal.signal(sig, signal.SIG_DFL)
+                # The fork shares open file descriptions, a directory's read offset
+                # among them: the two processes listing the root through one handle
+                # would each see part of it (a failed split, or a wrong digest).
+                self._rootfd = os.open(".", _O_DIR, dir_fd=self._rootfd)
                 part = self._digest(WalkDigest(owners, all_xattrs),
                                     self._generate(start=at), None)
                 out = memoryview(struct.pack(">QQQ", part.entries, part.file_bytes,
