@@ -104,3 +104,27 @@ def test_idset_map_keeps_values_through_growth() -> None:
     near[15] ^= 1
     assert m.get(bytes(near)) is None
     assert IdSet().get(ids[0]) is None and IdSet(tail=6).get(b"short") is None
+
+
+def test_idset_map_of_wanted_ids_is_filled_once() -> None:
+    """A restore's map starts as the wanted ids with values of zeros (``vacant``); the
+    first value put counts; slots taken after growth moved buckets hold zeros, not the
+    bytes a bucket left behind; ids in the overflow set fill the same way."""
+    ids = [os.urandom(32) for _ in range(140_000)]
+    first, later = ids[:70_000], ids[70_000:]
+    m = IdSet(tail=14, value=5)  # no expectation: overflow and growth while adding
+    for cid in first:
+        m.add(cid)
+    assert m._over  # some ids sit in the overflow set
+    assert m.vacant(os.urandom(32)) == -1 and m.vacant(b"short") == -1
+    for n, cid in enumerate(first):
+        where = m.vacant(cid)
+        assert where != -1
+        m.put(where, cid, (n + 1).to_bytes(5, "big"))
+    assert all(m.vacant(cid) == -1 for cid in first)  # the first value counts
+    cap = m._cap
+    for cid in later:  # growth moves buckets full of values
+        m.add(cid)
+    assert m._cap > cap
+    assert all(m.get(cid) == (n + 1).to_bytes(5, "big") for n, cid in enumerate(first))
+    assert all(m.vacant(cid) != -1 and not any(m.get(cid)) for cid in later)

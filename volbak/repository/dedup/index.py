@@ -12,11 +12,11 @@ a loader ignores any file named in the ``supersedes`` of another present file, s
 prune interrupted in between loses nothing.
 
 In memory a backup needs only to know which chunks exist: ``Index.load(ids_only=True)``
-keeps every id in an IdSet (~34 bytes per chunk in one bytearray, no object per id), so
-100 GiB of unique data at ~32 KiB per chunk (~3.3 million chunks) costs ~110 MiB, and
-the ids of the chunks the backup adds join it.
+keeps every id's first 16 bytes in an IdSet (~18 bytes per chunk in one bytearray, no
+object per id; see ID_TAIL), so 100 GiB of unique data at ~32 KiB per chunk (~3.3
+million chunks) costs ~60 MiB, and the ids of the chunks the backup adds join it.
 Locations are loaded by a restore for its own chunks only, into an IdSet that keeps
-each id's first 16 bytes and its location (~36 bytes per chunk: ~115 MiB for the ~3.3
+each id's first 16 bytes and its location (~32 bytes per chunk: ~100 MiB for the ~3.3
 million chunks of a 100 GiB backup, where a dict took ~1 GiB). Prune's phase 1 loads
 the ids the same way, marks the referenced ones in a byte per id (``IdSet.slot``) and
 streams the records (``iter_records``) to sum the packs' bytes.
@@ -40,10 +40,20 @@ INDEX_PREFIX = "_index/"
 REC = struct.Struct(">32sIIIIH")
 # a location in an IdSet map: pack number, key block, offset, length, raw length
 LOC = struct.Struct(">IHIII")
+# a restore's (``fill``): the same without the raw length, which its chunk list holds
+# (~14 MiB less for the 3.3 million chunks of a 100 GiB backup)
+PLACE = struct.Struct(">IHII")
 # A restore's ids by their first 16 bytes: keyed BLAKE3 outputs that agree in 128 bits
 # do not occur (~n^2 / 2^129), and if they did the chunk read would fail its check
 # against the whole id, an error and never wrong data.
 LOC_TAIL = 14
+# A backup's ids by their first 16 bytes too (kopia's content ids are 128 bits): keyed
+# BLAKE3, so nobody without the chunk-id key can aim for a match, and by chance one in
+# ~n*m / 2^128 for m lookups in n ids (~1e-25 at 100 GiB). Such a match would leave a
+# chunk unstored, and the restore or full verify reading it would fail its check against
+# the whole id. It saves ~16 bytes a chunk where the bound is tight (a first backup of
+# 3.3 million chunks). Prune keeps whole ids: it decides what to delete.
+ID_TAIL = 14
 _U32 = struct.Struct(">I")
 
 
@@ -291,6 +301,24 @@ class IdSet:
             return bytes(self._raw[i + self._t: i + self.W])
         return self._over.get(cid[:2 + self._t]) if self._over else None
 
+    def vacant(self, cid: bytes) -> int:
+        """Where ``cid``'s value goes (for ``put``) if ``cid`` is in the map with a value of
+        zeros, the mark of "wanted, not found yet" (no location is zeros: a blob starts
+        past its pack's header); else -1."""
+        i = self._find(cid) if len(cid) == 32 else -1
+        if i >= 0:
+            i += self._t
+            return i if not any(self._raw[i: i - self._t + self.W]) else -1
+        v = self._over.get(cid[:2 + self._t]) if self._over else None
+        return -2 if v is not None and not any(v) else -1
+
+    def put(self, where: int, cid: bytes, value: bytes) -> None:
+        """Give ``cid`` its value at ``where`` (from ``vacant``)."""
+        if where == -2:
+            self._over[cid[:2 + self._t]] = value
+        else:
+            self._raw[where: where + len(value)] = value
+
     def add_at(self, data: bytes, o: int, value: bytes = b"") -> None:
         """Add the id at data[o: o + 32] (with its ``value``), not looking for it first
         (loading: an id in two index files costs a slot, membership is the same)."""
@@ -302,8 +330,8 @@ class IdSet:
         if c < self._cap:
             at = (k * self._cap + c) * self.W
             self._raw[at: at + t] = data[o + 2: o + 2 + t]
-            if value:
-                self._raw[at + t: at + self.W] = value
+            if t < self.W:  # zeros too: a moved bucket (_grow) leaves old bytes behind it
+                self._raw[at + t: at + self.W] = value or bytes(self.W - t)
             self._cnt[k] = c + 1
             return
         self._over[bytes(data[o: o + 2 + t])] = bytes(value)
@@ -333,7 +361,9 @@ class Index:
     """Chunk id -> location, from every live index file (see module doc for memory).
 
     ``skip``: packs whose chunks are left out (packs a GC plan will delete: a backup must
-    not reuse them). ``want``: if given, only these chunk ids are kept (a restore)."""
+    not reuse them). ``fill``: an IdSet map (tail LOC_TAIL, value PLACE) of the wanted
+    ids with values of zeros (a restore's): only their locations are loaded, into it,
+    and ``located`` counts them."""
 
     def __init__(self, ids: IdSet) -> None:
         self.packs: list[PackRef] = []
@@ -342,6 +372,7 @@ class Index:
         self.files: list[str] = []  # the live index files read
         self.superseded: list[str] = []  # present, but replaced by another
         self.sizes: dict[str, int] = {}
+        self.located = 0
 
     def _pack(self, ref: PackRef) -> int:
         no = self._pack_no.get(ref.name)
@@ -352,11 +383,18 @@ class Index:
 
     @classmethod
     def load(cls, backend: Backend, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-             want: IdSet | set[bytes] | None = None, ids_only: bool = False) -> Index:
+             fill: IdSet | None = None, ids_only: bool = False,
+             tail: int = 30) -> Index:
+        """``tail``: for an ids_only load, the bytes kept of each id after its first
+        two (30: exact; ID_TAIL for a backup)."""
         names = {o.name: o.size for o in backend.list(INDEX_PREFIX)}
         records = sum(names.values()) // REC.size
-        ids = IdSet(records) if ids_only else IdSet(
-            len(want) if want is not None else records, tail=LOC_TAIL, value=LOC.size)
+        if fill is not None:
+            ids = fill
+        elif ids_only:
+            ids = IdSet(records, tail=tail)
+        else:
+            ids = IdSet(records, tail=LOC_TAIL, value=LOC.size)
         idx = cls(ids)
         heads: list[tuple[str, list[str]]] = []
         for name in sorted(names):
@@ -384,20 +422,30 @@ class Index:
                 continue
             nos = [idx._pack(p) for p in f.packs]
             for cid, pno, off, length, raw, k in f.records():
-                if pno in skipped or (want is not None and cid not in want):
+                if pno in skipped:
                     continue
-                if cid not in ids:  # the first record of an id counts
+                if fill is not None:  # the first record of an id counts
+                    where = fill.vacant(cid)
+                    if where != -1:
+                        fill.put(where, cid, PLACE.pack(nos[pno], k, off, length))
+                        idx.located += 1
+                elif cid not in ids:
                     ids.add_at(cid, 0, LOC.pack(nos[pno], k, off, length, raw))
         return idx
 
     def __contains__(self, cid: bytes) -> bool:
         return cid in self.ids
 
-    def get(self, cid: bytes) -> Location | None:
+    def get(self, cid: bytes, raw: int = -1) -> Location | None:
+        """``raw``: the chunk's raw length, for a ``fill`` load's map, which leaves it
+        out (else -1 in the answer)."""
         v = self.ids.get(cid)
-        if not v:  # absent, or an ids_only load (no locations)
+        if not v or not any(v):  # absent, an ids_only load, or wanted and not found
             return None
-        pno, k, off, length, raw = LOC.unpack(v)
+        if len(v) == PLACE.size:
+            pno, k, off, length = PLACE.unpack(v)
+        else:
+            pno, k, off, length, raw = LOC.unpack(v)
         return Location(self.packs[pno].name, off, length, raw, k)
 
     def pack_of(self, cid: bytes) -> str:

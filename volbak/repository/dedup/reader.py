@@ -10,9 +10,10 @@ against the manifest's size and BLAKE3 at its end; anything missing or wrong is 
 IntegrityError naming the backup.
 
 Memory follows the backup's number of distinct chunks, not its size in Python objects:
-the list is streamed both times, the chunks wanted are an IdSet of 8-byte keys (a false
-match keeps one location too many) and their locations an IdSet map (index.LOC_TAIL),
-about 46 bytes per chunk: ~150 MiB for the ~3.3 million chunks of a 100 GiB backup.
+the list is streamed both times, and the chunks wanted are an IdSet map (index.LOC_TAIL)
+that the index load fills with their locations, about 32 bytes per chunk: ~100 MiB for
+the ~3.3 million chunks of a 100 GiB backup. The raw length of each chunk comes from
+the list (the index's copy is not loaded): a wrong one fails the chunk's check.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ...errors import IntegrityError, NotFoundError, VolbakError
 from ...stream.pump import _tune_malloc
 from ..format import BackupReader
 from .crypto import SealedReader, decode_blob, records, unwrap_key
-from .index import IdSet, Index, Location
+from .index import LOC_TAIL, PLACE, IdSet, Index, Location
 from .packs import read_header
 from .store import DedupStore
 from .writer import LIST_REC
@@ -105,20 +106,17 @@ def read_chunk_list(store: DedupStore, info: BackupInfo, key: bytes
         raise _damaged(info, f"its chunk list {name} does not match the manifest")
 
 
-def _wanted(store: DedupStore, info: BackupInfo, key: bytes) -> IdSet:
-    """The distinct chunk ids of the backup, by their first 8 bytes."""
-    n = int((info.manifest.storage or {}).get("chunks_size") or 0) // LIST_REC.size
-    want = IdSet(n, tail=6)
-    for cid, _ in read_chunk_list(store, info, key):
-        want.add(cid)
-    return want
-
-
 def _locate(store: DedupStore, info: BackupInfo, key: bytes) -> Index:
-    """The index entries of the backup's chunks; an IntegrityError if any is missing."""
-    want = _wanted(store, info, key)
-    index = store.load_index(key, want=want)
-    missing = len(want) - len(index.ids)
+    """The index entries of the backup's chunks; an IntegrityError if any is missing.
+    The map of locations is first the set of wanted ids (values of zeros), so no second
+    set is held beside it. It is sized for the list's records, which bounds the
+    distinct ids: a backup of repeated chunks costs what one of distinct chunks does."""
+    n = int((info.manifest.storage or {}).get("chunks_size") or 0) // LIST_REC.size
+    wanted = IdSet(n, tail=LOC_TAIL, value=PLACE.size)
+    for cid, _ in read_chunk_list(store, info, key):
+        wanted.add(cid)
+    index = store.load_index(key, fill=wanted)
+    missing = len(wanted) - index.located
     if missing > 0:
         raise _damaged(info, f"{missing} of its chunks are in no index file")
     return index
@@ -175,11 +173,9 @@ class DedupReader(BackupReader):
         """Runs of blobs that are adjacent in one pack, in the backup's order."""
         run: list[tuple[bytes, Location]] = []
         for cid, raw in read_chunk_list(self._store, self.info, self._meta_key):
-            loc = self._index.get(cid)
+            loc = self._index.get(cid, raw)
             if loc is None:
                 raise _damaged(self.info, "one of its chunks is in no index file")
-            if loc.raw != raw:
-                raise _damaged(self.info, "its chunk list and the index disagree on a size")
             if run:
                 last = run[-1][1]
                 start = run[0][1].offset

@@ -232,8 +232,9 @@ class DedupStore:
         return {p for plan in self.plans(key) for p in plan["packs"]}
 
     def load_index(self, key: bytes, skip: set[str] = frozenset(),  # type: ignore[assignment]
-                   want: IdSet | set[bytes] | None = None, ids_only: bool = False) -> Index:
-        return Index.load(self.backend, key, skip, want, ids_only)
+                   fill: IdSet | None = None, ids_only: bool = False,
+                   tail: int = 30) -> Index:
+        return Index.load(self.backend, key, skip, fill, ids_only, tail)
 
     def prune_lock(self) -> RepoLock:
         lock = RepoLock(self.backend, "prune", "prune")

@@ -38,7 +38,7 @@ from ...util.signals import deferred
 from ..format import BackupWriter
 from .chunker import Chunker
 from .crypto import SealedWriter, encode_blob
-from .index import write_index
+from .index import ID_TAIL, write_index
 from .packs import PACK_TARGET, KeyBlock, PackInfo, PackWriter
 from .store import DedupStore, RepoLock
 
@@ -101,7 +101,8 @@ class DedupWriter(BackupWriter):
         self._pack_count = 0
         try:
             meta = self._keys.metadata
-            self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True)
+            self._index = store.load_index(meta, skip=store.planned_packs(meta), ids_only=True,
+                                           tail=ID_TAIL)
             self._keyblock, self._content_key = KeyBlock.new(self._keys.recipients)
             # New ids join the compact index (a set would cost ~120 bytes a chunk).
             self._session = self._index.ids
