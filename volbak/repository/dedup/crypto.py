@@ -178,14 +178,14 @@ def decode_blob(blob: bytes | memoryview, chunk_id: bytes, key: bytes, raw_len: 
                 dctx: zstandard.ZstdDecompressor | None = None) -> bytes:
     """The chunk, or None if authentication fails (the caller names what failed)."""
     blob = memoryview(blob)
-    try:
-        body = _aead(key).decrypt(bytes(blob[:NONCE]), bytes(blob[NONCE:]), chunk_id)
+    try:  # views, not copies: a copy of each blob was ~1/5 of the decryption's time
+        body = _aead(key).decrypt(blob[:NONCE], blob[NONCE:], chunk_id)
     except InvalidTag:
         return None  # type: ignore[return-value]
     if body[:1] == b"\x01":
         try:
             return (dctx or zstandard.ZstdDecompressor()).decompress(
-                body[1:], max_output_size=raw_len)
+                memoryview(body)[1:], max_output_size=raw_len)
         except zstandard.ZstdError:
             return None  # type: ignore[return-value]
     return body[1:]
