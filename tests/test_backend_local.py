@@ -177,3 +177,16 @@ def test_a_write_survives_a_delete_emptying_its_directory(tmp_path: Path,
     b.put_bytes("_locks/mine", b"lock")
     assert raced
     assert b.get_bytes("_locks/mine") == b"lock"
+
+    # pathlib's mkdir(exist_ok=True) raises FileExistsError when the directory it found
+    # there is gone by the time it checks (the error CI saw)
+    def mkdir_finds_it_gone(self: Path, *args, **kwargs) -> None:
+        if self.name == "_ids" and len(raced) == 1:
+            raced.append(self)
+            raise FileExistsError(17, "File exists", str(self))
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_finds_it_gone)
+    b.put_bytes("_ids/mine", b"id")
+    assert len(raced) == 2
+    assert b.get_bytes("_ids/mine") == b"id"

@@ -978,6 +978,11 @@ def test_split_read_back_falls_back_to_one_walk(tmp_path: Path, small_segments: 
     direct.tree_digest(root, split_at=b"data/a/nothing", progress=seen.append)
     direct.tree_digest(root, progress=once.append)
     assert sum(seen) == sum(once) > 0 and min(seen) < 0
+    seen.clear()
+    with DirectSource(root) as src:
+        assert src.split_digest(b"data/a/nothing", owners=True, all_xattrs=True,
+                                progress=seen.append) is None
+    assert sum(seen) == 0 and seen
     # a file with two names: its first name may be in the other part
     os.link(root / "z" / "f3", root / "a" / "hard")
     linked = _parsed(root)

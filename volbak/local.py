@@ -63,7 +63,8 @@ class _LocalWriter(ObjectWriter):
                 break
             except (FileNotFoundError, FileExistsError) as e:
                 # A delete of the directory's last object (LocalBackend.delete) removed
-                # the directory between our mkdir and open: make it again.
+                # it between mkdir's own check and its answer (FileExistsError), or
+                # between our mkdir and open (FileNotFoundError): make it again.
                 if attempt == 7:
                     raise _translate(e, display) from None
             except OSError as e:

@@ -304,7 +304,7 @@ class IdSet:
     def vacant(self, cid: bytes) -> int:
         """Where ``cid``'s value goes (for ``put``) if ``cid`` is in the map with a value of
         zeros, the mark of "wanted, not found yet" (no location is zeros: a blob starts
-        past its pack's header); else -1."""
+        past its pack's header); else -1. (-2: the id sits in the overflow set.)"""
         i = self._find(cid) if len(cid) == 32 else -1
         if i >= 0:
             i += self._t
