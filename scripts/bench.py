@@ -92,7 +92,10 @@ def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
         nbytes = res.tar_bytes
     seconds = time.monotonic() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "bytes": nbytes, "rss_mib": rss}))
+    # a forked helper's own peak (the direct restore's writer, the read-back's half)
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "bytes": nbytes, "rss_mib": rss,
+                      "child_rss_mib": child}))
 
 
 def measure(kind: str, host: str, volume: str, repo: str, arg: str = "") -> dict:
@@ -253,8 +256,8 @@ def main() -> int:
         if moto:
             moto.terminate()
 
-    print(f"{'case':<12} {'op':<11} {'MB/s':>8} {'ratio':>7} {'peak RSS MiB':>13}"
-          "   (ratio: docker cp's time / volbak's)")
+    print(f"{'case':<12} {'op':<11} {'MB/s':>8} {'ratio':>7} {'peak RSS MiB':>13} {'child':>6}"
+          "   (ratio: docker cp's time / volbak's; child: a forked helper's peak RSS)")
     for case, best in results.items():
         for op, base in (("backup", "cp-out"), ("backup-age", "cp-out"), ("cp-out", None),
                          ("restore", "cp-in"), ("cp-in", None)):
@@ -263,7 +266,8 @@ def main() -> int:
             # bytes (PAX records with nanosecond mtimes) than docker's, so a ratio of MB/s
             # would flatter it (by 1.36x on 50,000 small files).
             ratio = f"{best[base]['seconds'] / v['seconds']:.2f}x" if base else "-"
-            print(f"{case:<12} {op:<11} {v['mb_s']:8.0f} {ratio:>7} {v['rss_mib']:13.0f}")
+            print(f"{case:<12} {op:<11} {v['mb_s']:8.0f} {ratio:>7} {v['rss_mib']:13.0f} "
+                  f"{v.get('child_rss_mib', 0):6.0f}")
         if "backup-s3" in best:
             v, base = best["backup-s3"], best["upload-s3"]
             print(f"{case:<12} {'backup-s3':<11} {v['mb_s']:8.0f} "

@@ -334,6 +334,47 @@ def test_direct_keeps_xattrs_acls_and_holes(resources, docker_client, run):
     _same(docker_client, src, target)
 
 
+def test_direct_restore_in_two_processes_keeps_every_byte_and_bit(resources, docker_client, run,
+                                                                 monkeypatch):
+    """A direct restore of many small files writes them in a forked child (issue 14): the
+    fidelity tree still comes back whole, and the read-back checks it."""
+    from volbak.ops import restore as restore_op
+    from volbak.volumes import direct
+
+    monkeypatch.setattr(restore_op, "FORK_ENTRIES", 10)  # the tree is ~100 entries
+    monkeypatch.setattr(restore_op, "FORK_AVERAGE", 2**30)  # and holds a 48 MiB sparse file
+    forked = []
+    real = direct._Child.__init__
+
+    def counted(self, target):
+        forked.append(target.path)
+        real(self, target)
+
+    monkeypatch.setattr(direct._Child, "__init__", counted)
+    src = resources.volume().name
+    populate(volume_path(docker_client, src), big=3 * 2**20)
+    run("backup", src, "--source", "direct")
+    target = _new_target(resources)
+    out, _ = run("restore", src, "--to-volume", target, "--source", "direct", "--json")
+    assert json.loads(out)["verified"] == "read-back"
+    assert forked == [os.fsencode(volume_path(docker_client, target))]
+    _same(docker_client, src, target)
+
+
+def test_many_small_files_choose_two_processes() -> None:
+    from volbak.ops.restore import FORK_AVERAGE, FORK_ENTRIES, _many_small_files
+    from volbak.repository.manifest import Manifest
+
+    def manifest(entries, file_bytes):
+        return Manifest(volume={}, created="", tar={"entries": entries, "file_bytes": file_bytes})
+
+    assert _many_small_files(manifest(50_000, 192 * 2**20))
+    assert not _many_small_files(manifest(FORK_ENTRIES - 1, 1))
+    assert not _many_small_files(manifest(2, 2**30))  # a big file: the pipe costs more
+    assert not _many_small_files(manifest(10_000, 10_000 * FORK_AVERAGE))
+    assert not _many_small_files(manifest(None, None))  # an old manifest: one process
+
+
 # -- signals ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("source", ["api", "direct"])
@@ -362,6 +403,42 @@ def test_signal_mid_backup_cleans_up(sig, code, source, resources, docker_client
     assert proc.returncode == code, err
     assert "Traceback" not in err
     assert [f for _, _, files in os.walk(repo) for f in files] == []
+
+
+def _children(pid: int) -> list[int]:
+    with contextlib.suppress(OSError):
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    return []
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_forked_restore_cleans_up(sig, code, resources, docker_client, docker_host,
+                                             repo, run):
+    """A signal while a forked child writes the files of a direct restore: the child is
+    stopped before the new volume is removed, and nothing is left (issue 14)."""
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    for d in range(20):
+        (root / f"d{d}").mkdir()
+        for i in range(1000):
+            (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
+    run("backup", src, "--source", "direct", "--compress", "gzip")
+    target = resources.track_volume(resources.name("volbak-restored"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volbak", "restore", src, "--to-volume", target, "-H", docker_host,
+         "--repo", str(repo), "--source", "direct"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600  # only a hung run ends here
+    while not (children := _children(proc.pid)):  # the writer, forked as extraction begins
+        assert proc.poll() is None, f"the restore ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the restore hung"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert target not in {v.name for v in docker_client.volumes.list()}
+    for child in children:
+        assert not Path(f"/proc/{child}").exists(), f"the writer {child} outlived the restore"
 
 
 def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client, docker_host,

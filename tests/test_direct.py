@@ -14,10 +14,12 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -191,6 +193,12 @@ def read_all(source: DirectSource, n: int = 2**20) -> Iterator[bytes]:
             yield chunk
 
 
+@pytest.fixture(params=[False, True], ids=["one-process", "forked"])
+def fork(request) -> bool:
+    """Extraction in one process, or with the entries written by a forked child."""
+    return request.param
+
+
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
     if not ROOT:
@@ -204,11 +212,11 @@ def tree(tmp_path: Path) -> Path:
 
 
 @needs_root
-def test_round_trip_keeps_everything(tree: Path, tmp_path: Path) -> None:
+def test_round_trip_keeps_everything(tree: Path, tmp_path: Path, fork: bool) -> None:
     dst = tmp_path / "dst"
     dst.mkdir()
     source = DirectSource(tree)
-    report = DirectTarget(dst).extract(read_all(source, 100_000))
+    report = DirectTarget(dst, fork=fork).extract(read_all(source, 100_000))
     assert report.warnings == []
     assert source.report.skipped == 1
     assert any("sock" in w and "socket" in w for w in source.report.warnings)
@@ -550,7 +558,7 @@ def _hostile(out: Path) -> dict[str, list]:
 
 
 @pytest.mark.parametrize("case", sorted(_hostile(Path("/x"))))
-def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
+def test_hostile_archive_is_refused(case: str, tmp_path: Path, fork: bool) -> None:
     out = tmp_path / "outside"
     out.mkdir()
     (out / "secret").write_bytes(b"secret\n")
@@ -559,7 +567,8 @@ def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
     before = sorted(p for p in tmp_path.rglob("*") if target not in (p, *p.parents))
     data = _tar(*_hostile(out)[case])
     with pytest.raises(IntegrityError, match="refusing the archive") as err:
-        direct.extract(target, [data[i:i + 700] for i in range(0, len(data), 700)])
+        direct.extract(target, [data[i:i + 700] for i in range(0, len(data), 700)],
+                       fork=fork)
     assert str(err.value).startswith("refusing the archive: entry ")
     after = sorted(p for p in tmp_path.rglob("*") if target not in (p, *p.parents))
     assert after == before
@@ -567,24 +576,25 @@ def test_hostile_archive_is_refused(case: str, tmp_path: Path) -> None:
     assert list(out.iterdir()) == [out / "secret"]
 
 
-def test_hostile_refusal_names_the_entry(tmp_path: Path) -> None:
+def test_hostile_refusal_names_the_entry(tmp_path: Path, fork: bool) -> None:
     data = _tar(_dir("data"), _link("data/link", "/tmp"), _file("data/link/evil"))
-    with pytest.raises(IntegrityError, match=r"data/link/evil.*symlink"):
-        direct.extract(tmp_path, [data])
+    with pytest.raises(IntegrityError, match=r"data/link/evil.*symlink") as err:
+        direct.extract(tmp_path, [data], fork=fork)
+    assert err.value.hint
 
 
-def test_replacing_a_symlink_with_a_file_writes_inside(tmp_path: Path) -> None:
+def test_replacing_a_symlink_with_a_file_writes_inside(tmp_path: Path, fork: bool) -> None:
     out = tmp_path / "outside"
     out.mkdir()
     target = tmp_path / "t"
     target.mkdir()
     data = _tar(_dir("data"), _link("data/x", os.fspath(out / "f")), _file("data/x", b"in"))
-    direct.extract(target, [data])
+    direct.extract(target, [data], fork=fork)
     assert (target / "x").read_bytes() == b"in" and not (target / "x").is_symlink()
     assert list(out.iterdir()) == []
 
 
-def test_gnu_long_names_are_checked_too(tmp_path: Path) -> None:
+def test_gnu_long_names_are_checked_too(tmp_path: Path, fork: bool) -> None:
     out = tmp_path / "outside"
     out.mkdir()
     target = tmp_path / "t"
@@ -592,19 +602,118 @@ def test_gnu_long_names_are_checked_too(tmp_path: Path) -> None:
     name = "data/" + "a/" * 60 + "../" * 62 + "outside/x"
     data = _tar(_dir("data"), _file(name), fmt=tarfile.GNU_FORMAT)
     with pytest.raises(IntegrityError, match=r"'\.\.'"):
-        direct.extract(target, [data])
+        direct.extract(target, [data], fork=fork)
     assert list(out.iterdir()) == []
 
 
-def test_truncated_and_corrupt_archives(tmp_path: Path) -> None:
+def test_truncated_and_corrupt_archives(tmp_path: Path, fork: bool) -> None:
     data = _tar(_dir("data"), _file("data/f", b"x" * 5000))
     with pytest.raises(IntegrityError, match="ended early"):
-        direct.extract(tmp_path / ".", [data[:3000]])
+        direct.extract(tmp_path / ".", [data[:3000]], fork=fork)
     bad = bytearray(data)
     bad[600] ^= 0xFF  # inside the second header
     (tmp_path / "2").mkdir()
     with pytest.raises(IntegrityError, match="checksum"):
-        direct.extract(tmp_path / "2", [bytes(bad)])
+        direct.extract(tmp_path / "2", [bytes(bad)], fork=fork)
+    _no_child_left()
+
+
+# ------------------------------------------------------------------ the forked writer
+
+
+def _many_files(root: Path) -> None:
+    """More entries than one batch holds (4,096), files bigger than one batch's data
+    (1 MiB), empty files and hard links: every way a batch can end."""
+    for d in range(5):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(1000):
+            (root / f"d{d}/f{i:04d}").write_bytes(os.urandom(i % 3 * 700))
+    (root / "big").write_bytes(os.urandom(2_500_000))
+    (root / "exact").write_bytes(os.urandom(1 << 20))
+    os.link(root / "big", root / "d0/big-too")
+    os.chmod(root / "d1", 0o750)
+    os.utime(root / "d2", ns=(1, 1_500_000_000_000_000_001))
+
+
+@pytest.mark.parametrize("step", [65536, 1_048_577])
+def test_forked_extraction_is_the_one_process_extraction(tmp_path: Path, step: int) -> None:
+    src = tmp_path / "src"
+    _many_files(src)
+    data = b"".join(read_all(DirectSource(src)))
+    reports = {}
+    for fork in (False, True):
+        dst = tmp_path / f"dst-{fork}"
+        dst.mkdir()
+        reports[fork] = DirectTarget(dst, fork=fork).extract(
+            data[i:i + step] for i in range(0, len(data), step))
+    one, two = listing(tmp_path / "dst-False"), listing(tmp_path / "dst-True")
+    assert one == two, diff(one, two)
+    assert listing(src) == one, diff(listing(src), one)
+    assert reports[True] == reports[False]
+    assert reports[True].entries == 1 + 5 + 5000 + 3 and reports[True].warnings == []
+    _no_child_left()
+
+
+def test_forked_extraction_reports_the_childs_warnings(tmp_path: Path, monkeypatch) -> None:
+    """Warnings happen where the files are written, in the child: they reach the
+    caller's report."""
+    def refused(*args):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "fchown", refused)
+    data = _tar(_dir("data"), _file("data/a"), _file("data/b"))
+    reports = []
+    for fork in (False, True):
+        (tmp_path / str(fork)).mkdir()
+        reports.append(direct.extract(tmp_path / str(fork), [data], fork=fork))
+    assert reports[0] == reports[1]
+    assert reports[1].warning_count == 3  # the root and both files
+    assert "owner 0:0 not set" in reports[1].warnings[-1]
+
+
+def test_forked_extraction_child_killed_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    real = DirectTarget._dispatch
+
+    def killed(self, entry, payload):
+        if entry.name.endswith(b"f3"):
+            os.kill(os.getpid(), signal.SIGKILL)  # in the child
+        return real(self, entry, payload)
+
+    monkeypatch.setattr(DirectTarget, "_dispatch", killed)
+    data = _tar(_dir("data"), *(_file(f"data/f{i}", os.urandom(5000)) for i in range(500)))
+    with pytest.raises(VolbakError, match="extracting process ended unexpectedly") as err:
+        direct.extract(tmp_path, [data[i:i + 4096] for i in range(0, len(data), 4096)],
+                       fork=True)
+    assert err.value.hint
+    assert sorted(os.listdir(tmp_path)) == ["f0", "f1", "f2"]
+    _no_child_left()
+
+
+def test_forked_extraction_bug_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
+    def broken(self, entry, payload):
+        raise ValueError("a bug in the child")
+
+    monkeypatch.setattr(DirectTarget, "_dispatch", broken)
+    with pytest.raises(RuntimeError, match=r"(?s)Traceback.*a bug in the child"):
+        direct.extract(tmp_path, [_tar(_dir("data"))], fork=True)
+    _no_child_left()
+
+
+def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:
+    data = _tar(_dir("data"), *(_file(f"data/f{i}", os.urandom(3000)) for i in range(2000)))
+
+    def interrupted():
+        yield data[:len(data) // 2]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        direct.extract(tmp_path, interrupted(), fork=True)
+    _no_child_left()
+    written = len(os.listdir(tmp_path))
+    assert 0 < written < 2000
+    time.sleep(0.2)
+    assert len(os.listdir(tmp_path)) == written  # nothing more after the caller is back
 
 
 def test_archive_api_style_stream_extracts(tmp_path: Path) -> None:
@@ -769,7 +878,8 @@ def test_direct_target_into_a_new_volume(resources, busybox_image: str, tmp_path
 
 
 @pytest.mark.parametrize("step", [1, 7, 511, 513])
-def test_sparse_and_pax_entries_survive_any_chunking(tmp_path: Path, step: int) -> None:
+def test_sparse_and_pax_entries_survive_any_chunking(tmp_path: Path, step: int,
+                                                      fork: bool) -> None:
     """The target reads through TarParser: a sparse map, PAX records and data split at
     any byte still extract to the same files (holes as holes)."""
     src = tmp_path / "src"
@@ -784,7 +894,7 @@ def test_sparse_and_pax_entries_survive_any_chunking(tmp_path: Path, step: int) 
     assert b"GNU.sparse.major" in data
     dst = tmp_path / "dst"
     dst.mkdir()
-    DirectTarget(dst).extract(data[i:i + step] for i in range(0, len(data), step))
+    DirectTarget(dst, fork=fork).extract(data[i:i + step] for i in range(0, len(data), step))
     holey = dst / "holey"
     assert holey.read_bytes() == (src / "holey").read_bytes()
     assert holey.stat().st_blocks * 512 < 1 << 20
@@ -794,14 +904,14 @@ def test_sparse_and_pax_entries_survive_any_chunking(tmp_path: Path, step: int) 
 
 @pytest.mark.parametrize("sparse_map", [b"1\n0\n99999999\n", b"2\n0\n3\n", b"-1\n",
                                         b"x\n", b"1\n-5\n1\n"])
-def test_bad_sparse_maps_are_refused(tmp_path: Path, sparse_map: bytes) -> None:
+def test_bad_sparse_maps_are_refused(tmp_path: Path, sparse_map: bytes, fork: bool) -> None:
     body = sparse_map + b"\0" * (-len(sparse_map) % 512) + b"abc"
     info = tarfile.TarInfo("data/s")
     info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
                         "GNU.sparse.name": "data/s", "GNU.sparse.realsize": "10"}
     data = _tar(_dir("data"), (info, body))
     with pytest.raises(IntegrityError, match="sparse"):
-        direct.extract(tmp_path, [data])
+        direct.extract(tmp_path, [data], fork=fork)
 
 
 def test_old_gnu_sparse_formats_are_refused(tmp_path: Path) -> None:
@@ -811,11 +921,11 @@ def test_old_gnu_sparse_formats_are_refused(tmp_path: Path) -> None:
         direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))])
 
 
-def test_sparse_0_1_map_in_pax_extracts(tmp_path: Path) -> None:
+def test_sparse_0_1_map_in_pax_extracts(tmp_path: Path, fork: bool) -> None:
     info = tarfile.TarInfo("data/s")
     info.pax_headers = {"GNU.sparse.map": "4,3", "GNU.sparse.size": "10",
                         "GNU.sparse.name": "data/s"}
-    direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))])
+    direct.extract(tmp_path, [_tar(_dir("data"), (info, b"abc"))], fork=fork)
     assert (tmp_path / "s").read_bytes() == b"\0\0\0\0abc\0\0\0"
 
 

@@ -36,6 +36,7 @@ from ..engine import (
 )
 from ..errors import IntegrityError, TargetExistsError
 from ..repository import BackupInfo, BackupReader, Repository
+from ..repository.manifest import Manifest
 from ..stream.pipeline import checked_chunks
 from ..stream.tar import TarParser
 from ..util.progress import Progress
@@ -46,6 +47,10 @@ from .recovery import fill_staging, replace_from_staging
 from .stopper import stopped
 
 RESTORED_LABEL = "volbak.restored-from"
+# A direct restore writes in a second process from this many entries on, where a file
+# holds less than this on average (see _many_small_files).
+FORK_ENTRIES = 1000
+FORK_AVERAGE = 256 * 1024
 
 
 @dataclasses.dataclass
@@ -78,6 +83,14 @@ class RestoreResult:
         return dataclasses.asdict(self)
 
 
+def _many_small_files(m: Manifest) -> bool:
+    """Whether a direct restore of the backup ``m`` should write in a second process:
+    for many small files it halves the time (the parse and the writes are both mostly
+    Python); big files would only pay for two more copies of their data."""
+    entries, data = m.tar.get("entries") or 0, m.tar.get("file_bytes") or 0
+    return entries >= FORK_ENTRIES and data < entries * FORK_AVERAGE
+
+
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
           opts: RestoreOptions) -> TarParser:
     """Stream the backup into ``volume``, then read it back the same way and compare."""
@@ -97,7 +110,7 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
                    checked_chunks(reader.read, None if direct else parser.feed,
                                   None if direct else parser.check_complete,
                                   progress=bar.update), kind, opts.helper_image,
-                   parser if direct else None)
+                   parser if direct else None, fork=direct and _many_small_files(m))
         if direct:
             parser.check_complete()
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:

@@ -74,14 +74,15 @@ def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
 
 def write_tree(engine: Engine, volume: str, info: dict[str, Any], root: str,
                chunks: Iterator[bytes], kind: str, image: str | None = None,
-               parser: TarParser | None = None) -> None:
+               parser: TarParser | None = None, fork: bool = False) -> None:
     """Write a tar stream named "<root>/..." into the (new, empty) ``volume`` (``info``:
     its inspect), the way ``choose(..., write=True)`` decided. ``parser`` (direct only):
-    extract with it, so that it sees, counts and digests the whole stream."""
+    extract with it, so that it sees, counts and digests the whole stream; ``fork``
+    (direct only): write the entries in a second process (see DirectTarget)."""
     if kind == "direct":
         from .direct import DirectTarget
 
-        DirectTarget(info["Mountpoint"], root, parser).extract(chunks)
+        DirectTarget(info["Mountpoint"], root, parser, fork=fork).extract(chunks)
         return
     assert parser is None, "only the direct target parses the stream itself"
     with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)], image) as cid:

@@ -50,10 +50,13 @@ import base64
 import bisect
 import contextlib
 import errno
+import fcntl
 import os
+import pickle
 import signal
 import stat
 import struct
+import traceback
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -1017,9 +1020,11 @@ class DirectTarget:
     DIR_CACHE = 64
 
     def __init__(self, path: str | bytes, root: str = "data",
-                 parser: TarParser | None = None) -> None:
+                 parser: TarParser | None = None, *, fork: bool = False) -> None:
         """``parser``: a TarParser (e.g. in digest mode) to extract with, so that a
-        caller who needs the stream's digest does not parse it a second time."""
+        caller who needs the stream's digest does not parse it a second time. ``fork``:
+        apply the entries in a forked child while this process parses (``_Child``);
+        worth it for many small files, not for big ones."""
         self.path = os.fsencode(path)
         self.root = os.fsencode(root).strip(b"/")
         self.report = Report()
@@ -1039,6 +1044,9 @@ class DirectTarget:
         self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
         self._cache: dict[tuple[bytes, ...], int] = {}
         self._closed = False
+        self._child: _Child | None = None  # (None in the child itself)
+        if fork and (os.cpu_count() or 1) > 1:
+            self._child = _Child(self)
 
     # -- feeding
 
@@ -1065,15 +1073,23 @@ class DirectTarget:
                 hint="the stored backup is damaged; restore an older backup",
             )
         try:
-            self._apply_dirs()
+            if self._child is None:
+                self._apply_dirs()
+            else:
+                entries = self.report.entries  # counted here, the rest there
+                self.report = self._child.finish()
+                self.report.entries = entries
         finally:
             self.abort()
 
     def abort(self) -> None:
-        """Stop, closing every handle; what was extracted so far stays."""
+        """Stop, closing every handle; what was extracted so far stays. A child
+        applying the entries is stopped (and waited for) first."""
         if self._closed:
             return
         self._closed = True
+        if self._child is not None:
+            self._child.stop()
         if self._sink is not None:
             with contextlib.suppress(OSError):
                 os.close(self._sink.fd)
@@ -1108,14 +1124,59 @@ class DirectTarget:
                 raise IntegrityError("the archive uses GNU sparse format 0.0, which volbak "
                                      "does not read", hint="extract this archive with GNU tar")
             xattrs, acl_access, acl_default = _xattrs(pax.items())
-        entry = _Entry(  # in field order: keywords took 3x as long (0.9 against 0.3 us)
+        fields = (  # _Entry's, in order: keywords took 3x as long (0.9 against 0.3 us)
             e.path, e.kind, e.mode, e.uid, e.gid, e.size, e.mtime_ns,
             parse_time_ns(pax[b"atime"]) if b"atime" in pax else e.mtime_ns,
             e.linkpath, e.device[0], e.device[1], xattrs, acl_access, acl_default,
             e.sparse, e.realsize,
         )
         self.report.entries += 1
-        return self._dispatch(entry, e.payload)
+        if self._child is not None:
+            return self._child.entry(fields, e.payload)
+        return self._dispatch(_Entry(*fields), e.payload)
+
+    def _serve(self, ops: int, answer: int) -> int:
+        """The forked child's side of ``_Child``: apply the entries and write their data
+        as ``_on_entry`` and the parser would have, then the directories' attributes;
+        answer with the report, or with what stopped it."""
+        try:
+            with open(ops, "rb", buffering=_Child.BATCH) as f:
+                left = 0  # data of the current file still to come
+                for entries, data in _Child.receive(f):
+                    pos = 0
+                    for fields, payload in [((), 0), *entries] if left else entries:
+                        if fields:
+                            if self._dispatch(_Entry(*fields), payload) is None:
+                                continue
+                            left = payload
+                        take = min(left, len(data) - pos)
+                        if take:
+                            self._sink.write(data[pos:pos + take])  # type: ignore[union-attr]
+                            pos += take
+                            left -= take
+                        if not left:
+                            self._sink.close()  # type: ignore[union-attr]
+            self._apply_dirs()
+            result: tuple[str, Any] = ("ok", self.report)
+        except EOFError:  # the parent is gone, or stopped feeding: no one to answer
+            return 1
+        except VolbakError as e:
+            result = ("error", e)
+        except BaseException:  # a bug: its traceback goes to the parent's error
+            result = ("bug", traceback.format_exc())
+        finally:
+            self.abort()
+        try:
+            data = pickle.dumps(result)
+        except Exception:  # an error with an attribute pickle cannot take
+            data = pickle.dumps(("error", VolbakError(str(result[1]),
+                                                      hint=getattr(result[1], "hint", None))))
+        # The parent reads this only after its next write fails or the stream ends:
+        # the batches' pipe closes first (abort closed its file), so it cannot wait on us.
+        view = memoryview(data)
+        while view:
+            view = view[os.write(answer, view):]
+        return 0
 
     def _dispatch(self, entry: _Entry, payload: int) -> _FileSink | None:
         """Extract one entry; a regular file returns the sink for its data."""
@@ -1421,9 +1482,142 @@ class DirectTarget:
         )
 
 
-def extract(path: str | bytes, chunks: Iterable[bytes], root: str = "data") -> Report:
+class _Child:
+    """A DirectTarget's entries applied in a forked child while this process parses
+    (and digests) the stream. On 50,000 small files (tmpfs, ``scripts/bench``) the
+    extraction took 1.8-2.1 s this way against 2.3-2.7 s in one process: the parse and
+    the writes are both mostly Python, which threads would run one at a time under the
+    GIL. The child gets the entries in order and extracts exactly what one process
+    would; big files pay for it with two more copies of their data, so the caller
+    chooses (``ops.restore``).
+
+    For the parser it is the sink of every regular file. A batch is a length-prefixed
+    pickle of the entries' fields and payload sizes, followed by the data: a file's data
+    follows its entry, and a batch ends early only inside a file's data."""
+
+    BATCH = 1 << 20  # data bytes per batch: what is in flight stays small
+    HEAD = struct.Struct(">II")  # the entries' pickle, then the data: their lengths
+
+    def __init__(self, target: DirectTarget) -> None:
+        self._entries: list[tuple[tuple[Any, ...], int]] = []
+        self._data = bytearray()
+        ops_r, self._ops = os.pipe()
+        # A batch in the pipe while the child works on the one before: both keep going.
+        for size in (2 * self.BATCH, self.BATCH):  # more than pipe-max-size needs root
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(self._ops, fcntl.F_SETPIPE_SZ, size)
+                break
+        self._answer, answer_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child; it must never return into the caller's code
+            code = 1
+            try:
+                os.close(self._ops)
+                os.close(self._answer)
+                for sig in (signal.SIGINT, signal.SIGTERM):  # die with the group, no cleanup
+                    signal.signal(sig, signal.SIG_DFL)
+                code = target._serve(ops_r, answer_w)
+            finally:
+                os._exit(code)
+        os.close(ops_r)
+        os.close(answer_w)
+        self._pid = pid
+
+    def entry(self, fields: tuple[Any, ...], payload: int) -> _Child | None:
+        self._entries.append((fields, payload))
+        if len(self._entries) >= 4096:
+            self._flush()
+        return self if fields[1] == tarfmt.REGULAR else None
+
+    def write(self, view: memoryview) -> None:
+        self._data += view
+        if len(self._data) >= self.BATCH:
+            self._flush()
+
+    def close(self) -> None:
+        pass  # the child closes a file once its payload is written
+
+    def _send(self, *parts: bytes | bytearray) -> None:
+        try:
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(self._ops, view):]
+        except BrokenPipeError:  # the child stopped: its answer says why
+            raise self._error(*self._result()) from None
+
+    def _flush(self) -> None:
+        entries = pickle.dumps(self._entries, pickle.HIGHEST_PROTOCOL)
+        self._send(self.HEAD.pack(len(entries), len(self._data)), entries, self._data)
+        self._entries.clear()
+        self._data.clear()
+
+    @staticmethod
+    def receive(f: Any) -> Iterator[tuple[list[tuple[tuple[Any, ...], int]], memoryview]]:
+        """The child's side: each batch's entries and data, until the end (a batch
+        without entries or data)."""
+        while True:
+            head = f.read(_Child.HEAD.size)
+            if len(head) < _Child.HEAD.size:
+                raise EOFError
+            n, size = _Child.HEAD.unpack(head)
+            if not n and not size:
+                return
+            entries, data = f.read(n), f.read(size)
+            if len(entries) < n or len(data) < size:
+                raise EOFError
+            yield pickle.loads(entries), memoryview(data)
+
+    def _result(self) -> tuple[str, Any]:
+        os.close(self._ops)
+        self._ops = -1
+        with open(self._answer, "rb") as f:
+            self._answer = -1
+            data = f.read()
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = 0
+        try:
+            return pickle.loads(data) if data else ("died", status)
+        except Exception:
+            return ("died", status)
+
+    @staticmethod
+    def _error(kind: str, what: Any) -> BaseException:
+        if kind == "error":
+            return what
+        if kind == "bug":
+            return RuntimeError(f"the extracting process failed:\n{what}")
+        return VolbakError(f"the extracting process ended unexpectedly (wait status {what})",
+                           hint="see the system log (killed for lack of memory?)")
+
+    def finish(self) -> Report:
+        """The last batch and the end marker; then the child's report, or its error."""
+        self._flush()
+        self._send(self.HEAD.pack(0, 0))
+        kind, what = self._result()
+        if kind != "ok":
+            raise self._error(kind, what)
+        return what
+
+    def stop(self) -> None:
+        """Kill the child (if it still runs) and wait for it: after this nothing more is
+        written to the target."""
+        if self._pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGKILL)
+            os.waitpid(self._pid, 0)
+            self._pid = 0
+        for fd in (self._ops, self._answer):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._ops = self._answer = -1
+
+
+def extract(path: str | bytes, chunks: Iterable[bytes], root: str = "data", *,
+            fork: bool = False) -> Report:
     """Extract the tar stream ``chunks`` into ``path``; see DirectTarget."""
-    return DirectTarget(path, root).extract(chunks)
+    return DirectTarget(path, root, fork=fork).extract(chunks)
 
 
 # ------------------------------------------------------------------ entry helpers
