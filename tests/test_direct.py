@@ -716,6 +716,86 @@ def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:
     assert len(os.listdir(tmp_path)) == written  # nothing more after the caller is back
 
 
+# ------------------------------------------------------------------ read behind the writes
+
+
+def _big_files(root: Path) -> None:
+    root.mkdir()
+    (root / "big").write_bytes(os.urandom(3 * 2**20 + 5))
+    (root / "exact").write_bytes(os.urandom(2**20))  # the smallest read behind
+    (root / "below").write_bytes(os.urandom(2**20 - 1))
+    with open(root / "holes", "wb") as f:  # sparse: read back after, as before
+        f.seek(4 * 2**20)
+        f.write(b"end")
+    (root / "small").write_bytes(b"x")
+
+
+def _extract_reading_behind(src: Path, dst: Path) -> tuple[TarParser, direct.Rereads]:
+    dst.mkdir()
+    parser = TarParser(digest=True, root="data")
+    rereads = direct.Rereads()
+    DirectTarget(dst, parser=parser, rereads=rereads).extract(read_all(DirectSource(src)))
+    return parser, rereads
+
+
+def test_read_behind_gives_the_read_backs_digest(tmp_path: Path, monkeypatch) -> None:
+    _big_files(tmp_path / "src")
+    parser, rereads = _extract_reading_behind(tmp_path / "src", tmp_path / "dst")
+    assert sorted(os.stat(tmp_path / "dst" / n).st_ino for n in ("big", "exact")) == \
+        sorted(ino for _, ino in rereads.files)
+    taken = []
+    real = direct.Rereads.get
+    monkeypatch.setattr(direct.Rereads, "get",
+                        lambda self, st: taken.append(real(self, st)) or taken[-1])
+    shown = []
+    got = direct.tree_digest(tmp_path / "dst", rereads=rereads, progress=shown.append)
+    assert len([t for t in taken if t is not None]) == 2  # neither file read again
+    assert (got.hexdigest(), got.entries, got.file_bytes) == \
+        (parser.hexdigest(), parser.entries, parser.file_bytes)
+    read = []
+    direct.tree_digest(tmp_path / "dst", progress=read.append)
+    assert sum(shown) == sum(read)  # the bar still counts the files not read again
+
+
+@pytest.mark.parametrize("change", ["content", "hardlink"])
+def test_read_behind_of_a_file_changed_since_is_not_taken(tmp_path: Path, change: str) -> None:
+    """Same size, same mtime, but changed after it was read: its ctime says so, and the
+    read-back reads it again (and finds the change)."""
+    _big_files(tmp_path / "src")
+    parser, rereads = _extract_reading_behind(tmp_path / "src", tmp_path / "dst")
+    big = tmp_path / "dst" / "big"
+    st = big.stat()
+    if change == "content":
+        with open(big, "r+b") as f:
+            f.seek(2**20)
+            f.write(b"changed")
+        os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))
+    else:
+        os.link(big, tmp_path / "elsewhere")
+        os.unlink(tmp_path / "elsewhere")
+    assert rereads.get(big.stat()) is None
+    got = direct.tree_digest(tmp_path / "dst", rereads=rereads)
+    assert (got.hexdigest() == parser.hexdigest()) == (change == "hardlink")
+
+
+def test_read_behind_stops_with_the_extraction(tmp_path: Path) -> None:
+    import threading
+
+    _big_files(tmp_path / "src")
+    data = b"".join(read_all(DirectSource(tmp_path / "src")))
+
+    def interrupted():
+        yield data[:2 * 2**20]  # inside "big"
+        raise KeyboardInterrupt
+
+    (tmp_path / "dst").mkdir()
+    rereads = direct.Rereads()
+    with pytest.raises(KeyboardInterrupt):
+        DirectTarget(tmp_path / "dst", rereads=rereads).extract(interrupted())
+    assert not [t for t in threading.enumerate() if t.name.startswith("volbak-reread")]
+    assert rereads.files == {}
+
+
 def test_archive_api_style_stream_extracts(tmp_path: Path) -> None:
     """What dockerd's GET archive sends (ustar/PAX from Go, names with uname/gname,
     second mtimes, a hardlink after its file) extracts through the target."""

@@ -106,16 +106,16 @@ def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
     # passes are Python under one GIL.) The archive API gets the stream as it is.
     direct = kind == "direct"
     with Progress(f"restore {info.volume}", m.tar.get("size"), opts.progress) as bar:
-        write_tree(engine, volume, vol, root,
-                   checked_chunks(reader.read, None if direct else parser.feed,
-                                  None if direct else parser.check_complete,
-                                  progress=bar.update), kind, opts.helper_image,
-                   parser if direct else None, fork=direct and _many_small_files(m))
+        chunks = checked_chunks(reader.read, None if direct else parser.feed,
+                                None if direct else parser.check_complete, progress=bar.update)
+        written = write_tree(engine, volume, vol, root, chunks, kind, opts.helper_image,
+                             parser if direct else None, fork=direct and _many_small_files(m))
         if direct:
             parser.check_complete()
     with Progress(f"verify {volume}", parser.tar_bytes, opts.progress) as bar:
         got = read_back(engine, volume, vol, root, kind, owners=owners, all_xattrs=kind == "direct",
-                        image=opts.helper_image, progress=bar.update, sent=parser)
+                        image=opts.helper_image, progress=bar.update, sent=parser,
+                        written=written)
     if got.hexdigest() != parser.hexdigest() or got.entries != parser.entries:
         raise IntegrityError(
             f"verification failed: volume '{volume}' on {engine.url} does not hold what was "

@@ -74,19 +74,24 @@ def open_source(engine: Engine, volume: str, inspect: dict[str, Any], root: str,
 
 def write_tree(engine: Engine, volume: str, info: dict[str, Any], root: str,
                chunks: Iterator[bytes], kind: str, image: str | None = None,
-               parser: TarParser | None = None, fork: bool = False) -> None:
+               parser: TarParser | None = None, fork: bool = False) -> Any:
     """Write a tar stream named "<root>/..." into the (new, empty) ``volume`` (``info``:
     its inspect), the way ``choose(..., write=True)`` decided. ``parser`` (direct only):
     extract with it, so that it sees, counts and digests the whole stream; ``fork``
-    (direct only): write the entries in a second process (see DirectTarget)."""
+    (direct only): write the entries in a second process (see DirectTarget). Returns
+    what ``read_back`` may take as ``written``: the direct path's big files read back
+    while they were written (direct.Rereads), or None."""
     if kind == "direct":
-        from .direct import DirectTarget
+        from .direct import DirectTarget, Rereads
 
-        DirectTarget(info["Mountpoint"], root, parser, fork=fork).extract(chunks)
-        return
+        rereads = None if fork else Rereads()
+        DirectTarget(info["Mountpoint"], root, parser, fork=fork, rereads=rereads
+                     ).extract(chunks)
+        return rereads
     assert parser is None, "only the direct target parses the stream itself"
     with helper(engine, [VolumeMount(volume, "/" + root, read_only=False)], image) as cid:
         put_volume_tar(engine, cid, root, chunks)
+    return None
 
 
 def owners_comparable(engine: Engine, kind: str) -> bool:
@@ -97,10 +102,11 @@ def owners_comparable(engine: Engine, kind: str) -> bool:
 def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind: str, *,
               owners: bool = True, all_xattrs: bool = True, image: str | None = None,
               progress: Callable[[int], Any] | None = None,
-              sent: TarParser | None = None) -> TarParser | WalkDigest:
+              sent: TarParser | None = None, written: Any = None) -> TarParser | WalkDigest:
     """Read a volume back the way it was written and return its digest (``hexdigest()``,
     ``entries``, ``file_bytes``), to compare with what was sent: ``sent``, the parser
-    that digested it, tells the direct path where the tree can be read in two parts."""
+    that digested it, tells the direct path where the tree can be read in two parts;
+    ``written``, what ``write_tree`` returned, which files it read back already."""
     if kind != "direct":
         from ..engine import read_tree_digest
 
@@ -112,7 +118,7 @@ def read_back(engine: Engine, volume: str, info: dict[str, Any], root: str, kind
     split = sent.marks[len(sent.marks) // 2] if sent and sent.marks and not sent.links \
         else None
     return tree_digest(info["Mountpoint"], root, owners=owners, all_xattrs=all_xattrs,
-                       progress=progress, split_at=split)
+                       progress=progress, split_at=split, rereads=written)
 
 
 def copy_tree(engine: Engine, src: str, dst: str, root: str = "data",
