@@ -338,11 +338,11 @@ def test_direct_restore_in_two_processes_keeps_every_byte_and_bit(resources, doc
                                                                  monkeypatch):
     """A direct restore of many small files writes them in a forked child (issue 14): the
     fidelity tree still comes back whole, and the read-back checks it."""
-    from volbak.ops import restore as restore_op
+    from volbak import volumes
     from volbak.volumes import direct
 
-    monkeypatch.setattr(restore_op, "FORK_ENTRIES", 10)  # the tree is ~100 entries
-    monkeypatch.setattr(restore_op, "FORK_AVERAGE", 2**30)  # and holds a 48 MiB sparse file
+    monkeypatch.setattr(volumes, "FORK_ENTRIES", 10)  # the tree is ~100 entries
+    monkeypatch.setattr(volumes, "FORK_AVERAGE", 2**30)  # and holds a 48 MiB sparse file
     forked = []
     real = direct._Child.__init__
 
@@ -361,9 +361,41 @@ def test_direct_restore_in_two_processes_keeps_every_byte_and_bit(resources, doc
     _same(docker_client, src, target)
 
 
+def test_direct_backup_of_many_small_files_walks_in_a_second_process(
+        resources, docker_client, run, monkeypatch):
+    """Many small files: the direct backup's walk runs in a forked child (issue 14), and
+    the backup is still the whole tree, counted."""
+    from volbak.volumes import direct
+
+    walks = []
+    real = direct._Walker.__init__
+
+    def counted(self, source):
+        walks.append(source.path)
+        real(self, source)
+
+    monkeypatch.setattr(direct._Walker, "__init__", counted)
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    populate(root, big=2 * 2**20)
+    for d in range(3):
+        (root / f"many{d}").mkdir()
+        for i in range(1000):
+            (root / f"many{d}/f{i}").write_bytes(os.urandom(i % 5 * 300))
+    out, _ = run("backup", src, "--source", "direct", "--json")
+    assert walks == [os.fsencode(root)]
+    backup_id = json.loads(out)["id"]
+    out, _ = run("show", backup_id, "--json")
+    assert json.loads(out)["tar"]["entries"] == sum(1 for _ in root.rglob("*")) + 1  # the root
+    target = _new_target(resources)
+    run("restore", backup_id, "--to-volume", target, "--source", "direct")
+    _same(docker_client, src, target)
+
+
 def test_many_small_files_choose_two_processes() -> None:
-    from volbak.ops.restore import FORK_AVERAGE, FORK_ENTRIES, _many_small_files
+    from volbak.ops.restore import _many_small_files
     from volbak.repository.manifest import Manifest
+    from volbak.volumes import FORK_AVERAGE, FORK_ENTRIES
 
     def manifest(entries, file_bytes):
         return Manifest(volume={}, created="", tar={"entries": entries, "file_bytes": file_bytes})
@@ -439,6 +471,32 @@ def test_signal_mid_forked_restore_cleans_up(sig, code, resources, docker_client
     assert target not in {v.name for v in docker_client.volumes.list()}
     for child in children:
         assert not Path(f"/proc/{child}").exists(), f"the writer {child} outlived the restore"
+
+
+def test_signal_mid_forked_backup_cleans_up(resources, docker_client, docker_host, repo):
+    """SIGTERM while a forked child walks a volume of many small files: exit 143, nothing
+    in the repository, and the walker gone (issue 14)."""
+    src = resources.volume().name
+    root = volume_path(docker_client, src)
+    for d in range(20):
+        (root / f"d{d}").mkdir()
+        for i in range(1000):
+            (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host, "--source", "direct",
+         "--repo", str(repo), "--compress", "gzip"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600  # only a hung run ends here
+    while not ((children := _children(proc.pid)) and list(repo.rglob("*.tar*"))):
+        assert proc.poll() is None, f"the backup ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the backup hung"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert [f for _, _, files in os.walk(repo) for f in files] == []
+    for child in children:
+        assert not Path(f"/proc/{child}").exists(), f"the walker {child} outlived the backup"
 
 
 def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client, docker_host,

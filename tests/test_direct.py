@@ -682,7 +682,7 @@ def test_forked_extraction_child_killed_is_an_error(tmp_path: Path, monkeypatch)
 
     monkeypatch.setattr(DirectTarget, "_dispatch", killed)
     data = _tar(_dir("data"), *(_file(f"data/f{i}", os.urandom(5000)) for i in range(500)))
-    with pytest.raises(VolbakError, match="extracting process ended unexpectedly") as err:
+    with pytest.raises(VolbakError, match="forked helper process ended unexpectedly") as err:
         direct.extract(tmp_path, [data[i:i + 4096] for i in range(0, len(data), 4096)],
                        fork=True)
     assert err.value.hint
@@ -695,7 +695,8 @@ def test_forked_extraction_bug_keeps_its_traceback(tmp_path: Path, monkeypatch) 
         raise ValueError("a bug in the child")
 
     monkeypatch.setattr(DirectTarget, "_dispatch", broken)
-    with pytest.raises(RuntimeError, match=r"(?s)Traceback.*a bug in the child"):
+    with pytest.raises(RuntimeError,
+                       match=r"(?s)helper process failed.*Traceback.*a bug in the child"):
         direct.extract(tmp_path, [_tar(_dir("data"))], fork=True)
     _no_child_left()
 
@@ -714,6 +715,92 @@ def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:
     assert 0 < written < 2000
     time.sleep(0.2)
     assert len(os.listdir(tmp_path)) == written  # nothing more after the caller is back
+
+
+# ------------------------------------------------------------------ the forked walk
+
+
+def _read_to_end(read) -> bytes:
+    out = []
+    while chunk := read(2**20):
+        out.append(chunk)
+    return b"".join(out)
+
+
+@needs_root
+def test_forked_walk_is_the_walk(tree: Path) -> None:
+    one = DirectSource(tree)
+    want = b"".join(read_all(one))
+    with DirectSource(tree) as two:
+        got = _read_to_end(two.forked())
+        assert got == want
+        assert two.report == one.report and two.report.skipped == 1
+    _no_child_left()
+
+
+def test_forked_walk_leaves_out_what_exclude_does(tmp_path: Path) -> None:
+    _many_files(tmp_path / "src")
+    one = DirectSource(tmp_path / "src")
+    one.exclude(["d1", "*/f00*"])
+    with DirectSource(tmp_path / "src") as two:
+        two.exclude(["d1", "*/f00*"])
+        assert _read_to_end(two.forked()) == b"".join(read_all(one))
+        assert two.report.entries == one.report.entries < 5000
+
+
+def test_forked_walk_failing_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    """The child's error (a volume directory gone mid-walk) comes back to the reader;
+    the end of the pipe is never taken for a clean end."""
+    src = tmp_path / "src"
+    _many_files(src)
+    real = DirectSource._listing
+
+    def gone(self, *args, **kwargs):
+        shutil.rmtree(src, ignore_errors=True)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DirectSource, "_listing", gone)
+    with DirectSource(src) as source, pytest.raises(NotFoundError, match="disappeared"):
+        _read_to_end(source.forked())
+    _no_child_left()
+
+
+def test_forked_walk_killed_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    _many_files(tmp_path / "src")
+    real = DirectSource._whole_file
+
+    def killed(self, dfd, name, rel):
+        if rel.endswith(b"d3/f0500"):
+            os.kill(os.getpid(), signal.SIGKILL)  # in the child
+        return real(self, dfd, name, rel)
+
+    monkeypatch.setattr(DirectSource, "_whole_file", killed)
+    with DirectSource(tmp_path / "src") as source, \
+            pytest.raises(VolbakError, match="helper process ended unexpectedly"):
+        _read_to_end(source.forked())
+    _no_child_left()
+
+
+def test_forked_walk_stopped_leaves_no_child(tmp_path: Path) -> None:
+    _many_files(tmp_path / "src")
+    with DirectSource(tmp_path / "src") as source:
+        assert source.forked()(65536)
+    _no_child_left()
+
+
+def test_many_small_files_is_a_guess_from_the_first_entries(tmp_path: Path) -> None:
+    _many_files(tmp_path / "many")
+    (tmp_path / "few").mkdir()
+    for i in range(500):
+        (tmp_path / f"few/f{i}").write_bytes(b"x")
+    (tmp_path / "big").mkdir()
+    for i in range(1500):
+        with open(tmp_path / f"big/f{i}", "wb") as f:
+            f.truncate(2**20)  # sizes, not blocks, count
+    for name, want in (("many", True), ("few", False), ("big", False)):
+        with DirectSource(tmp_path / name) as source:
+            assert source.many_small_files() == want, name
+            assert _read_to_end(source.read)  # the guess left the walk as it was
 
 
 # ------------------------------------------------------------------ read behind the writes

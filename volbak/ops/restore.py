@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .. import volumes
 from ..engine import (
     Engine,
     check_volume_name,
@@ -47,10 +48,6 @@ from .recovery import fill_staging, replace_from_staging
 from .stopper import stopped
 
 RESTORED_LABEL = "volbak.restored-from"
-# A direct restore writes in a second process from this many entries on, where a file
-# holds less than this on average (see _many_small_files).
-FORK_ENTRIES = 1000
-FORK_AVERAGE = 256 * 1024
 
 
 @dataclasses.dataclass
@@ -88,7 +85,7 @@ def _many_small_files(m: Manifest) -> bool:
     for many small files it halves the time (the parse and the writes are both mostly
     Python); big files would only pay for two more copies of their data."""
     entries, data = m.tar.get("entries") or 0, m.tar.get("file_bytes") or 0
-    return entries >= FORK_ENTRIES and data < entries * FORK_AVERAGE
+    return entries >= volumes.FORK_ENTRIES and data < entries * volumes.FORK_AVERAGE
 
 
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,
