@@ -902,7 +902,7 @@ class WalkDigest:
         self.entries = 0
         self.file_bytes = 0
         self.attr_entries = 0
-        self._record: tuple[Any, ...] | None = None
+        self._record: bytes | None = None
         self._content: Any = None
         self._sparse_real: int | None = None  # a sparse file whose map block comes next
         self.known_bytes = 0  # files' bytes known without reading them (``known``), unshown
