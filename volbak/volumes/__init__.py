@@ -35,7 +35,7 @@ __all__ = ["CHOICES", "TreeSource", "copy_tree", "open_source", "owners_comparab
 
 # Many small files: from this many entries on, under this many bytes a file on average,
 # a direct backup walks and a direct restore writes in a second process (50,000 files:
-# about a third less time); with big files the pipe's two copies cost more than that.
+# about a quarter less time); with big files the pipe's two copies cost more than that.
 FORK_ENTRIES = 1000
 FORK_AVERAGE = 256 * 1024
 
