@@ -443,9 +443,11 @@ def _children(pid: int) -> list[int]:
     return []
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_mid_forked_restore_cleans_up(sig, code, resources, docker_client, docker_host,
-                                             repo, run):
+@pytest.mark.parametrize(("sig", "code", "group"), [(signal.SIGTERM, 143, False),
+                                                   (signal.SIGINT, 130, False),
+                                                   (signal.SIGINT, 130, True)])
+def test_signal_mid_forked_restore_cleans_up(sig, code, group, resources, docker_client,
+                                             docker_host, repo, run):
     """A signal while a forked child writes the files of a direct restore: the child is
     stopped before the new volume is removed, and nothing is left (issue 14)."""
     src = resources.volume().name
@@ -458,24 +460,32 @@ def test_signal_mid_forked_restore_cleans_up(sig, code, resources, docker_client
     target = resources.track_volume(resources.name("volbak-restored"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "volbak", "restore", src, "--to-volume", target, "-H", docker_host,
-         "--repo", str(repo), "--source", "direct"], stderr=subprocess.PIPE, text=True)
+         "--repo", str(repo), "--source", "direct"], stderr=subprocess.PIPE, text=True,
+        start_new_session=group)
     deadline = time.monotonic() + 600  # only a hung run ends here
     while not (children := _children(proc.pid)):  # the writer, forked as extraction begins
         assert proc.poll() is None, f"the restore ended before the signal: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "the restore hung"
         time.sleep(0.01)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "helper" not in err
     assert target not in {v.name for v in docker_client.volumes.list()}
     for child in children:
         assert not Path(f"/proc/{child}").exists(), f"the writer {child} outlived the restore"
 
 
-def test_signal_mid_forked_backup_cleans_up(resources, docker_client, docker_host, repo):
-    """SIGTERM while a forked child walks a volume of many small files: exit 143, nothing
-    in the repository, and the walker gone (issue 14)."""
+@pytest.mark.parametrize(("sig", "code", "group"), [(signal.SIGTERM, 143, False),
+                                                   (signal.SIGINT, 130, True)])
+def test_signal_mid_forked_backup_cleans_up(sig, code, group, resources, docker_client,
+                                            docker_host, repo):
+    """A signal while a forked child walks a volume of many small files (to the process,
+    or to its group as Ctrl-C sends it): the run's own exit code, nothing in the
+    repository, and the walker gone (issue 14)."""
     src = resources.volume().name
     root = volume_path(docker_client, src)
     for d in range(20):
@@ -484,16 +494,20 @@ def test_signal_mid_forked_backup_cleans_up(resources, docker_client, docker_hos
             (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
     proc = subprocess.Popen(
         [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host, "--source", "direct",
-         "--repo", str(repo), "--compress", "gzip"], stderr=subprocess.PIPE, text=True)
+         "--repo", str(repo), "--compress", "gzip"], stderr=subprocess.PIPE, text=True,
+        start_new_session=group)
     deadline = time.monotonic() + 600  # only a hung run ends here
     while not ((children := _children(proc.pid)) and list(repo.rglob("*.tar*"))):
         assert proc.poll() is None, f"the backup ended before the signal: {proc.stderr.read()}"
         assert time.monotonic() < deadline, "the backup hung"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err
-    assert "Traceback" not in err
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and "helper" not in err
     assert [f for _, _, files in os.walk(repo) for f in files] == []
     for child in children:
         assert not Path(f"/proc/{child}").exists(), f"the walker {child} outlived the backup"

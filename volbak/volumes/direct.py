@@ -1681,8 +1681,10 @@ class _Forked:
     ``work(fd)`` runs in the child with its end of the pipe (it reads it with
     ``to_child``, else writes it) and must not close it; what it returns, or the
     VolbakError it raises, is the child's answer (``result``; a bug comes back as a
-    RuntimeError with its traceback). The child dies with the process group (SIGINT,
-    SIGTERM) and never returns into the caller's code; ``stop`` kills it and waits."""
+    RuntimeError with its traceback). The child ignores SIGINT and SIGTERM: the caller
+    stops it on every way out (``stop`` kills it and waits), so that a Ctrl-C reaches
+    the caller as an interruption, not as a helper that died; where the caller is
+    gone, the pipe's end stops the child. It never returns into the caller's code."""
 
     PIPE = 2 * CHUNK  # a batch in the pipe while the other side works on the one before
 
@@ -1700,8 +1702,8 @@ class _Forked:
             try:
                 os.close(self.fd)
                 os.close(self._answer)
-                for sig in (signal.SIGINT, signal.SIGTERM):  # die with the group, no cleanup
-                    signal.signal(sig, signal.SIG_DFL)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, signal.SIG_IGN)
                 code = _answer(work, theirs, answer_w)
             finally:
                 os._exit(code)
