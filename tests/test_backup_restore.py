@@ -334,6 +334,20 @@ def test_direct_keeps_xattrs_acls_and_holes(resources, docker_client, run):
     _same(docker_client, src, target)
 
 
+def _forks(monkeypatch, helper: type) -> list[bytes]:
+    """The directories a forked helper (direct._Child, direct._Walker) is made for,
+    as they are made."""
+    made = []
+    real = helper.__init__
+
+    def spied(self, tree):
+        made.append(tree.path)
+        real(self, tree)
+
+    monkeypatch.setattr(helper, "__init__", spied)
+    return made
+
+
 def test_direct_restore_in_two_processes_keeps_every_byte_and_bit(resources, docker_client, run,
                                                                  monkeypatch):
     """A direct restore of many small files writes them in a forked child (issue 14): the
@@ -343,14 +357,7 @@ def test_direct_restore_in_two_processes_keeps_every_byte_and_bit(resources, doc
 
     monkeypatch.setattr(volumes, "FORK_ENTRIES", 10)  # the tree is ~100 entries
     monkeypatch.setattr(volumes, "FORK_AVERAGE", 2**30)  # and holds a 48 MiB sparse file
-    forked = []
-    real = direct._Child.__init__
-
-    def counted(self, target):
-        forked.append(target.path)
-        real(self, target)
-
-    monkeypatch.setattr(direct._Child, "__init__", counted)
+    forked = _forks(monkeypatch, direct._Child)
     src = resources.volume().name
     populate(volume_path(docker_client, src), big=3 * 2**20)
     run("backup", src, "--source", "direct")
@@ -367,14 +374,7 @@ def test_direct_backup_of_many_small_files_walks_in_a_second_process(
     the backup is still the whole tree, counted."""
     from volbak.volumes import direct
 
-    walks = []
-    real = direct._Walker.__init__
-
-    def counted(self, source):
-        walks.append(source.path)
-        real(self, source)
-
-    monkeypatch.setattr(direct._Walker, "__init__", counted)
+    walks = _forks(monkeypatch, direct._Walker)
     src = resources.volume().name
     root = volume_path(docker_client, src)
     populate(root, big=2 * 2**20)
@@ -443,6 +443,38 @@ def _children(pid: int) -> list[int]:
     return []
 
 
+def _small_files(root: Path) -> None:
+    for d in range(20):
+        (root / f"d{d}").mkdir()
+        for i in range(1000):
+            (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
+
+
+def _interrupted(args: list[str], ready, sig: int, group: bool) -> tuple[int, str, list[int]]:
+    """Run ``volbak ARGS``; once it has forked a helper and ``ready()``, send it ``sig``
+    (to its process group with ``group``, as Ctrl-C does). Its exit code, stderr, and
+    the helpers it had."""
+    proc = subprocess.Popen([sys.executable, "-m", "volbak", *args], stderr=subprocess.PIPE,
+                            text=True, start_new_session=group)
+    deadline = time.monotonic() + 600  # only a hung run ends here
+    while not ((children := _children(proc.pid)) and ready()):
+        assert proc.poll() is None, f"the run ended before the signal: {proc.stderr.read()}"
+        assert time.monotonic() < deadline, "the run hung"
+        time.sleep(0.01)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err and "helper" not in err
+    return proc.returncode, err, children
+
+
+def _gone(children: list[int]) -> None:
+    for child in children:
+        assert not Path(f"/proc/{child}").exists(), f"the helper {child} outlived its run"
+
+
 @pytest.mark.parametrize(("sig", "code", "group"), [(signal.SIGTERM, 143, False),
                                                    (signal.SIGINT, 130, False),
                                                    (signal.SIGINT, 130, True)])
@@ -451,66 +483,32 @@ def test_signal_mid_forked_restore_cleans_up(sig, code, group, resources, docker
     """A signal while a forked child writes the files of a direct restore: the child is
     stopped before the new volume is removed, and nothing is left (issue 14)."""
     src = resources.volume().name
-    root = volume_path(docker_client, src)
-    for d in range(20):
-        (root / f"d{d}").mkdir()
-        for i in range(1000):
-            (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
+    _small_files(volume_path(docker_client, src))
     run("backup", src, "--source", "direct", "--compress", "gzip")
     target = resources.track_volume(resources.name("volbak-restored"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "volbak", "restore", src, "--to-volume", target, "-H", docker_host,
-         "--repo", str(repo), "--source", "direct"], stderr=subprocess.PIPE, text=True,
-        start_new_session=group)
-    deadline = time.monotonic() + 600  # only a hung run ends here
-    while not (children := _children(proc.pid)):  # the writer, forked as extraction begins
-        assert proc.poll() is None, f"the restore ended before the signal: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "the restore hung"
-        time.sleep(0.01)
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code, err
-    assert "Traceback" not in err and "helper" not in err
+    # the writer is forked as the extraction begins
+    rc, err, children = _interrupted(
+        ["restore", src, "--to-volume", target, "-H", docker_host, "--repo", str(repo),
+         "--source", "direct"], lambda: True, sig, group)
+    assert rc == code, err
     assert target not in {v.name for v in docker_client.volumes.list()}
-    for child in children:
-        assert not Path(f"/proc/{child}").exists(), f"the writer {child} outlived the restore"
+    _gone(children)
 
 
 @pytest.mark.parametrize(("sig", "code", "group"), [(signal.SIGTERM, 143, False),
                                                    (signal.SIGINT, 130, True)])
 def test_signal_mid_forked_backup_cleans_up(sig, code, group, resources, docker_client,
                                             docker_host, repo):
-    """A signal while a forked child walks a volume of many small files (to the process,
-    or to its group as Ctrl-C sends it): the run's own exit code, nothing in the
-    repository, and the walker gone (issue 14)."""
+    """A signal while a forked child walks a volume of many small files: the run's own
+    exit code, nothing in the repository, and the walker gone (issue 14)."""
     src = resources.volume().name
-    root = volume_path(docker_client, src)
-    for d in range(20):
-        (root / f"d{d}").mkdir()
-        for i in range(1000):
-            (root / f"d{d}/f{i}").write_bytes(os.urandom(2000))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "volbak", "backup", src, "-H", docker_host, "--source", "direct",
-         "--repo", str(repo), "--compress", "gzip"], stderr=subprocess.PIPE, text=True,
-        start_new_session=group)
-    deadline = time.monotonic() + 600  # only a hung run ends here
-    while not ((children := _children(proc.pid)) and list(repo.rglob("*.tar*"))):
-        assert proc.poll() is None, f"the backup ended before the signal: {proc.stderr.read()}"
-        assert time.monotonic() < deadline, "the backup hung"
-        time.sleep(0.01)
-    if group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code, err
-    assert "Traceback" not in err and "helper" not in err
+    _small_files(volume_path(docker_client, src))
+    rc, err, children = _interrupted(
+        ["backup", src, "-H", docker_host, "--source", "direct", "--repo", str(repo),
+         "--compress", "gzip"], lambda: list(repo.rglob("*.tar*")), sig, group)
+    assert rc == code, err
     assert [f for _, _, files in os.walk(repo) for f in files] == []
-    for child in children:
-        assert not Path(f"/proc/{child}").exists(), f"the walker {child} outlived the backup"
+    _gone(children)
 
 
 def test_interrupt_after_archive_commit_leaves_nothing(resources, docker_client, docker_host,
