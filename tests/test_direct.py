@@ -788,6 +788,24 @@ def test_forked_walk_stopped_leaves_no_child(tmp_path: Path) -> None:
     _no_child_left()
 
 
+def test_one_core_forks_no_helper(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(direct, "_cores", lambda: 1)
+    _many_files(tmp_path / "src")
+    with DirectSource(tmp_path / "src") as source:
+        data = _read_to_end(source.forked())
+    assert not _children_of_mine()
+    (tmp_path / "dst").mkdir()
+    target = DirectTarget(tmp_path / "dst", fork=True)
+    assert not _children_of_mine()
+    target.extract([data])
+    assert listing(tmp_path / "dst") == listing(tmp_path / "src")
+
+
+def _children_of_mine() -> list[str]:
+    pid = os.getpid()
+    return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+
+
 def test_many_small_files_is_a_guess_from_the_first_entries(tmp_path: Path) -> None:
     _many_files(tmp_path / "many")
     (tmp_path / "few").mkdir()

@@ -210,10 +210,12 @@ class DirectSource:
         return files >= FORK_ENTRIES and size < files * FORK_AVERAGE
 
     def forked(self) -> Callable[[int], bytes]:
-        """``read``, the walk done by a forked child (see _Walker), before the first
-        ``read``; not with the file cache (its markers are no bytes). ``report`` is
-        complete once it returned b""."""
+        """``read``, the walk done by a forked child (see _Walker) where there are two
+        cores or more; before the first ``read``, and not with the file cache (its
+        markers are no bytes). ``report`` is complete once it returned b""."""
         assert self._cache is None and not self._produced
+        if _cores() < 2:
+            return self.read
         self._walker = _Walker(self)
         return self._walker.read
 
@@ -992,6 +994,11 @@ def tree_digest(path: str | bytes, root: str = "data", *, owners: bool = True,
         return src.digest(owners=owners, all_xattrs=all_xattrs, progress=progress)
 
 
+def _cores() -> int:
+    """The CPUs this process may run on: a forked helper needs a second one."""
+    return len(os.sched_getaffinity(0))
+
+
 def _has_xattrs(fd: int) -> bool:
     """True also where they cannot be listed: the general path then sorts it out."""
     try:
@@ -1245,9 +1252,10 @@ class DirectTarget:
         self._dirs: dict[tuple[bytes, ...], _DirAttrs] = {}
         self._cache: dict[tuple[bytes, ...], int] = {}
         self._closed = False
+        assert not (fork and rereads), "a forked child's read-behind would stay there"
         self._rereads = rereads
         self._child: _Child | None = None  # (None in the child itself)
-        if fork and (os.cpu_count() or 1) > 1:
+        if fork and _cores() > 1:
             self._child = _Child(self)
 
     # -- feeding
