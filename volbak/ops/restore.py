@@ -85,8 +85,7 @@ def _many_small_files(m: Manifest) -> bool:
     for many small files it saves about a quarter of the time (the parse and the
     writes are both mostly Python); big files would only pay for two more copies of
     their data."""
-    entries, data = m.tar.get("entries") or 0, m.tar.get("file_bytes") or 0
-    return entries >= volumes.FORK_ENTRIES and data < entries * volumes.FORK_AVERAGE
+    return volumes.many_small_files(m.tar.get("entries") or 0, m.tar.get("file_bytes") or 0)
 
 
 def _fill(engine: Engine, reader: BackupReader, info: BackupInfo, volume: str,

@@ -40,6 +40,12 @@ FORK_ENTRIES = 1000
 FORK_AVERAGE = 256 * 1024
 
 
+def many_small_files(files: int, file_bytes: int) -> bool:
+    """The rule both sides apply: a restore to the backup's counts, a backup to the
+    first entries of its walk."""
+    return files >= FORK_ENTRIES and file_bytes < files * FORK_AVERAGE
+
+
 @dataclasses.dataclass
 class TreeSource:
     """A volume's tree being read as a tar stream named "<root>/..."."""

@@ -60,7 +60,7 @@ import struct
 import traceback
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ from ..stream.tar import (
     parse_time_ns,
 )
 from ..util.host import WRITE_MAX
-from . import FORK_AVERAGE, FORK_ENTRIES, tarfmt
+from . import FORK_ENTRIES, many_small_files, tarfmt
 from .tarfmt import BLOCK
 
 CHUNK = 2**20
@@ -178,9 +178,9 @@ class DirectSource:
         self._cache = session
 
     def many_small_files(self) -> bool:
-        """Whether the tree starts like many small files: its first FORK_ENTRIES * 2
-        entries, breadth first (names and sizes only, a few us each), half of them
-        regular files under FORK_AVERAGE bytes on average. Only a guess, for ``forked``."""
+        """Whether the tree starts like many small files (``volumes.many_small_files``
+        of the regular files among its first FORK_ENTRIES * 2 entries, breadth first:
+        names and sizes only, a few us each). Only a guess, for ``forked``."""
         want = 2 * FORK_ENTRIES
         seen = files = size = 0
         dirs = [self._rootfd]
@@ -207,7 +207,7 @@ class DirectSource:
             for dfd in dirs:
                 if dfd != self._rootfd:
                     os.close(dfd)
-        return files >= FORK_ENTRIES and size < files * FORK_AVERAGE
+        return many_small_files(files, size)
 
     def forked(self) -> Callable[[int], bytes]:
         """``read``, the walk done by a forked child (see _Walker) where there are two
@@ -334,43 +334,27 @@ class DirectSource:
         if not at.startswith(self.root + b"/"):
             return None
         self._split = True
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child; it must never return into the caller's code
-            code = 1
-            try:
-                os.close(r)
-                for sig in (signal.SIGINT, signal.SIGTERM):  # die with the group, no cleanup
-                    signal.signal(sig, signal.SIG_DFL)
-                # The fork shares open file descriptions, a directory's read offset
-                # among them: the two processes listing the root through one handle
-                # would each see part of it (a failed split, or a wrong digest).
-                self._rootfd = os.open(".", _O_DIR, dir_fd=self._rootfd)
-                part = self._digest(WalkDigest(owners, all_xattrs),
-                                    self._generate(start=at), None)
-                out = memoryview(struct.pack(">QQQ", part.entries, part.file_bytes,
-                                             part.attr_entries) + part.tree.segments())
-                while out:
-                    out = out[os.write(w, out):]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
+
+        def rest(_: int) -> tuple[int, int, int, bytes]:
+            # The fork shares open file descriptions, a directory's read offset among
+            # them: the two processes listing the root through one handle would each
+            # see part of it (a failed split, or a wrong digest).
+            self._rootfd = os.open(".", _O_DIR, dir_fd=self._rootfd)
+            part = self._digest(WalkDigest(owners, all_xattrs), self._generate(start=at), None)
+            return part.entries, part.file_bytes, part.attr_entries, part.tree.segments()
+
+        child = _Forked(rest, to_child=False)
         try:
             walk = self._digest(WalkDigest(owners, all_xattrs), self._generate(stop=at),
                                 progress)
-            if not self._stopped:
+            if not self._stopped or walk.tree.count % SEGMENT:
                 return None
             self._check_root()
-            with os.fdopen(r, "rb") as f:
-                r = -1
-                data = f.read()
-            _, status = os.waitpid(pid, 0)
-            pid = 0
-            if status or len(data) < 24 or walk.tree.count % SEGMENT:
+            try:
+                entries, file_bytes, attrs, segments = child.result()
+            except (VolbakError, RuntimeError):  # _Unsplittable there, or a failure
                 return None
-            entries, file_bytes, attrs = struct.unpack(">QQQ", data[:24])
-            walk.tree.extend(data[24:], entries)
+            walk.tree.extend(segments, entries)
             walk.entries += entries
             walk.file_bytes += file_bytes
             walk.attr_entries += attrs
@@ -380,12 +364,7 @@ class DirectSource:
         except _Unsplittable:
             return None
         finally:
-            if r >= 0:
-                os.close(r)
-            if pid:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
+            child.stop()
 
     def close(self) -> None:
         if self._closed:
@@ -1132,8 +1111,7 @@ class _Reread:
         self._h = blake3.blake3()
         self.pos = 0  # bytes written
         self._sent = 0  # of them, handed to be read
-        self._read = 0
-        self._bad = False
+        self._bad = False  # a read failed or came short: no hash
         self._last: Future[Any] | None = None
 
     def written(self, n: int) -> None:
@@ -1142,36 +1120,26 @@ class _Reread:
             self._send()
 
     def _send(self) -> None:
-        try:
-            self._last = self._pool.submit(self._hash, self._sent, self.pos - self._sent)
-        except RuntimeError:  # stopped (Rereads.close): this file is read back after
-            self._bad = True
+        self._last = self._pool.submit(self._hash, self._sent, self.pos - self._sent)
         self._sent = self.pos
 
     def _hash(self, pos: int, n: int) -> None:
-        if self._bad:
-            return
         try:
-            while n:
+            while n and not self._bad:
                 data = os.pread(self._fd, min(n, CHUNK), pos)
-                if not data:
-                    break
                 self._h.update(data)
                 pos += len(data)
                 n -= len(data)
-                self._read += len(data)
+                self._bad = not data  # shorter than written: read back after, as before
         except OSError:
-            pass
-        self._bad |= n > 0
+            self._bad = True
 
     def wait(self) -> str | None:
         if self._sent < self.pos:
             self._send()
         if self._last is not None:
-            with contextlib.suppress(CancelledError):
-                self._last.result()
-            self._bad |= self._last.cancelled()
-        return None if self._bad or self._read != self.pos else self._h.hexdigest()
+            self._last.result()
+        return None if self._bad else self._h.hexdigest()
 
 
 class _FileSink:
@@ -1688,7 +1656,8 @@ class DirectTarget:
 class _Forked:
     """One part of a job done by a forked child, joined to this process by a pipe:
     ``work(fd)`` runs in the child with its end of the pipe (it reads it with
-    ``to_child``, else writes it) and must not close it; what it returns, or the
+    ``to_child``, else writes it, if it has more to send than its answer) and must not
+    close it; what it returns, or the
     VolbakError it raises, is the child's answer (``result``; a bug comes back as a
     RuntimeError with its traceback). The child ignores SIGINT and SIGTERM: the caller
     stops it on every way out (``stop`` kills it and waits), so that a Ctrl-C reaches
