@@ -18,6 +18,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -699,6 +700,42 @@ def test_forked_extraction_bug_keeps_its_traceback(tmp_path: Path, monkeypatch) 
                        match=r"(?s)helper process failed.*Traceback.*a bug in the child"):
         direct.extract(tmp_path, [_tar(_dir("data"))], fork=True)
     _no_child_left()
+
+
+FORK_AFTER_GARBAGE = """
+import gc, os, sys, time
+from volbak.stream.compress import compressor
+from volbak.volumes import direct
+gc.disable()  # the garbage below must still be there when the child starts
+c = compressor("zstd")  # volbak's own: one libzstd worker thread
+for _ in range(8):
+    c.write(os.urandom(1 << 20))  # past a job's size: the worker runs, then waits
+time.sleep(0.5)  # for more work, on a condition variable
+cycle = [c]
+cycle.append(cycle)
+del c, cycle
+real = direct.DirectTarget._dispatch
+
+def collecting(self, entry, payload):  # in the child
+    gc.collect()
+    return real(self, entry, payload)
+
+direct.DirectTarget._dispatch = collecting
+direct.extract(sys.argv[1], [open(sys.argv[2], "rb").read()], fork=True)
+print("ok")
+"""
+
+
+def test_forked_child_leaves_the_parents_garbage_alone(tmp_path: Path) -> None:
+    """A collection in the child must not free the parent's objects: a multithreaded
+    zstd compressor's free waits for worker threads the fork did not copy (it hung)."""
+    (tmp_path / "t.tar").write_bytes(_tar(_dir("data"), _file("data/a"), _file("data/b")))
+    (tmp_path / "dst").mkdir()
+    out = subprocess.run([sys.executable, "-c", FORK_AFTER_GARBAGE, str(tmp_path / "dst"),
+                          str(tmp_path / "t.tar")], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout == "ok\n", out.stderr
+    assert sorted(os.listdir(tmp_path / "dst")) == ["a", "b"]
 
 
 def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:

@@ -52,6 +52,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import os
 import pickle
 import signal
@@ -1678,6 +1679,10 @@ class _Forked:
         if pid == 0:  # the child
             code = 1
             try:
+                # The parent's garbage is not ours to collect: freeing a multithreaded
+                # zstd compressor waits for its worker threads, which a fork does not
+                # copy (a CI run hung there). Objects made from here on are collected.
+                gc.freeze()
                 os.close(self.fd)
                 os.close(self._answer)
                 for sig in (signal.SIGINT, signal.SIGTERM):
