@@ -20,7 +20,7 @@ root on the engine's host (the test volumes are filled through their host mountp
 --warm-gib N touches N GiB of memory and frees it right before each measurement. A VM
 that hands freed memory back to its host (Firecracker's free page reporting, as on the
 machine this was written on) makes whoever writes into memory the host took back pay for
-it: there, dd of 1 GiB into a tmpfs took 0.4-0.5 s on memory the guest held and 3.1-3.6 s
+it: there, dd of 1 GiB into a tmpfs took 0.4-0.6 s on memory the guest held and up to 3.6 s
 on memory it did not. Both sides pay that at random, and it dwarfs the tools' own costs;
 warming puts both on memory the guest holds, as on a host that runs for days.
 """
