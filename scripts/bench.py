@@ -41,7 +41,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LABEL = {"volbak-bench": "1"}  # not "volbak-test": test sweeps must not take these
-WARM_GIB = 0.0  # --warm-gib
 
 
 def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
@@ -109,7 +108,8 @@ def worker(kind: str, host: str, volume: str, repo: str, arg: str) -> None:
 
 def warm(gib: float) -> None:
     """Make ``gib`` GiB of memory the guest's own again, then free it (see --warm-gib):
-    freed pages are taken again first, and the host is told of them only after 2 s. In
+    freed pages are handed out again before those already reported (Linux reports free
+    pages to the host 2 s after they are freed, and hands reported ones out last). In
     a process of its own: a forked worker would inherit this one's peak RSS."""
     subprocess.run([sys.executable, "-c", "import ctypes, sys\n"
                     "n = int(float(sys.argv[1]) * 2**30)\nbuf = bytearray(n)\n"
@@ -117,12 +117,13 @@ def warm(gib: float) -> None:
                    check=True)
 
 
-def measure(kind: str, host: str, volume: str, repo: str, arg: str = "") -> dict:
+def measure(kind: str, host: str, volume: str, repo: str, arg: str = "", *,
+            warm_gib: float = 0.0) -> dict:
     # Each run starts with nothing dirty: else it pays for the writeback of the run
     # before it (the restore is measured right after `docker cp` in wrote 1 GiB).
     os.sync()
-    if WARM_GIB:
-        warm(WARM_GIB)
+    if warm_gib:
+        warm(warm_gib)
     out = subprocess.run(
         [sys.executable, __file__, "--worker", kind, host, volume, repo, arg],
         check=True, capture_output=True, text=True,
@@ -215,8 +216,6 @@ def main() -> int:
                     help="touch and free this much memory before each measurement (see "
                     "above; default: 0, off)")
     args = ap.parse_args()
-    global WARM_GIB
-    WARM_GIB = args.warm_gib
     os.environ["BENCH_SOURCE"] = args.source  # the workers read both
     os.environ["VOLBAK_REPO_FORMAT"] = args.format
     moto = start_moto() if args.s3 else None
@@ -259,7 +258,7 @@ def main() -> int:
                 steps = out + backup + cp_in + restore if r % 2 == 0 else \
                     backup + out + restore + cp_in
                 for kind, *args_ in steps:
-                    runs[kind] = measure(kind, host, *args_)
+                    runs[kind] = measure(kind, host, *args_, warm_gib=args.warm_gib)
                     if kind == "upload-s3":
                         empty_bucket()
                 for name in (f"volbak-bench-cpin-{r}", f"volbak-bench-restore-{r}"):
