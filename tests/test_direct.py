@@ -230,6 +230,40 @@ def test_round_trip_keeps_everything(tree: Path, tmp_path: Path, fork: bool) -> 
 
 
 @needs_root
+@pytest.mark.parametrize("parent", ["setgid", "default-acl", "umask"])
+def test_new_files_get_the_entrys_owner_and_mode_whatever_the_parent_gives(
+        tmp_path: Path, fork: bool, parent: str, request) -> None:
+    """A file is made with its final mode and no chown where the kernel would give it
+    the entry's owner and mode anyway: a setgid target (its group for new files), a
+    default ACL (it, not the umask, decides their mode) or a strict umask must not
+    make that guess wrong."""
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    os.chown(dst, 0, 4321)
+    os.chmod(dst, 0o2777)
+    if parent == "default-acl":
+        _tools("setfacl")
+        subprocess.run(["setfacl", "-d", "-m", "u::rwx,g::---,o::---", dst], check=True)
+    if parent == "umask":
+        old = os.umask(0o077)
+        request.addfinalizer(lambda: os.umask(old))
+    def entry(name: str, uid: int, gid: int, mode: int, data: bytes | None = b"x"):
+        info, _ = _dir(name) if data is None else _file(name, data)
+        info.uid, info.gid, info.mode = uid, gid, mode
+        return info, data
+
+    files = {"a": (0, 4321, 0o644), "b": (0, 0, 0o644), "c": (0, 4321, 0o666),
+             "d": (0, 4321, 0o4755), "e": (5, 6, 0o000), "s/f": (0, 0, 0o640),
+             "s/g": (0, 4321, 0o600)}
+    data = _tar(entry("data", 0, 4321, 0o2777, None), entry("data/s", 0, 4321, 0o2755, None),
+                *(entry(f"data/{n}", *v) for n, v in files.items()))
+    direct.extract(dst, [data], fork=fork)
+    got = {n: (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode))
+           for n in files for st in [os.stat(dst / n)]}
+    assert got == files
+
+
+@needs_root
 def test_stream_layout_is_the_archive_apis(tree: Path) -> None:
     data = b"".join(read_all(DirectSource(tree, root="data")))
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -916,15 +950,21 @@ def test_read_behind_of_a_file_changed_since_is_not_taken(tmp_path: Path, change
     assert (got.hexdigest() == parser.hexdigest()) == (change == "hardlink")
 
 
-def test_read_behind_that_fails_leaves_the_file_to_the_read_back(tmp_path: Path,
+@pytest.mark.parametrize("how", ["error", "other-bytes"])
+def test_read_behind_that_fails_leaves_the_file_to_the_read_back(tmp_path: Path, how: str,
                                                                    monkeypatch) -> None:
-    """A read behind the writes that fails keeps no hash: the read-back reads the file."""
-    real = os.pread
+    """A read behind the writes that fails, or reads back other bytes than were
+    written, records nothing: the read-back reads the file."""
+    real = os.preadv
 
-    def failing(fd, n, pos):
+    def failing(fd, buffers, pos):
         if pos >= 2**20:
-            raise OSError(errno.EIO, "Input/output error")
-        return real(fd, n, pos)
+            if how == "error":
+                raise OSError(errno.EIO, "Input/output error")
+            n = real(fd, buffers, pos)
+            buffers[0][n // 2] ^= 1
+            return n
+        return real(fd, buffers, pos)
 
     _big_files(tmp_path / "src")
     data = b"".join(read_all(DirectSource(tmp_path / "src")))
@@ -932,7 +972,7 @@ def test_read_behind_that_fails_leaves_the_file_to_the_read_back(tmp_path: Path,
     parser = TarParser(digest=True, root="data")
     rereads = direct.Rereads()
     with monkeypatch.context() as m:
-        m.setattr(os, "pread", failing)
+        m.setattr(os, "preadv", failing)
         DirectTarget(tmp_path / "dst", parser=parser, rereads=rereads).extract([data])
     assert [ino for _, ino in rereads.files] == [os.stat(tmp_path / "dst/exact").st_ino]
     got = direct.tree_digest(tmp_path / "dst", rereads=rereads)

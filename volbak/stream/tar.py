@@ -364,6 +364,9 @@ class TarParser:
         self._map: bytearray | None = None  # collecting a GNU sparse 1.0 map
         self._entry: Entry | None = None  # the entry whose map is being collected
         self._content: Any = None  # BLAKE3 of the current file's data (digest mode)
+        # (digest mode) the hexdigest of the last entry's content, once its data ended:
+        # for its sink's close (the direct target's read-behind records it)
+        self.content: str | None = None
         self._sink: Sink | None = None  # the on_entry consumer of the current data
         self._record: bytes | None = None
         self._pax: dict[bytes, bytes] = {}
@@ -583,8 +586,10 @@ class TarParser:
         if self._map is not None:
             assert self._entry is not None
             raise self._corrupt(f"entry {self._entry.name!r} has a bad sparse map")
+        self.content = None
         if self._record is not None and self._digest is not None:
-            self._digest.add(self._record, self._content.hexdigest())
+            self.content = self._content.hexdigest()
+            self._digest.add(self._record, self.content)
             self._record = None
             self._content = None
         if self._sink is not None:
