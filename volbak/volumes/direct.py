@@ -1490,16 +1490,16 @@ class DirectTarget:
     def _new_in(self, parts: tuple[bytes, ...], fd: int) -> _New:
         """What a file made in the directory ``parts`` (open as ``fd``) gets from the
         kernel: our uid, the directory's group if it is setgid (else ours), and its
-        mode less the umask, unless a default ACL there decides the mode instead. A
-        rule wrong for some filesystem costs nothing: the read-back compares owners
-        and modes."""
+        mode less the umask, unless a default ACL there decides the mode instead. Where
+        the rule were wrong for some filesystem, the read-back would say so (it
+        compares owners and modes) and the restore would fail, not pass."""
         new = self._new.get(parts)
         if new is None:
             st = os.fstat(fd)
             try:
                 acl = tarfmt.ACL_DEFAULT_XATTR in os.listxattr(fd)
             except OSError:
-                acl = True
+                acl = True  # unknown: chmod every file, as before
             new = _New((os.geteuid(), st.st_gid if st.st_mode & stat.S_ISGID
                         else os.getegid()), None if acl else self._umask)
             self._new[parts] = new
