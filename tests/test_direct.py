@@ -772,6 +772,24 @@ def test_forked_child_leaves_the_parents_garbage_alone(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "dst")) == ["a", "b"]
 
 
+def test_forked_helper_interrupted_as_it_starts_is_stopped(monkeypatch) -> None:
+    """A Ctrl-C while the helper is forked is held until its pid is known, then
+    stops it: no helper outlives the interruption."""
+    real, forked = os.fork, []
+
+    def fork():
+        pid = real()
+        if pid:
+            forked.append(pid)
+            os.kill(os.getpid(), signal.SIGINT)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(KeyboardInterrupt):
+        direct._Forked(lambda fd: time.sleep(60), to_child=True)
+    assert forked and not Path(f"/proc/{forked[0]}").exists()
+
+
 def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:
     data = _tar(_dir("data"), *(_file(f"data/f{i}", os.urandom(3000)) for i in range(2000)))
 

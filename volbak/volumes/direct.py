@@ -83,6 +83,7 @@ from ..stream.tar import (
     parse_time_ns,
 )
 from ..util.host import WRITE_MAX
+from ..util.signals import deferred
 from . import FORK_ENTRIES, many_small_files, tarfmt
 from .tarfmt import BLOCK
 
@@ -1747,31 +1748,44 @@ class _Forked:
     PIPE = 2 * CHUNK  # a batch in the pipe while the other side works on the one before
 
     def __init__(self, work: Callable[[int], Any], *, to_child: bool) -> None:
-        r, w = os.pipe()
-        for size in (self.PIPE, self.PIPE // 2):  # more than pipe-max-size needs root
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
-                break
-        self._answer, answer_w = os.pipe()
-        self.fd, theirs = (w, r) if to_child else (r, w)
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                # The parent's garbage is not ours to collect: freeing a multithreaded
-                # zstd compressor waits for its worker threads, which a fork does not
-                # copy (a CI run hung there). Objects made from here on are collected.
-                gc.freeze()
-                os.close(self.fd)
-                os.close(self._answer)
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    signal.signal(sig, signal.SIG_IGN)
-                code = _answer(work, theirs, answer_w)
-            finally:
-                os._exit(code)
-        os.close(theirs)
-        os.close(answer_w)
-        self._pid = pid
+        self._pid = 0
+        self.fd = self._answer = -1
+        try:
+            self._start(work, to_child)
+        except BaseException:  # a signal held while it started comes out here
+            self.stop()
+            raise
+
+    def _start(self, work: Callable[[int], Any], to_child: bool) -> None:
+        # Signals held until the child is known (a Ctrl-C just after the fork left a
+        # child nobody stopped); the child never leaves this block, and ignores both.
+        with deferred():
+            r, w = os.pipe()
+            for size in (self.PIPE, self.PIPE // 2):  # more than pipe-max-size needs root
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+                    break
+            self._answer, answer_w = os.pipe()
+            self.fd, theirs = (w, r) if to_child else (r, w)
+            pid = os.fork()
+            if pid == 0:  # the child
+                code = 1
+                try:
+                    # The parent's garbage is not ours to collect: freeing a
+                    # multithreaded zstd compressor waits for its worker threads, which a
+                    # fork does not copy (a CI run hung there). Objects made from here
+                    # on are collected.
+                    gc.freeze()
+                    os.close(self.fd)
+                    os.close(self._answer)
+                    for sig in (signal.SIGINT, signal.SIGTERM):
+                        signal.signal(sig, signal.SIG_IGN)
+                    code = _answer(work, theirs, answer_w)
+                finally:
+                    os._exit(code)
+            os.close(theirs)
+            os.close(answer_w)
+            self._pid = pid
 
     def result(self) -> Any:
         """Close this end of the pipe and wait for the child: its answer, or its
