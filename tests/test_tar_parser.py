@@ -466,3 +466,39 @@ def test_an_extracting_parser_digests_big_files_the_same() -> None:
     for i in range(0, len(raw), 70_001):
         extracting.feed(raw[i: i + 70_001])
     assert extracting.ended and extracting.hexdigest() == plain.hexdigest()
+
+
+def test_content_a_sink_compares_is_not_hashed(monkeypatch) -> None:
+    """A sink that compares what it wrote (the direct target's read-behind) spares the
+    parser the content's hash: the digest takes COMPARED for it, and only for it."""
+    from volbak.stream import tar as tarmod
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in (("data/compared", b"a" * 5000), ("data/hashed", b"b" * 10)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    got: list[tuple[bytes, bytes, str | None]] = []
+
+    class Sink:
+        def __init__(self, entry: Entry) -> None:
+            self.entry, self.data = entry, b""
+            self.compares = entry.name.endswith(b"compared")
+
+        def write(self, data: memoryview) -> None:
+            self.data += bytes(data)
+
+        def close(self) -> None:
+            got.append((self.entry.name, self.data, p.content))
+
+    p = TarParser(digest=True, root="data", on_entry=Sink)
+    hashed = []
+    real = tarmod.blake3.blake3
+    monkeypatch.setattr(tarmod.blake3, "blake3", lambda *a: hashed.append(1) or real(*a))
+    p.feed(buf.getvalue())
+    monkeypatch.undo()
+    assert got == [(b"data/compared", b"a" * 5000, tarmod.COMPARED),
+                   (b"data/hashed", b"b" * 10, real(b"b" * 10).hexdigest())]
+    assert len(hashed) == 1  # the hashed file's, not the compared one's
+    assert p.hexdigest() != digest(buf.getvalue())
