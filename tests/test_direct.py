@@ -790,6 +790,18 @@ def test_forked_helper_interrupted_as_it_starts_is_stopped(monkeypatch) -> None:
     assert forked and not Path(f"/proc/{forked[0]}").exists()
 
 
+def test_forked_helper_no_owner_stopped_is_stopped_at_exit(tmp_path: Path) -> None:
+    """A helper whose owner never stopped it (a signal before the owner held it) is
+    stopped as the process exits, not left to outlive it."""
+    script = ("import os, sys, time\n"
+              "from volbak.volumes import direct\n"
+              "proc = direct._Forked(lambda fd: time.sleep(60), to_child=True)\n"
+              "print(proc._pid, flush=True)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=30).stdout
+    assert not Path(f"/proc/{int(out)}").exists()
+
+
 def test_forked_extraction_interrupted_leaves_no_child(tmp_path: Path) -> None:
     data = _tar(_dir("data"), *(_file(f"data/f{i}", os.urandom(3000)) for i in range(2000)))
 

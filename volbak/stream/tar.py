@@ -4,10 +4,10 @@ Feed it the stream in chunks of any size. It always counts entries and file byte
 checks every header's checksum, knows whether the archive ended with its end marker,
 and (with ``root``) refuses entries outside the archive's root directory. With
 ``digest=True`` it also computes a canonical per-entry digest (see ``hexdigest``), which
-costs a BLAKE3 pass over the file contents (about four times sha256's speed here,
-and this pass runs twice in every restore and migrate: on what is sent and on what is
-read back, but for what a sink compares instead, see ``Sink``); without it file data
-is skipped by arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
+costs a BLAKE3 pass over the file contents (about four times sha256's speed here, and
+this pass runs twice in every restore and migrate: on what is sent and on what is read
+back, but for what a sink compares instead, see ``Sink``); without it file data is
+skipped by arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
 parsed header; it may return a ``Sink`` that then receives the entry's data (the direct
 target extracts this way, so the project has one tar reader).
 
