@@ -7,9 +7,9 @@ and (with ``root``) refuses entries outside the archive's root directory. With
 costs a BLAKE3 pass over the file contents (about four times sha256's speed here, and
 this pass runs twice in every restore and migrate: on what is sent and on what is read
 back, but for what a sink compares instead, see ``Sink``); without it file data is
-skipped by arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees each entry's
-parsed header; it may return a ``Sink`` that then receives the entry's data (the direct
-target extracts this way, so the project has one tar reader).
+skipped by arithmetic, so the cost per MiB of payload is near zero. ``on_entry`` sees
+each entry's parsed header; it may return a ``Sink`` that then receives the entry's data
+(the direct target extracts this way, so the project has one tar reader).
 
 Understands ustar, GNU long names (L/K), PAX headers (x/g, including the ``size``
 record Go's tar writer uses for files over 8 GiB) and base-256 numbers.
