@@ -790,6 +790,29 @@ def test_forked_helper_interrupted_as_it_starts_is_stopped(monkeypatch) -> None:
     assert forked and not Path(f"/proc/{forked[0]}").exists()
 
 
+@pytest.mark.parametrize("failing", ["pipe", "fork"])
+def test_forked_helper_that_cannot_start_leaves_no_handle(monkeypatch, failing: str) -> None:
+    """A second pipe or the fork failing (out of file handles, of processes): the
+    error comes out, and the pipes made for the child are closed."""
+    real_pipe, pipes = os.pipe, []
+
+    def pipe():
+        if failing == "pipe" and pipes:
+            raise OSError(errno.EMFILE, "Too many open files")
+        pipes.append(1)
+        return real_pipe()
+
+    def fork():
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    before = sorted(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "pipe", pipe)
+    monkeypatch.setattr(os, "fork", fork)
+    with pytest.raises(OSError):
+        direct._Forked(lambda fd: None, to_child=True)
+    assert pipes and sorted(os.listdir("/proc/self/fd")) == before
+
+
 def test_forked_helper_no_owner_stopped_is_stopped_at_exit(tmp_path: Path) -> None:
     """A helper whose owner never stopped it (a signal before the owner held it) is
     stopped as the process exits, not left to outlive it."""
@@ -1011,6 +1034,27 @@ def test_read_behind_that_fails_fails_the_read_back(tmp_path: Path, how: str,
     got = direct.tree_digest(tmp_path / "dst", rereads=rereads)
     assert got.hexdigest() != parser.hexdigest()
     assert direct.tree_digest(tmp_path / "dst").hexdigest() != parser.hexdigest()
+
+
+def test_read_behind_of_a_reused_buffer_compares_what_was_written(tmp_path: Path) -> None:
+    """A caller that feeds the target from one buffer it refills: the read-behind
+    compares with the bytes written, not with what the buffer holds by then."""
+    _big_files(tmp_path / "src")
+    data = b"".join(read_all(DirectSource(tmp_path / "src")))
+    (tmp_path / "dst").mkdir()
+    parser = TarParser(digest=True, root="data")
+    rereads = direct.Rereads()
+    target = DirectTarget(tmp_path / "dst", parser=parser, rereads=rereads)
+    buf = bytearray(2**19)
+    for at in range(0, len(data), len(buf)):
+        piece = data[at:at + len(buf)]
+        buf[:len(piece)] = piece
+        target.write(memoryview(buf)[:len(piece)])
+    target.close()
+    assert sorted(ino for _, ino in rereads.files) == \
+        sorted(os.stat(tmp_path / "dst" / n).st_ino for n in ("big", "exact"))
+    assert direct.tree_digest(tmp_path / "dst", rereads=rereads).hexdigest() == \
+        parser.hexdigest()
 
 
 def test_read_behind_stops_with_the_extraction(tmp_path: Path) -> None:

@@ -1794,14 +1794,22 @@ class _Forked:
         # Signals held until the child is known (a Ctrl-C just after the fork left a
         # child nobody stopped); the child never leaves this block, and ignores both.
         with deferred():
-            r, w = os.pipe()
-            for size in (self.PIPE, self.PIPE // 2):  # more than pipe-max-size needs root
-                with contextlib.suppress(OSError):
-                    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
-                    break
-            self._answer, answer_w = os.pipe()
-            self.fd, theirs = (w, r) if to_child else (r, w)
-            pid = os.fork()
+            fds: list[int] = []  # closed again where no child comes of them
+            try:
+                r, w = os.pipe()
+                fds += (r, w)
+                for size in (self.PIPE, self.PIPE // 2):  # more than pipe-max-size: root
+                    with contextlib.suppress(OSError):
+                        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)
+                        break
+                answer_r, answer_w = os.pipe()
+                fds += (answer_r, answer_w)
+                pid = os.fork()
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+            mine, theirs = (w, r) if to_child else (r, w)
             if pid == 0:  # the child
                 code = 1
                 try:
@@ -1810,8 +1818,8 @@ class _Forked:
                     # fork does not copy (a CI run hung there). Objects made from here
                     # on are collected.
                     gc.freeze()
-                    os.close(self.fd)
-                    os.close(self._answer)
+                    os.close(mine)
+                    os.close(answer_r)
                     for sig in (signal.SIGINT, signal.SIGTERM):
                         signal.signal(sig, signal.SIG_IGN)
                     code = _answer(work, theirs, answer_w)
@@ -1819,6 +1827,7 @@ class _Forked:
                     os._exit(code)
             os.close(theirs)
             os.close(answer_w)
+            self.fd, self._answer = mine, answer_r
             self._pid = pid
             _LIVE.add(self)
 
