@@ -813,10 +813,10 @@ def test_forked_helper_that_cannot_start_leaves_no_handle(monkeypatch, failing: 
     assert pipes and sorted(os.listdir("/proc/self/fd")) == before
 
 
-def test_forked_helper_no_owner_stopped_is_stopped_at_exit(tmp_path: Path) -> None:
+def test_forked_helper_no_owner_stopped_is_stopped_at_exit() -> None:
     """A helper whose owner never stopped it (a signal before the owner held it) is
     stopped as the process exits, not left to outlive it."""
-    script = ("import os, sys, time\n"
+    script = ("import time\n"
               "from volbak.volumes import direct\n"
               "proc = direct._Forked(lambda fd: time.sleep(60), to_child=True)\n"
               "print(proc._pid, flush=True)\n")

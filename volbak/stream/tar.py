@@ -567,7 +567,7 @@ class TarParser:
         if self._digest is not None:
             if entry.sparse is not None and entry.pax.get(b"GNU.sparse.major") == b"1":
                 self._content = SparseHash(entry.realsize, entry.sparse)
-            elif getattr(self._sink, "compares", False):
+            elif self._sink is not None and self._sink.compares:
                 self._content = _Compared
             else:
                 self._content = _Behind(self) if self.on_entry is not None and \

@@ -72,6 +72,7 @@ import blake3
 from ..errors import IntegrityError, NotFoundError, VolbakError
 from ..stream.tar import (
     BIG_FILE,
+    COMPARED,
     PLAIN_PAX,
     SEGMENT,
     Entry,
@@ -231,9 +232,9 @@ class DirectSource:
         return self.report
 
     def use_rereads(self, rereads: Rereads | None) -> None:
-        """For ``digest``: take the content hash of a big file a DirectTarget read back
-        while writing it, where it is unchanged since (see Rereads), instead of
-        reading it again."""
+        """For ``digest``: take tar.COMPARED for the content of a big file a
+        DirectTarget read back while writing it, where it is unchanged since (see
+        Rereads), instead of reading it again."""
         self._rereads = rereads
 
     def exclude(self, patterns: Sequence[str]) -> None:
@@ -1078,9 +1079,9 @@ class Rereads:
     """Big files read back while they are written: every byte is read back from the
     target right behind its write and compared with the stream's bytes written there.
     A file read back whole and equal is recorded by inode with the size, mtime and
-    ctime it had once finished, and what the digesting parser took for its content:
-    ``tar.COMPARED``, as the comparing sink spared it the hash (tar.Sink). The read-back
-    after the extraction (``DirectSource.use_rereads``) takes that instead of reading
+    ctime it had once finished. The digesting parser took ``tar.COMPARED`` for its
+    content, as the comparing sink spared it the hash (tar.Sink); the read-back after
+    the extraction (``DirectSource.use_rereads``) takes the same instead of reading
     the file again where its inode still has that size, mtime and ctime: anything that
     wrote to it since, or changed its attributes, or linked it, moved its ctime (to the
     kernel clock's tick, a few ms: a change within the tick of our last one would not
@@ -1100,7 +1101,8 @@ class Rereads:
     MIN = BIG_FILE
 
     def __init__(self) -> None:
-        self.files: dict[tuple[int, int], tuple[int, int, int, str]] = {}
+        # (dev, inode) -> (size, mtime_ns, ctime_ns) of each file read back equal
+        self.files: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._pool: ThreadPoolExecutor | None = None
 
     def start(self, fd: int) -> _Reread:
@@ -1108,15 +1110,14 @@ class Rereads:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="volbak-reread")
         return _Reread(self._pool, fd)
 
-    def finish(self, reread: _Reread, fd: int, size: int, digest: str | None) -> None:
+    def finish(self, reread: _Reread, fd: int, size: int) -> None:
         """The file is complete, its attributes set: wait for its reading, and record
-        it with ``digest`` (what the parser took for its content: tar.COMPARED) where
-        every byte was read back equal."""
+        it where every byte was read back equal."""
         same = reread.wait()
         st = os.fstat(fd)
-        if same and digest is not None and reread.pos == st.st_size == size:
+        if same and reread.pos == st.st_size == size:
             self.files[(st.st_dev, st.st_ino)] = (st.st_size, st.st_mtime_ns,
-                                                  st.st_ctime_ns, digest)
+                                                  st.st_ctime_ns)
 
     def linked(self, before: os.stat_result, after: os.stat_result) -> None:
         """The restore linked a recorded file (a hardlink entry): that moved its ctime,
@@ -1125,13 +1126,14 @@ class Rereads:
         key = (before.st_dev, before.st_ino)
         got = self.files[key]
         if (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == key + got[:2]:
-            self.files[key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns, got[3])
+            self.files[key] = (after.st_size, after.st_mtime_ns, after.st_ctime_ns)
 
     def get(self, st: os.stat_result) -> str | None:
-        """The file's content hash, if it was read back equal and is unchanged since."""
-        got = self.files.get((st.st_dev, st.st_ino))
-        if got is not None and got[:3] == (st.st_size, st.st_mtime_ns, st.st_ctime_ns):
-            return got[3]
+        """What the digest takes for the file's content (tar.COMPARED) if it was read
+        back equal and is unchanged since."""
+        if self.files.get((st.st_dev, st.st_ino)) == (st.st_size, st.st_mtime_ns,
+                                                       st.st_ctime_ns):
+            return COMPARED
         return None
 
     def close(self) -> None:
@@ -1593,8 +1595,7 @@ class DirectTarget:
                 self._set_acls(fd, entry.acl_access, None, entry.name)
             os.utime(fd, ns=(entry.atime_ns, entry.mtime_ns))
             if sink.reread is not None:
-                self._rereads.finish(sink.reread, fd, entry.size,  # type: ignore[union-attr]
-                                     self.parser.content)
+                self._rereads.finish(sink.reread, fd, entry.size)  # type: ignore[union-attr]
         except OSError as e:
             raise self._oserror(entry.name, e) from None
         finally:
