@@ -1388,21 +1388,31 @@ def _summary(d) -> tuple:
 def test_tree_digest_extended_is_the_digest_of_the_whole(small_segments: int) -> None:
     from volbak.stream.tar import TreeDigest
 
-    records = [(b"data/%d 0 644 %d" % (i, i), "c")
-               for i in range(23)]
+    # every other entry's content goes in as it is, in two pieces
+    records = [(b"data/%d 0 644 %d" % (i, i), "c" if i % 2 else b"x" * i) for i in range(23)]
+
+    def add(d: TreeDigest, record: bytes, content: str | bytes) -> None:
+        if isinstance(content, str):
+            d.add(record, content)
+            return
+        d.begin(record, len(content))
+        d.update(content[:3])
+        d.update(content[3:])
+        d.end()
+
     whole = TreeDigest()
     for r in records:
-        whole.add(*r)
+        add(whole, *r)
     for at in range(0, 24, small_segments):
         first, rest = TreeDigest(), TreeDigest()
         for r in records[:at]:
-            first.add(*r)
+            add(first, *r)
         for r in records[at:]:
-            rest.add(*r)
+            add(rest, *r)
         first.extend(rest.segments(), rest.count)
         assert (first.hexdigest(), first.count) == (whole.hexdigest(), whole.count)
     odd = TreeDigest()
-    odd.add(*records[0])
+    odd.add(*records[1])
     with pytest.raises(ValueError):
         odd.extend(b"", 0)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 
+import blake3
 import pytest
 
 from volbak.errors import IntegrityError
@@ -400,6 +401,36 @@ def test_digest_changes_with_link_target() -> None:
     assert digest(build(tree, "pax")) != digest(build(basic_tree(), "pax"))
 
 
+def test_digest_frames_contents_taken_as_they_are() -> None:
+    """Small contents go into the digest as bytes: a byte moved from one file to the
+    next, a content shorter than its record says, or one hashed instead, all differ."""
+    from volbak.stream.tar import INLINE, TreeDigest
+
+    def files(*contents: bytes) -> str:
+        return digest(build([member(f"data/{i}", data=c) for i, c in enumerate(contents)],
+                            "pax"))
+
+    assert files(b"ab", b"c") != files(b"a", b"bc")
+    assert files(b"", b"abc") != files(b"abc", b"")
+
+    def tree(content: bytes, given: bytes, hashed: bool = False) -> str:
+        d = TreeDigest()
+        record = b"1:a0:0 %d" % len(content)
+        if hashed:
+            d.add(record, blake3.blake3(given).hexdigest())
+        else:
+            d.begin(record, len(content))
+            d.update(given)
+            d.end()
+        return d.hexdigest()
+
+    assert tree(b"abc", b"abc") == tree(b"abc", b"abc")
+    assert tree(b"abc", b"ab") != tree(b"abc", b"abc")
+    assert tree(b"abc", b"ab") != tree(b"abc", b"ab")  # a short content equals nothing
+    assert tree(b"abc", b"abc", hashed=True) != tree(b"abc", b"abc")
+    assert INLINE < 1 << 20  # below the parser's BIG_FILE: a compared file is never inline
+
+
 def test_digest_needs_digest_mode() -> None:
     p = TarParser()
     with pytest.raises(AssertionError):
@@ -470,16 +501,19 @@ def test_an_extracting_parser_digests_big_files_the_same() -> None:
 
 def test_content_a_sink_compares_is_not_hashed(monkeypatch) -> None:
     """A sink that compares what it wrote (the direct target's read-behind) spares the
-    parser the content's hash: the digest takes COMPARED for it, and only for it."""
+    parser the content's hash: the digest takes COMPARED for it, and only for it; a
+    big content gets its hash, a small one goes into the digest as it is."""
     from volbak.stream import tar as tarmod
 
+    big = b"b" * (tarmod.INLINE + 1)
+    files = (("data/compared", b"a" * 5000), ("data/hashed", big), ("data/small", b"c" * 10))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name, data in (("data/compared", b"a" * 5000), ("data/hashed", b"b" * 10)):
+        for name, data in files:
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
-    got: list[tuple[bytes, bytes, str | None]] = []
+    written: list[tuple[bytes, bytes]] = []
 
     class Sink:
         def __init__(self, entry: Entry) -> None:
@@ -490,15 +524,22 @@ def test_content_a_sink_compares_is_not_hashed(monkeypatch) -> None:
             self.data += bytes(data)
 
         def close(self) -> None:
-            got.append((self.entry.name, self.data, p.content))
+            written.append((self.entry.name, self.data))
 
     p = TarParser(digest=True, root="data", on_entry=Sink)
-    hashed = []
+    hashed, added, inlined = [], [], []
     real = tarmod.blake3.blake3
+    add, begin = tarmod.TreeDigest.add, tarmod.TreeDigest.begin
     monkeypatch.setattr(tarmod.blake3, "blake3", lambda *a: hashed.append(1) or real(*a))
+    monkeypatch.setattr(tarmod.TreeDigest, "add", lambda self, record, content: (
+        added.append((record.split(b" ")[0], content)), add(self, record, content)))
+    monkeypatch.setattr(tarmod.TreeDigest, "begin", lambda self, record, size: (
+        inlined.append((record.split(b" ")[0], size)), begin(self, record, size)))
     p.feed(buf.getvalue())
     monkeypatch.undo()
-    assert got == [(b"data/compared", b"a" * 5000, tarmod.COMPARED),
-                   (b"data/hashed", b"b" * 10, real(b"b" * 10).hexdigest())]
-    assert len(hashed) == 1  # the hashed file's, not the compared one's
+    assert written == [(n.encode(), d) for n, d in files]
+    assert inlined == [(b"10:data/small0:00,0", 10)]
+    assert added == [(b"13:data/compared0:00,0", tarmod.COMPARED),
+                     (b"11:data/hashed0:00,0", real(big).hexdigest())]
+    assert len(hashed) == 1  # the big file's, not the compared one's
     assert p.hexdigest() != digest(buf.getvalue())

@@ -80,6 +80,7 @@ from ..stream.tar import (
     TarParser,
     TreeDigest,
     digest_record,
+    inline,
     norm,
     parse_sparse_map,
     parse_time_ns,
@@ -923,11 +924,18 @@ class WalkDigest:
         self.entries += 1
         if typ == tarfmt.REGULAR:
             self.file_bytes += real
-        self._content = None if self._sparse_real is not None else blake3.blake3()
+        if self._sparse_real is not None:
+            self._content = None
+        elif inline(real):
+            self.tree.begin(self._record, real)
+            self._content = self.tree
+        else:
+            self._content = blake3.blake3()
         return b""
 
     def known(self, hexdigest: str, size: int) -> None:
         """The current file's content hash, from a read-behind (Rereads)."""
+        assert self._content is not self.tree, "a file the tree takes inline is read"
         self._content = _Known(hexdigest)
         self.known_bytes += size
 
@@ -945,7 +953,10 @@ class WalkDigest:
         if self._record is not None:
             if self._content is None:  # the walk yields a sparse file's map after its head
                 raise AssertionError("a sparse entry without its map block")
-            self.tree.add(self._record, self._content.hexdigest())
+            if self._content is self.tree:
+                self.tree.end()
+            else:
+                self.tree.add(self._record, self._content.hexdigest())
             self._record = None
 
     def hexdigest(self) -> str:
