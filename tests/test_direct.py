@@ -862,6 +862,19 @@ def test_forked_walk_is_the_walk(tree: Path) -> None:
     _no_child_left()
 
 
+def test_forked_walk_continues_short_writes(tmp_path: Path, monkeypatch) -> None:
+    """The child writes its pieces with writev: a write that takes only part of them
+    (a signal, a pipe that fills) is continued where it stopped, nothing lost."""
+    _many_files(tmp_path / "src")
+    want = b"".join(read_all(DirectSource(tmp_path / "src")))
+    real = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, pieces: real(fd, [memoryview(
+        b"".join(bytes(p) for p in pieces[:3]))[:4099]]))
+    with DirectSource(tmp_path / "src") as source:
+        assert _read_to_end(source.forked()) == want
+    _no_child_left()
+
+
 def test_forked_walk_leaves_out_what_exclude_does(tmp_path: Path) -> None:
     _many_files(tmp_path / "src")
     one = DirectSource(tmp_path / "src")

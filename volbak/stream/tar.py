@@ -454,20 +454,9 @@ class TarParser:
         while pos < n and not self.ended:
             if self._left:
                 take = min(self._left, n - pos)
-                piece = view[pos : pos + take]
                 self._left -= take
                 pos += take
-                if self._meta is not None:
-                    self._meta += piece
-                elif self._map is not None:
-                    self._map_piece(piece)
-                else:
-                    if self._content is not None:
-                        self._content.update(piece)
-                    if self._sink is not None:
-                        self._sink.write(piece)
-                if not self._left:
-                    self._end_member()
+                self._data(view[pos - take : pos])
                 continue
             if self._pad:
                 take = min(self._pad, n - pos)
@@ -478,6 +467,14 @@ class TarParser:
                 header = bytes(view[pos : pos + BLOCK])
                 pos += BLOCK
                 self._on_header(header)
+                # the usual member: its data and padding whole in this chunk, taken at
+                # once (two turns of this loop fewer, twice per entry with a PAX header)
+                left = self._left
+                if left and pos + left + self._pad <= n:
+                    piece = view[pos : pos + left]
+                    pos += left + self._pad
+                    self._left = self._pad = 0
+                    self._data(piece)
                 continue
             take = min(BLOCK - len(self._header), n - pos)
             self._header += view[pos : pos + take]
@@ -486,6 +483,20 @@ class TarParser:
                 header = bytes(self._header)
                 self._header.clear()
                 self._on_header(header)
+
+    def _data(self, piece: memoryview) -> None:
+        """A member's next data; its end when no more is to come."""
+        if self._meta is not None:
+            self._meta += piece
+        elif self._map is not None:
+            self._map_piece(piece)
+        else:
+            if self._content is not None:
+                self._content.update(piece)
+            if self._sink is not None:
+                self._sink.write(piece)
+        if not self._left:
+            self._end_member()
 
     def _corrupt(self, why: str) -> IntegrityError:
         return IntegrityError(

@@ -226,10 +226,18 @@ class DirectSource:
         return self._walker.read
 
     def _serve_walk(self, fd: int) -> Report:
-        while data := self.read(CHUNK):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+        """The forked child's side of ``_Walker``: the walk's pieces, about a CHUNK at
+        a time in one writev, not joined first as ``read`` joins them (50,000 small
+        files: a tenth of the child's lines, and a copy of every byte, spared)."""
+        batch: list[bytes | memoryview] = []
+        size = 0
+        for piece in self._gen:
+            batch.append(piece)
+            size += len(piece)
+            if size >= CHUNK or len(batch) >= _IOV_MAX:
+                _writev_all(fd, batch)
+                batch, size = [], 0
+        _writev_all(fd, batch)
         return self.report
 
     def use_rereads(self, rereads: Rereads | None) -> None:
@@ -998,6 +1006,22 @@ def tree_digest(path: str | bytes, root: str = "data", *, owners: bool = True,
 def _cores() -> int:
     """The CPUs this process may run on: a forked helper needs a second one."""
     return len(os.sched_getaffinity(0))
+
+
+_IOV_MAX = 512  # pieces per writev: below every kernel's IOV_MAX (1024 on Linux)
+
+
+def _writev_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """All of ``pieces`` to ``fd``, in order (a short write is continued)."""
+    while pieces:
+        done = os.writev(fd, pieces)
+        for i, piece in enumerate(pieces):
+            if done < len(piece):
+                pieces = [memoryview(piece)[done:], *pieces[i + 1:]]
+                break
+            done -= len(piece)
+        else:
+            return
 
 
 def _has_xattrs(fd: int) -> bool:
