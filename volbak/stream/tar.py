@@ -546,12 +546,14 @@ class TarParser:
         pax = {**self._gpax, **self._pax} if self._gpax else self._pax
         self._pax = {}
         name = _cstr(h[0:100])
-        if h[257:265] == _USTAR and h[345] != 0:
+        if h[345] and h[257:265] == _USTAR:
             name = _cstr(h[345:500]) + b"/" + name
         if self._longname is not None:
-            name = self._longname
-        link = self._longlink if self._longlink is not None else _cstr(h[157:257])
-        self._longname = self._longlink = None
+            name, self._longname = self._longname, None
+        if self._longlink is not None:
+            link, self._longlink = self._longlink, None
+        else:
+            link = _cstr(h[157:257])
         if pax:
             # GNU sparse (the direct source's sparse files) keeps the real name here
             name = pax.get(b"GNU.sparse.name") or pax.get(b"path", name)

@@ -1077,7 +1077,7 @@ class _Entry:
     linkname: bytes
     devmajor: int
     devminor: int
-    xattrs: list[tuple[str, bytes]]
+    xattrs: Sequence[tuple[str, bytes]]
     acl_access: bytes | None
     acl_default: bytes | None
     sparse: list[tuple[int, int]] | None
@@ -1255,14 +1255,23 @@ class _FileSink:
         self.compares = reread is not None
         self.owned = owned  # made with the entry's owner: no chown
         self.moded = moded  # made with the entry's mode: no chmod
-        self.segments = [s for s in segments if s[1]]
+        self.segments = segments if entry.sparse is None and entry.size else \
+            [s for s in segments if s[1]]
         self._i = 0
         self._left = self.segments[0][1] if self.segments else 0
+        # one segment, small, not read behind: written by one os.write as a rule
+        self._whole = len(self.segments) == 1 and self._left <= WRITE_MAX and reread is None
         if self.segments and self.segments[0][0]:
             os.lseek(fd, self.segments[0][0], os.SEEK_SET)
 
     def write(self, view: memoryview) -> None:
         try:
+            if self._whole and len(view) == self._left:  # the usual: all in one write
+                done = os.write(self.fd, view)
+                self._left -= done
+                if not self._left:
+                    return
+                view = view[done:]
             while view:
                 take = min(self._left, len(view), WRITE_MAX)
                 done = os.write(self.fd, view[:take])
@@ -1400,7 +1409,7 @@ class DirectTarget:
 
     def _on_entry(self, e: Entry) -> _FileSink | None:
         pax = e.pax
-        xattrs: list[tuple[str, bytes]] = []
+        xattrs: Sequence[tuple[str, bytes]] = ()  # (one object, pickled in a byte)
         acl_access = acl_default = None
         if not pax.keys() <= PLAIN_PAX:  # most entries carry only an mtime
             if pax.get(b"GNU.sparse.major") == b"1" and e.kind != b"0":
@@ -1479,26 +1488,21 @@ class DirectTarget:
     def _parts(self, name: bytes, entry: _Entry, what: str = "entry") -> tuple[bytes, ...]:
         """The path below the target for an archive name, or IntegrityError. ``what`` is
         "entry" for the entry's own name, "hardlink" for its link target."""
-        def refuse(why: str) -> IntegrityError:
-            return IntegrityError(
-                f"refusing the archive: entry {show(entry.name)} {why}",
-                hint="this archive was not written by volbak or has been tampered with; "
-                     "nothing was written outside the target",
-            )
-
         if b"\0" in name or not name:
-            raise refuse("has an empty or NUL-containing name")
+            raise self._refuse_path(entry, "has an empty or NUL-containing name")
         if name.startswith(b"/"):
-            raise refuse("has an absolute name" if what == "entry" else
-                         f"links to the absolute name {show(name)}")
-        parts = [p for p in name.split(b"/") if p not in (b"", b".")]
+            raise self._refuse_path(entry, "has an absolute name" if what == "entry" else
+                                    f"links to the absolute name {show(name)}")
+        parts = name.split(b"/")
+        if b"" in parts or b"." in parts:  # (a directory's trailing slash)
+            parts = [p for p in parts if p not in (b"", b".")]
         if b".." in parts:
-            raise refuse("has a '..' component" if what == "entry" else
-                         f"links to {show(name)}, which has a '..' component")
+            raise self._refuse_path(entry, "has a '..' component" if what == "entry" else
+                                    f"links to {show(name)}, which has a '..' component")
         if not parts or parts[0] != self.root:
-            raise refuse(f"is outside the archive's root {show(self.root)}/"
-                         if what == "entry" else
-                         f"links to {show(name)}, outside {show(self.root)}/")
+            raise self._refuse_path(entry, f"is outside the archive's root {show(self.root)}/"
+                                    if what == "entry" else
+                                    f"links to {show(name)}, outside {show(self.root)}/")
         return tuple(parts[1:])
 
     def _refuse_path(self, entry: _Entry, why: str) -> IntegrityError:
@@ -1728,7 +1732,7 @@ class DirectTarget:
             self.report.warn(f"{show(entry.name)}: owner {entry.uid}:{entry.gid} not set "
                              "(not running as root)")
 
-    def _set_xattrs(self, target: int | bytes, xattrs: list[tuple[str, bytes]],
+    def _set_xattrs(self, target: int | bytes, xattrs: Sequence[tuple[str, bytes]],
                     name: bytes) -> None:
         follow = isinstance(target, int)
         for key, value in xattrs:
