@@ -36,6 +36,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +51,13 @@ import docker.errors
 import pytest
 
 pytest.register_assert_rewrite("volbak.testing")
+
+# A suite started in the background by a shell without job control (`scripts/test &`)
+# inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the
+# tests that interrupt themselves (forked helpers, the stopper) would see nothing. A
+# run started so failed ten of them.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TEST_LABEL = "volbak-test"
 PRODUCT_LABEL = "volbak"
