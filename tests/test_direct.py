@@ -672,6 +672,20 @@ def _many_files(root: Path) -> None:
     os.utime(root / "d2", ns=(1, 1_500_000_000_000_000_001))
 
 
+@pytest.mark.parametrize("fork", [False, True])
+def test_short_writes_of_a_file_are_continued(tmp_path: Path, monkeypatch, fork: bool
+                                              ) -> None:
+    """A write that takes only part of a file's data (a full pipe, a signal) is
+    continued where it stopped: for a small file written in one call as for a big one."""
+    files = {"empty": b"", "small": os.urandom(5000), "big": os.urandom(300_000)}
+    archive = _tar(_dir("data"), *(_file(f"data/{n}", d) for n, d in files.items()))
+    real = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real(fd, memoryview(data)[:1000]))
+    DirectTarget(tmp_path, fork=fork).extract([archive])
+    assert {n: (tmp_path / n).read_bytes() for n in files} == files
+    _no_child_left()
+
+
 @pytest.mark.parametrize("step", [65536, 1_048_577])
 def test_forked_extraction_is_the_one_process_extraction(tmp_path: Path, step: int) -> None:
     src = tmp_path / "src"

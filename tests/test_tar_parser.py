@@ -404,7 +404,7 @@ def test_digest_changes_with_link_target() -> None:
 def test_digest_frames_contents_taken_as_they_are() -> None:
     """Small contents go into the digest as bytes: a byte moved from one file to the
     next, a content shorter than its record says, or one hashed instead, all differ."""
-    from volbak.stream.tar import INLINE, TreeDigest
+    from volbak.stream.tar import BIG_FILE, INLINE, TreeDigest
 
     def files(*contents: bytes) -> str:
         return digest(build([member(f"data/{i}", data=c) for i, c in enumerate(contents)],
@@ -428,7 +428,7 @@ def test_digest_frames_contents_taken_as_they_are() -> None:
     assert tree(b"abc", b"ab") != tree(b"abc", b"abc")
     assert tree(b"abc", b"ab") != tree(b"abc", b"ab")  # a short content equals nothing
     assert tree(b"abc", b"abc", hashed=True) != tree(b"abc", b"abc")
-    assert INLINE < 1 << 20  # below the parser's BIG_FILE: a compared file is never inline
+    assert INLINE < BIG_FILE  # a compared file (Rereads.MIN) is never inline
 
 
 def test_digest_needs_digest_mode() -> None:
