@@ -116,9 +116,14 @@ def test_damaged_encrypted_backup(damage, source, key, run, resources, docker_cl
 
 @needs_age
 def test_runbook_without_volbak(source, key, run, repo, tmp_path, docker_client):
-    """age -d -i KEY <stored file> | zstd -d | tar x  gives back the volume."""
+    """sha256sum -c, then age -d -i KEY <stored file> | zstd -d | tar x  gives back the
+    volume."""
     path, recipient = key
     run("backup", source, "-r", recipient)
+    (mfile,) = (repo / source).glob("*.manifest.json")
+    subprocess.run(["sha256sum", "-c", "--strict"], check=True, text=True, capture_output=True,
+                   input=f"{json.loads(mfile.read_text())['object']['sha256']}  "
+                         f"{_stored(repo, source)}\n")
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(

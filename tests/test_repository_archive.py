@@ -4,18 +4,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
 import tarfile
 from pathlib import Path
 
+import blake3
 import pytest
 
 from volbak.crypto.age import ScryptIdentity, ScryptRecipient, X25519Identity
 from volbak.errors import CryptoError, IntegrityError, NotFoundError, UsageError
 from volbak.local import LocalBackend
 from volbak.repository import BackupInfo, Manifest, Repository
+from volbak.repository.archive import object_hashes
 from volbak.repository.manifest import iso
 from volbak.stream.tar import TarParser
 
@@ -85,6 +88,9 @@ def test_round_trip(repo: Repository, compression: str) -> None:
     assert m.object["name"] == "vol/20261129T070001Z.tar" + {"zstd": ".zst", "gzip": ".gz",
                                                               "none": ""}[compression]
     assert m.object["size"] == repo.backend.stat(m.object["name"]).size == listed.size
+    stored = (repo.backend.root / m.object["name"]).read_bytes()
+    assert (m.object["sha256"], m.object["blake3"]) == \
+        (hashlib.sha256(stored).hexdigest(), blake3.blake3(stored).hexdigest())
     assert read_back(repo, listed) == TAR
     repo.check_stored(listed)
 
@@ -286,6 +292,62 @@ def test_appended_bytes_are_an_integrity_error(repo: Repository) -> None:
     assert isinstance(consume(repo, info), IntegrityError)
 
 
+def test_object_hashes_are_the_standard_ones() -> None:
+    """What sha256sum and b3sum print for "abc" (the BLAKE3 value: the reference
+    implementation's b3sum)."""
+    hashes = object_hashes()
+    for h in hashes.values():
+        h.update(b"abc")
+    assert {name: h.hexdigest() for name, h in hashes.items()} == {
+        "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        "blake3": "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"}
+
+
+def rewrite_object(repo: Repository, info: BackupInfo, **changes: str | None) -> BackupInfo:
+    """The backup as listed after its manifest's object record was edited (None: the
+    key removed, as in a manifest written before volbak recorded it)."""
+    path = repo.backend.root / info.manifest_name
+    d = json.loads(path.read_bytes())
+    for key, value in changes.items():
+        if value is None:
+            del d["object"][key]
+        else:
+            d["object"][key] = value
+    path.write_text(json.dumps(d))
+    return repo.get(info.id)
+
+
+@pytest.mark.parametrize("how", ["flip", "truncate"])
+def test_damage_is_found_in_a_backup_with_sha256_alone(repo: Repository, how: str) -> None:
+    info = rewrite_object(repo, backup(repo, compression="none"), blake3=None)
+    assert "blake3" not in info.manifest.object
+    assert read_back(repo, info) == TAR
+    repo.check_stored(info)
+    damage(repo, info, how, len(TAR) // 2)
+    assert isinstance(consume(repo, info), IntegrityError)
+    with pytest.raises(IntegrityError):
+        repo.check_stored(info)
+
+
+def test_restore_checks_the_blake3_and_verify_checks_both(repo: Repository) -> None:
+    """A manifest whose sha256 alone is wrong (edited, or written by a broken volbak):
+    a restore's read passes on the BLAKE3; verify's read and the keyless check do not."""
+    info = backup(repo, compression="none")
+    wrong_sha = rewrite_object(repo, info, sha256="0" * 64)
+    assert read_back(repo, wrong_sha) == TAR
+    with pytest.raises(IntegrityError), \
+            repo.open_backup(wrong_sha, every_hash=True) as reader:
+        while reader.read(65_536):
+            pass
+    with pytest.raises(IntegrityError):
+        repo.check_stored(wrong_sha)
+    wrong_b3 = rewrite_object(repo, wrong_sha, sha256=info.manifest.object["sha256"],
+                              blake3="0" * 64)
+    assert isinstance(consume(repo, wrong_b3), IntegrityError)
+    with pytest.raises(IntegrityError):
+        repo.check_stored(wrong_b3)
+
+
 def test_missing_object(repo: Repository) -> None:
     info = backup(repo)
     (repo.backend.root / info.manifest.object["name"]).unlink()
@@ -343,6 +405,8 @@ BAD_MANIFESTS = {
     "object missing": {"object": None},
     "object incomplete": {"object": {"name": "x"}},
     "object size is text": {"object": {"name": "x", "size": "big", "sha256": "0"}},
+    "object blake3 is a number": {"object": {"name": "x", "size": 1, "sha256": "0",
+                                             "blake3": 5}},
     "tar is a list": {"tar": [1, 2]},
     "duration is text": {"duration_seconds": "long"},
 }

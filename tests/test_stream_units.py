@@ -271,13 +271,16 @@ def test_drain_abandon_keeps_the_original_error() -> None:
 def test_hash_sink() -> None:
     import hashlib
 
+    import blake3
+
     out: list[bytes] = []
-    hs = HashSink(out.append)
-    for p in (b"ab", b"", b"cd"):
+    hs = HashSink(out.append, {"sha256": hashlib.sha256(), "blake3": blake3.blake3()})
+    for p in (b"ab", b"", memoryview(b"cd")):
         hs.write(p)
-    assert out == [b"ab", b"cd"]
+    assert [bytes(p) for p in out] == [b"ab", b"cd"]
     assert hs.size == 4
-    assert hs.hexdigest() == hashlib.sha256(b"abcd").hexdigest()
+    assert hs.hexdigests() == {"sha256": hashlib.sha256(b"abcd").hexdigest(),
+                               "blake3": blake3.blake3(b"abcd").hexdigest()}
 
 
 # -- pipeline -----------------------------------------------------------------------------

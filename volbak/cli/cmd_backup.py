@@ -144,7 +144,8 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     secs = m.duration_seconds or 1e-9
     tar_size = m.tar.get("size", 0)
     summary = {**info.summary(), "tar_size": tar_size, "seconds": secs,
-               "sha256": (m.object or {}).get("sha256"), "repo": ctx.repo().url}
+               "sha256": (m.object or {}).get("sha256"),
+               "blake3": (m.object or {}).get("blake3"), "repo": ctx.repo().url}
     cache = m.extra.get("file_cache")
     if cache:
         summary["file_cache"] = cache

@@ -119,6 +119,8 @@ def show(ctx: Ctx, backup_id: str) -> None:
     if m.object:
         say(f"stored:      {m.object['name']}, {fmt_size(m.object['size'])}, "
             f"sha256 {m.object['sha256']}")
+        if "blake3" in m.object:
+            say(f"             blake3 {m.object['blake3']}")
     elif m.storage:
         st = m.storage
         say(f"stored:      {fmt_size(info.size)} new in this backup: "

@@ -1,9 +1,10 @@
 """Verify stored backups by reading them back.
 
-With the key (or for unencrypted backups) the whole chain is checked: stored sha256
-and size, decryption, decompression and the tar stream up to its end marker. Without
-the key of an encrypted backup only the stored object's sha256 and size can be
-checked, and the result says so (``level="hash"``).
+With the key (or for unencrypted backups) the whole chain is checked: the stored
+object's size and every hash its manifest records (sha256, and blake3 in newer
+backups: a restore checks only the cheaper one), decryption, decompression and the tar
+stream up to its end marker. Without the key of an encrypted backup only the stored
+object's size and hashes can be checked, and the result says so (``level="hash"``).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def verify_backup(repo: Repository, info: BackupInfo, identities: Sequence[Any] 
     try:
         if full:
             parser = TarParser(root=info.manifest.archive_root, what=f"backup {info.id}")
-            with repo.open_backup(info, identities) as reader:
+            with repo.open_backup(info, identities, every_hash=True) as reader:
                 for _ in checked_chunks(reader.read, parser.feed, parser.check_complete):
                     pass
             result.tar_bytes, result.entries = parser.tar_bytes, parser.entries

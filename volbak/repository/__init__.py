@@ -250,16 +250,19 @@ class Repository:
                 return DedupWriter(self, store, volume, stamp)
         raise UsageError(f"too many backups of '{volume}' in the same second")
 
-    def open_backup(self, info: BackupInfo, identities: Sequence[Any] = ()) -> BackupReader:
+    def open_backup(self, info: BackupInfo, identities: Sequence[Any] = (), *,
+                    every_hash: bool = False) -> BackupReader:
         """The backup's tar stream, checked as it is read (see format.BackupReader).
-        A wrong or missing key fails here, before anything is read."""
+        A wrong or missing key fails here, before anything is read. An archive's stored
+        object is checked with the cheapest hash its manifest records, or with
+        ``every_hash`` with each (a dedup backup's chunks have one hash each)."""
         if info.manifest.repo_format == "dedup":
             from .dedup.reader import DedupReader
 
             return DedupReader(self.dedup(), info, identities)
         from .archive import ArchiveReader
 
-        return ArchiveReader(self, info, identities)
+        return ArchiveReader(self, info, identities, every_hash=every_hash)
 
     def check_stored(self, info: BackupInfo, identities: Sequence[Any] = ()) -> None:
         """What can be checked without any key: the stored data's sizes and hashes

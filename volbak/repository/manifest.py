@@ -129,6 +129,8 @@ class Manifest:
                     raise TypeError("'object' (name, size, sha256) missing")
                 if not isinstance(obj["name"], str) or not isinstance(obj["size"], int):
                     raise TypeError("'object' name or size of the wrong type")
+                if not all(isinstance(obj.get(k, ""), str) for k in ("sha256", "blake3")):
+                    raise TypeError("'object' sha256 or blake3 of the wrong type")
         # AttributeError: a "created" that is not a string (parse_time calls .replace).
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise IntegrityError(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -84,21 +83,23 @@ class Pump:
 
 
 class HashSink:
-    """Hash and count what passes, then hand it on."""
+    """Hash (with each of ``hashes``, by name) and count what passes, then hand it on."""
 
-    def __init__(self, write: Callable[[bytes], Any]) -> None:
+    def __init__(self, write: Callable[[bytes], Any], hashes: dict[str, Any]) -> None:
         self._write = write
-        self._h = hashlib.sha256()
+        self._hashes = hashes
+        self._updates = [h.update for h in hashes.values()]
         self.size = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if data:
-            self._h.update(data)
+            for update in self._updates:
+                update(data)
             self.size += len(data)
             self._write(data)
 
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+    def hexdigests(self) -> dict[str, str]:
+        return {name: h.hexdigest() for name, h in self._hashes.items()}
 
 
 class Drain:
