@@ -123,19 +123,23 @@ def test_failed_new_target_is_removed_after_a_write_in_a_later_second(
     assert not [e for e in journal.entries(tmp_path / "journal") if e["kind"] == "new-target"]
 
 
-def test_a_signal_another_thread_receives_waits_for_deferred():
+@pytest.mark.parametrize("handler", ["cli", "python"])
+def test_a_signal_another_thread_receives_waits_for_deferred(handler: str):
     """The kernel may hand a process-directed SIGTERM/SIGINT to any thread that does not
     block it; Python still runs the handler in the main thread, in the middle of a
-    ``deferred()`` cleanup. The CLI's handler holds it until the block ends."""
+    ``deferred()`` cleanup. The CLI's handler holds it until the block ends; so does
+    Python's own (volbak as a library), which deferred() swaps for the block."""
     from volbak.cli import _on_signal
     from volbak.util.signals import deferred
+
+    handle = _on_signal if handler == "cli" else signal.default_int_handler
 
     r, w = os.pipe()
     os.set_blocking(w, False)
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, daemon=True)  # started outside deferred()
     t.start()
-    old = signal.signal(signal.SIGINT, _on_signal)
+    old = signal.signal(signal.SIGINT, handle)
     old_fd = signal.set_wakeup_fd(w)
     steps = []
     try:
@@ -146,6 +150,7 @@ def test_a_signal_another_thread_receives_waits_for_deferred():
             for _ in range(3):  # more chances for the pending handler to run
                 steps.append("and on")
         steps.append("raised after the block")
+        after = signal.getsignal(signal.SIGINT)
     finally:
         signal.set_wakeup_fd(old_fd)
         signal.signal(signal.SIGINT, old)
@@ -153,6 +158,23 @@ def test_a_signal_another_thread_receives_waits_for_deferred():
         os.close(r)
         os.close(w)
     assert steps == ["cleanup went on", "and on", "and on", "and on", "raised after the block"]
+    assert after is handle
+
+
+def test_deferred_puts_pythons_own_handler_back():
+    from volbak.util.signals import deferred
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with deferred(), deferred():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        with pytest.raises(KeyboardInterrupt), deferred():  # a Ctrl-C after the block
+            raise KeyboardInterrupt
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 # A run that made a new target, wrote into it until dockerd's CreatedAt moved on, and died

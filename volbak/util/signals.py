@@ -11,7 +11,11 @@ sent to the process to any thread that does not block it (a thread started outsi
 ``deferred()``: the dedup lock's refresher, a hook's reader), and Python then runs the
 handler in the main thread all the same, in the middle of the cleanup. So a handler
 asks ``hold(signum)`` first: inside ``deferred()`` the signal is kept and raised again
-as the outermost block ends.
+as the outermost block ends. Where SIGINT still has Python's own handler (volbak used as
+a library, without the CLI's), ``deferred()`` puts one in that does the same for the
+length of the block: Python's raises KeyboardInterrupt at once, and a Ctrl-C that
+another thread received would cut the block short (a forked helper started inside one
+was left running).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 _depth = 0  # nesting of deferred() in the main thread
 _held: list[int] = []  # signals that reached the handler inside deferred()
@@ -35,6 +40,12 @@ def hold(signum: int) -> bool:
     return True
 
 
+def _holding_int_handler(signum: int, frame: Any) -> None:
+    """Python's default SIGINT handler, held inside ``deferred()``."""
+    if not hold(signum):
+        raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     global _depth
@@ -42,12 +53,19 @@ def deferred() -> Iterator[None]:
         yield  # signals are only ever handled in the main thread
         return
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    swapped = _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    if swapped:
+        signal.signal(signal.SIGINT, _holding_int_handler)
     _depth += 1
     try:
         yield
     finally:
         _depth -= 1
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # first: never left blocked
+        # A Ctrl-C handled between these two lines leaves the holding handler in:
+        # outside deferred() it does what Python's does.
+        if swapped and signal.getsignal(signal.SIGINT) is _holding_int_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         if _depth == 0 and _held:
             signum = _held[0]
             _held.clear()
