@@ -788,27 +788,43 @@ def test_forked_child_leaves_the_parents_garbage_alone(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / "dst")) == ["a", "b"]
 
 
-def test_forked_helper_interrupted_as_it_starts_is_stopped(monkeypatch) -> None:
+@pytest.mark.parametrize("received_by", ["main thread", "other thread"])
+def test_forked_helper_interrupted_as_it_starts_is_stopped(monkeypatch,
+                                                          received_by: str) -> None:
     """A Ctrl-C while the helper is forked is held until its pid is known, then
-    stops it: no helper outlives the interruption."""
+    stops it: no helper outlives the interruption. Also where another thread received
+    it, under Python's own SIGINT handler (util.signals.deferred holds it there too)."""
     real, forked = os.fork, []
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    r, w = os.pipe()
+    os.set_blocking(w, False)
 
     def fork():
         pid = real()
         if pid:
             forked.append(pid)
-            # Ctrl-C aimed at the main thread: a process-wide signal may land in a
-            # leftover thread of another test, where only the CLI's handler
-            # (util.signals.hold) holds it back, not the default one this test runs with
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            if received_by == "main thread":  # blocked there: handled after the block
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            else:
+                signal.pthread_kill(other.ident, signal.SIGINT)
+                os.read(r, 1)  # its C-level handler ran: Python's is due in this block
         return pid
 
     monkeypatch.setattr(os, "fork", fork)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old_fd = signal.set_wakeup_fd(w)
     try:
         with pytest.raises(KeyboardInterrupt):
             direct._Forked(lambda fd: time.sleep(60), to_child=True)
         assert forked and not Path(f"/proc/{forked[0]}").exists()
     finally:  # a failure here must not leave the child to fail the tests after it
+        signal.set_wakeup_fd(old_fd)
+        signal.signal(signal.SIGINT, old)
+        stop.set()
+        os.close(r)
+        os.close(w)
         for pid in forked:
             with contextlib.suppress(ProcessLookupError, ChildProcessError):
                 os.kill(pid, signal.SIGKILL)
@@ -1041,6 +1057,29 @@ def test_read_behind_of_a_file_changed_since_is_not_taken(tmp_path: Path, change
     assert rereads.get(big.stat()) is None
     got = direct.tree_digest(tmp_path / "dst", rereads=rereads)
     assert got.hexdigest() != parser.hexdigest()
+
+
+def test_linking_a_file_changed_since_its_read_keeps_its_old_record(tmp_path: Path) -> None:
+    """A hardlink entry refreshes its file's record only where the link moved nothing
+    but the ctime; a file whose size or mtime changed since it was read back keeps its
+    old record, so the read-back reads it again."""
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 10)
+    rereads = direct.Rereads()
+    for change, taken in ((False, direct.COMPARED), (True, None)):
+        st = f.stat()
+        record = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        rereads.files[(st.st_dev, st.st_ino)] = record
+        if change:
+            with open(f, "ab") as out:
+                out.write(b"more")
+        os.link(f, tmp_path / "link")
+        os.unlink(tmp_path / "link")
+        after = f.stat()
+        rereads.linked(st, after)
+        assert rereads.get(after) == taken
+        if change:
+            assert rereads.files[(st.st_dev, st.st_ino)] == record
 
 
 @pytest.mark.parametrize("how", ["error", "other-bytes"])
