@@ -165,6 +165,12 @@ def test_list_and_show(resources, docker_client, run, busybox_image, engine_kind
         assert "5432/tcp" in user["ports"]
     text = run("list")[0]
     assert second["id"] in text and "ID" in text
+    # the stored object's hashes: in backup --json, the manifest and show's text
+    assert (second["sha256"], second["blake3"]) == \
+        (shown["object"]["sha256"], shown["object"]["blake3"])
+    assert len(second["sha256"]) == len(second["blake3"]) == 64
+    text = run("show", second["id"])[0]
+    assert f"sha256 {second['sha256']}" in text and f"blake3 {second['blake3']}" in text
 
 
 # -- refusing to overwrite, --force -----------------------------------------------------------
