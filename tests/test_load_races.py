@@ -161,6 +161,32 @@ def test_a_signal_another_thread_receives_waits_for_deferred(handler: str):
     assert after is handle
 
 
+def test_a_ctrl_c_as_deferred_starts_leaves_nothing_blocked(monkeypatch):
+    """A handler that raises as the call blocking the signals returns (Python runs a
+    pending one there): the mask is put back, nothing stays held."""
+    from volbak.util import signals
+    from volbak.util.signals import deferred
+
+    real = signal.pthread_sigmask
+
+    def interrupted(how, mask):
+        old = real(how, mask)
+        if how == signal.SIG_BLOCK and signal.SIGINT in mask:
+            raise KeyboardInterrupt
+        return old
+
+    before = real(signal.SIG_BLOCK, set())
+    monkeypatch.setattr(signal, "pthread_sigmask", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt), deferred():
+            pytest.fail("the block ran")
+        monkeypatch.undo()
+        assert real(signal.SIG_BLOCK, set()) == before
+        assert (signals._depth, signals._held) == (0, [])
+    finally:  # a failure must not leave the signals blocked for the tests after it
+        real(signal.SIG_SETMASK, before)
+
+
 def test_deferred_puts_pythons_own_handler_back():
     from volbak.util.signals import deferred
 

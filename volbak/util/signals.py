@@ -52,16 +52,24 @@ def deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield  # signals are only ever handled in the main thread
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    swapped = _depth == 0 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if swapped:
-        signal.signal(signal.SIGINT, _holding_int_handler)
+    # Every step inside the try: Python runs a pending handler as a call returns, so a
+    # Ctrl-C may come out of any of them, and must find the mask put back (blocked, a
+    # later Ctrl-C would wait forever). From the first line on, a handler that asks
+    # hold() holds it.
     _depth += 1
+    old: set[signal.Signals] | None = None
+    swapped = False
     try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, set())  # blocks nothing yet
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        if _depth == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _holding_int_handler)
+            swapped = True
         yield
     finally:
         _depth -= 1
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # first: never left blocked
+        if old is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)  # first: never left blocked
         # A Ctrl-C handled between these two lines leaves the holding handler in:
         # outside deferred() it does what Python's does.
         if swapped and signal.getsignal(signal.SIGINT) is _holding_int_handler:
