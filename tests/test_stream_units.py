@@ -274,13 +274,16 @@ def test_hash_sink() -> None:
     import blake3
 
     out: list[bytes] = []
-    hs = HashSink(out.append, {"sha256": hashlib.sha256(), "blake3": blake3.blake3()})
+    hs = HashSink({"sha256": hashlib.sha256(), "blake3": blake3.blake3()}, out.append)
     for p in (b"ab", b"", memoryview(b"cd")):
         hs.write(p)
     assert [bytes(p) for p in out] == [b"ab", b"cd"]
     assert hs.size == 4
     assert hs.hexdigests() == {"sha256": hashlib.sha256(b"abcd").hexdigest(),
                                "blake3": blake3.blake3(b"abcd").hexdigest()}
+    counted = HashSink({})  # nothing to hand on to: only hashed and counted
+    counted.write(b"abc")
+    assert (counted.size, counted.hexdigests()) == (3, {})
 
 
 # -- pipeline -----------------------------------------------------------------------------

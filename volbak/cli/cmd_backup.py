@@ -143,9 +143,10 @@ def _report_backup(ctx: Ctx, info: Any) -> None:
     m = info.manifest
     secs = m.duration_seconds or 1e-9
     tar_size = m.tar.get("size", 0)
+    obj = m.object or {}  # a dedup backup has no single object: both hashes null
     summary = {**info.summary(), "tar_size": tar_size, "seconds": secs,
-               "sha256": (m.object or {}).get("sha256"),
-               "blake3": (m.object or {}).get("blake3"), "repo": ctx.repo().url}
+               "sha256": obj.get("sha256"), "blake3": obj.get("blake3"),
+               "repo": ctx.repo().url}
     cache = m.extra.get("file_cache")
     if cache:
         summary["file_cache"] = cache

@@ -59,9 +59,9 @@ def object_hashes(obj: dict[str, Any] | None = None, *, every: bool = True) -> d
     return {name: _HASHES[name]() for name in names}
 
 
-def _matches(obj: dict[str, Any], size: int, hashes: dict[str, Any]) -> bool:
-    return size == obj.get("size") and \
-        all(h.hexdigest() == obj.get(name) for name, h in hashes.items())
+def _matches(obj: dict[str, Any], hashed: HashSink) -> bool:
+    return hashed.size == obj.get("size") and \
+        all(digest == obj.get(name) for name, digest in hashed.hexdigests().items())
 
 
 class ArchiveWriter(BackupWriter):
@@ -94,7 +94,7 @@ class ArchiveWriter(BackupWriter):
         if self._writer is None:
             with deferred():  # the temp file exists from inside this call: owned at once
                 self._writer = self._repo.backend.create_writer(self.data_name)
-        self._sink = HashSink(self._writer.write, object_hashes())
+        self._sink = HashSink(object_hashes(), self._writer.write)
         if self._recipients:
             from ..crypto.age import EncryptWriter
 
@@ -151,15 +151,11 @@ class ArchiveWriter(BackupWriter):
 class _HashingReader:
     def __init__(self, raw: Any, hashes: dict[str, Any]) -> None:
         self._raw = raw
-        self.hashes = hashes
-        self._updates = [h.update for h in hashes.values()]
-        self.size = 0
+        self.hashed = HashSink(hashes)
 
     def read(self, n: int = -1) -> bytes:
         data = self._raw.read(n)
-        for update in self._updates:
-            update(data)
-        self.size += len(data)
+        self.hashed.write(data)
         return data
 
 
@@ -219,8 +215,8 @@ class ArchiveReader(BackupReader):
         while self._read(2**20):
             pass
         obj = self.info.manifest.object or {}
-        if not _matches(obj, self._hashed.size, self._hashed.hashes):
-            raise _corrupt(self.info, self._hashed.size)
+        if not _matches(obj, self._hashed.hashed):
+            raise _corrupt(self.info, self._hashed.hashed.size)
         return b""
 
     def close(self) -> None:
@@ -236,11 +232,11 @@ def check_stored(repo: Repository, info: BackupInfo) -> None:
     except NotFoundError:
         raise IntegrityError(f"backup {info.id} is listed but its archive {obj['name']} "
                              "is missing", hint="restore another backup") from None
-    hashed = _HashingReader(reader, object_hashes(obj))
+    hashing = _HashingReader(reader, object_hashes(obj))
     try:
-        while hashed.read(CHUNK):
+        while hashing.read(CHUNK):
             pass
     finally:
         reader.close()
-    if not _matches(obj, hashed.size, hashed.hashes):
-        raise _corrupt(info, hashed.size)
+    if not _matches(obj, hashing.hashed):
+        raise _corrupt(info, hashing.hashed.size)

@@ -83,9 +83,11 @@ class Pump:
 
 
 class HashSink:
-    """Hash (with each of ``hashes``, by name) and count what passes, then hand it on."""
+    """Hash (with each of ``hashes``, by name) and count what passes, then hand it on
+    to ``write``, if given."""
 
-    def __init__(self, write: Callable[[bytes], Any], hashes: dict[str, Any]) -> None:
+    def __init__(self, hashes: dict[str, Any],
+                 write: Callable[[bytes], Any] | None = None) -> None:
         self._write = write
         self._hashes = hashes
         self._updates = [h.update for h in hashes.values()]
@@ -96,7 +98,8 @@ class HashSink:
             for update in self._updates:
                 update(data)
             self.size += len(data)
-            self._write(data)
+            if self._write is not None:
+                self._write(data)
 
     def hexdigests(self) -> dict[str, str]:
         return {name: h.hexdigest() for name, h in self._hashes.items()}
