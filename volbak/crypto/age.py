@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from volbak.errors import CryptoError, TargetExistsError
+from volbak.util.host import write_all
 
 __all__ = [
     "AgeArmorError",
@@ -563,9 +564,7 @@ def write_identity_file(path: os.PathLike | str, identity: X25519Identity) -> No
         raise AgeKeyError(f"cannot create key file {os.fspath(path)}: {e.strerror}") from None
     try:
         os.fchmod(fd, 0o600)
-        view = memoryview(text)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, text)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -37,6 +37,23 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view[:WRITE_MAX]):]
 
 
+IOV_MAX = 512  # pieces per writev: below every kernel's IOV_MAX (1024 on Linux)
+
+
+def writev_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """All of ``pieces`` (at most IOV_MAX) to ``fd``, in order, in one writev where the
+    file takes it (a pipe: the direct source's walker); a short write is continued."""
+    while pieces:
+        done = os.writev(fd, pieces)
+        for i, piece in enumerate(pieces):
+            if done < len(piece):
+                pieces = [memoryview(piece)[done:], *pieces[i + 1:]]
+                break
+            done -= len(piece)
+        else:
+            return
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or unlink in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

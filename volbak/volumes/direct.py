@@ -85,7 +85,7 @@ from ..stream.tar import (
     parse_sparse_map,
     parse_time_ns,
 )
-from ..util.host import WRITE_MAX
+from ..util.host import IOV_MAX, WRITE_MAX, write_all, writev_all
 from ..util.signals import deferred
 from . import FORK_ENTRIES, many_small_files, tarfmt
 from .tarfmt import BLOCK
@@ -234,10 +234,10 @@ class DirectSource:
         for piece in self._gen:
             batch.append(piece)
             size += len(piece)
-            if size >= CHUNK or len(batch) >= _IOV_MAX:
-                _writev_all(fd, batch)
+            if size >= CHUNK or len(batch) >= IOV_MAX:
+                writev_all(fd, batch)
                 batch, size = [], 0
-        _writev_all(fd, batch)
+        writev_all(fd, batch)
         return self.report
 
     def use_rereads(self, rereads: Rereads | None) -> None:
@@ -1006,22 +1006,6 @@ def tree_digest(path: str | bytes, root: str = "data", *, owners: bool = True,
 def _cores() -> int:
     """The CPUs this process may run on: a forked helper needs a second one."""
     return len(os.sched_getaffinity(0))
-
-
-_IOV_MAX = 512  # pieces per writev: below every kernel's IOV_MAX (1024 on Linux)
-
-
-def _writev_all(fd: int, pieces: list[bytes | memoryview]) -> None:
-    """All of ``pieces`` to ``fd``, in order (a short write is continued)."""
-    while pieces:
-        done = os.writev(fd, pieces)
-        for i, piece in enumerate(pieces):
-            if done < len(piece):
-                pieces = [memoryview(piece)[done:], *pieces[i + 1:]]
-                break
-            done -= len(piece)
-        else:
-            return
 
 
 def _has_xattrs(fd: int) -> bool:
@@ -1941,9 +1925,7 @@ def _answer(work: Callable[[int], Any], fd: int, out: int) -> int:
     except Exception:  # an error with an attribute pickle cannot take
         data = pickle.dumps(("error", VolbakError(str(result[1]),
                                                   hint=getattr(result[1], "hint", None))))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(out, view):]
+    write_all(out, data)
     return 0
 
 
@@ -1987,9 +1969,7 @@ class _Child:
     def _send(self, *parts: bytes | bytearray) -> None:
         try:
             for part in parts:
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(self._proc.fd, view):]
+                write_all(self._proc.fd, part)
         except BrokenPipeError:  # the child stopped: its answer says why
             raise self._proc.failure() from None
 
