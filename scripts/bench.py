@@ -13,7 +13,8 @@ With --s3 (random-data volume only):
              upload_fileobj of the same tar bytes (same part size and concurrency)
 Each measurement runs in a fresh child process that reports its own wall time and peak
 RSS, so volbak and the baseline are measured the same way; the best of --repeat runs
-counts, and the two take turns going first. Without --host (and with no DOCKER_HOST
+counts (every run's seconds are printed below the table), and the two take turns going
+first. Without --host (and with no DOCKER_HOST
 answering) it starts a private engine with scripts/engine and stops it afterwards. Needs
 root on the engine's host (the test volumes are filled through their host mountpoints).
 
@@ -275,8 +276,10 @@ def main() -> int:
                 shutil.rmtree(work / f"repo-age-{r}")
                 for k, v in runs.items():
                     v["mb_s"] = v["bytes"] / v["seconds"] / 1e6
+                    every = best[k]["runs"] if k in best else []
                     if k not in best or v["seconds"] < best[k]["seconds"]:
                         best[k] = v
+                    best[k]["runs"] = [*every, round(v["seconds"], 3)]
             results[case] = best
     finally:
         for name in made:
@@ -309,6 +312,10 @@ def main() -> int:
                   f"{base['rss_mib']:13.0f}")
         enc = best["backup-age"]["seconds"] / best["backup"]["seconds"] - 1
         print(f"{case:<12} encryption adds {enc * 100:.1f} % to backup time")
+        # The ratios compare bests; the spread behind them says how far to trust one run.
+        print(f"{case:<12} seconds of every run: " + "; ".join(
+            f"{op} {' '.join(f'{t:.2f}' for t in best[op]['runs'])}"
+            for op in ("backup", "cp-out", "restore", "cp-in")))
     print(json.dumps(results))
     return 0
 
