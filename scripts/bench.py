@@ -5,7 +5,7 @@
                      [--warm-gib N]
 
 For two volumes (SIZE MiB of random data; FILES small files) it measures:
-  backup   volbak backup (zstd, sha256, local repository)  vs  docker cp CTR:/data - > file
+  backup   volbak backup (zstd, BLAKE3, local repository)  vs  docker cp CTR:/data - > file
   backup+age  the same, encrypted to an age recipient       (encryption overhead)
   restore  volbak restore into a new volume                vs  docker cp - CTR:/  (PUT archive)
 With --s3 (random-data volume only):

@@ -148,7 +148,7 @@ def test_list_and_show(resources, docker_client, run, busybox_image, engine_kind
                         ports={"5432/tcp": None})
     first = json.loads(run("backup", src, "--json")[0])
     time.sleep(1.1)  # distinct second-resolution IDs
-    second = json.loads(run("backup", src, "--json")[0])
+    second = json.loads(run("backup", src, "--json", "--sha256")[0])
     listed = json.loads(run("list", "--json")[0])
     assert [x["id"] for x in listed] == [second["id"], first["id"]]
     for x in listed:
@@ -165,7 +165,9 @@ def test_list_and_show(resources, docker_client, run, busybox_image, engine_kind
         assert "5432/tcp" in user["ports"]
     text = run("list")[0]
     assert second["id"] in text and "ID" in text
-    # the stored object's hashes: in backup --json, the manifest and show's text
+    # the stored object's hashes: in backup --json, the manifest and show's text; the
+    # sha256 only with --sha256
+    assert first["sha256"] is None and len(first["blake3"]) == 64
     assert (second["sha256"], second["blake3"]) == \
         (shown["object"]["sha256"], shown["object"]["blake3"])
     assert len(second["sha256"]) == len(second["blake3"]) == 64

@@ -40,6 +40,10 @@ def test_backup_list_restore_verify_dump(resources, docker_client, run, repo, ke
     out, _ = run("backup", src, "--json")
     second = json.loads(out)
     assert second["size"] < first["size"] / 4
+    # --sha256 records the hash of an archive's one object: a dedup repository has none
+    _, err = run("backup", src, "--sha256", expect=2)
+    assert "is a dedup repository" in err and "hint: drop --sha256" in err
+    assert "Traceback" not in err
     listed = json.loads(run("list", "--json")[0])
     assert [b["format"] for b in listed] == ["dedup", "dedup"]
     shown = json.loads(run("show", second["id"], "--json")[0])

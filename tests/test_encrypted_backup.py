@@ -116,14 +116,23 @@ def test_damaged_encrypted_backup(damage, source, key, run, resources, docker_cl
 
 @needs_age
 def test_runbook_without_volbak(source, key, run, repo, tmp_path, docker_client):
-    """sha256sum -c, then age -d -i KEY <stored file> | zstd -d | tar x  gives back the
-    volume."""
+    """The README's runbook: age -d -i KEY <stored file> | zstd -t checks it whole (and
+    fails on a damaged copy), sha256sum -c too for a backup made with --sha256, then
+    age -d | zstd -d | tar x gives back the volume."""
     path, recipient = key
-    run("backup", source, "-r", recipient)
+    run("backup", source, "-r", recipient, "--sha256")
     (mfile,) = (repo / source).glob("*.manifest.json")
     subprocess.run(["sha256sum", "-c", "--strict"], check=True, text=True, capture_output=True,
                    input=f"{json.loads(mfile.read_text())['object']['sha256']}  "
                          f"{_stored(repo, source)}\n")
+    damaged = tmp_path / "damaged.age"
+    data = bytearray(_stored(repo, source).read_bytes())
+    data[len(data) // 2] ^= 1
+    damaged.write_bytes(data)
+    for stored, rc in ((_stored(repo, source), 0), (damaged, 1)):
+        check = subprocess.run(["bash", "-c", f"set -o pipefail; age -d -i {path} {stored} "
+                                "| zstd -t"], capture_output=True)
+        assert check.returncode == rc, check.stderr
     out = tmp_path / "out"
     out.mkdir()
     subprocess.run(

@@ -33,6 +33,7 @@ keep = {{ last = 3, monthly = "unlimited" }}
 
 [jobs.media]
 cache = false
+sha256 = true
 volumes = ["photos", "music"]
 labels = ["backup=nightly", "volbak.include"]
 repo = "s3://bucket/prefix"
@@ -68,6 +69,8 @@ def test_good_config(tmp_path):
     assert media.keep == Policy(daily=7, weekly=4)  # from [defaults]
     assert media.compress == "gzip" and media.stop is False
     assert media.cache is False and db.cache is True  # backup --no-cache
+    assert media.sha256 is True and db.sha256 is False  # backup --sha256
+    assert cfg.settings("media").sha256 and not cfg.settings("databases").sha256
     assert media.encrypted and db.encrypted
     assert [j.name for j in cfg.select()] == ["databases", "media"]
     assert [j.name for j in cfg.select(["media", "databases", "media"])] == [
@@ -111,6 +114,7 @@ def test_unknown_job_selected(tmp_path):
          "'zstd' or 'gzip' or 'none'"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nstop="yes"', "jobs.a.stop", "true or false"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\ncache=0', "jobs.a.cache", "true or false"),
+        ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nsha256="yes"', "jobs.a.sha256", "true or false"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nwebhook="ftp://x"', "jobs.a.webhook",
          "an http:// or https:// URL"),
         ('[jobs.a]\nvolumes=["v"]\nrepo="/r"\nrecipients=["ssh-ed25519 AAAA"]',

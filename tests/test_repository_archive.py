@@ -54,8 +54,9 @@ def manifest(volume: str = "vol", when: dt.datetime = WHEN) -> Manifest:
 
 def backup(repo: Repository, data: bytes = TAR, *, volume: str = "vol",
            when: dt.datetime = WHEN, compression: str = "zstd", recipients=(),
-           step: int = 65_536) -> BackupInfo:
-    writer = repo.create_backup(volume, when, compression=compression, recipients=recipients)
+           step: int = 65_536, sha256: bool = False) -> BackupInfo:
+    writer = repo.create_backup(volume, when, compression=compression, recipients=recipients,
+                                sha256=sha256)
     with writer:
         for i in range(0, len(data), step):
             writer.write(memoryview(data)[i : i + step])
@@ -89,10 +90,28 @@ def test_round_trip(repo: Repository, compression: str) -> None:
                                                               "none": ""}[compression]
     assert m.object["size"] == repo.backend.stat(m.object["name"]).size == listed.size
     stored = (repo.backend.root / m.object["name"]).read_bytes()
-    assert (m.object["sha256"], m.object["blake3"]) == \
-        (hashlib.sha256(stored).hexdigest(), blake3.blake3(stored).hexdigest())
+    assert m.object.keys() == {"name", "size", "blake3"}  # sha256 only when asked for
+    assert m.object["blake3"] == blake3.blake3(stored).hexdigest()
     assert read_back(repo, listed) == TAR
     repo.check_stored(listed)
+
+
+def test_sha256_on_request(repo: Repository) -> None:
+    info = backup(repo, sha256=True)
+    [listed] = repo.list()
+    stored = (repo.backend.root / listed.manifest.object["name"]).read_bytes()
+    assert (listed.manifest.object["sha256"], listed.manifest.object["blake3"]) == \
+        (hashlib.sha256(stored).hexdigest(), blake3.blake3(stored).hexdigest())
+    assert read_back(repo, info) == TAR
+    repo.check_stored(info)
+
+
+def test_sha256_is_refused_by_a_dedup_repository(repo: Repository) -> None:
+    repo.init("dedup")
+    with pytest.raises(UsageError, match=r"dedup repository.*--sha256") as e:
+        repo.create_backup("vol", WHEN, sha256=True)
+    assert "drop --sha256" in (e.value.hint or "")
+    assert repo.list() == []
 
 
 @pytest.mark.parametrize("compression", COMPRESSIONS)
@@ -295,7 +314,8 @@ def test_appended_bytes_are_an_integrity_error(repo: Repository) -> None:
 def test_object_hashes_are_the_standard_ones() -> None:
     """The digests of "abc": the SHA-256 one is FIPS 180-2's example; the BLAKE3 one
     is what the blake3 package (the reference Rust implementation) gives."""
-    hashes = object_hashes()
+    hashes = object_hashes(sha256=True)
+    assert object_hashes().keys() == {"blake3"}
     for h in hashes.values():
         h.update(b"abc")
     assert {name: h.hexdigest() for name, h in hashes.items()} == {
@@ -319,7 +339,7 @@ def rewrite_object(repo: Repository, info: BackupInfo, **changes: str | None) ->
 
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 def test_damage_is_found_in_a_backup_with_sha256_alone(repo: Repository, how: str) -> None:
-    info = rewrite_object(repo, backup(repo, compression="none"), blake3=None)
+    info = rewrite_object(repo, backup(repo, compression="none", sha256=True), blake3=None)
     assert "blake3" not in info.manifest.object
     assert read_back(repo, info) == TAR
     repo.check_stored(info)
@@ -334,7 +354,7 @@ def test_restore_checks_the_blake3_and_verify_checks_both(repo: Repository) -> N
     a restore's read passes on the BLAKE3; verify, with a key or without, does not."""
     from volbak.ops.verify import verify_backup
 
-    info = backup(repo, compression="none")
+    info = backup(repo, compression="none", sha256=True)
     assert verify_backup(repo, info).ok
     wrong_sha = rewrite_object(repo, info, sha256="0" * 64)
     assert read_back(repo, wrong_sha) == TAR
@@ -405,6 +425,7 @@ BAD_MANIFESTS = {
     "volume is a string": {"volume": "vol"},
     "object missing": {"object": None},
     "object incomplete": {"object": {"name": "x"}},
+    "object without a hash": {"object": {"name": "x", "size": 1}},
     "object size is text": {"object": {"name": "x", "size": "big", "sha256": "0"}},
     "object blake3 is a number": {"object": {"name": "x", "size": 1, "sha256": "0",
                                              "blake3": 5}},

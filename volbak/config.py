@@ -6,6 +6,7 @@ Example::
     repo = "/srv/backups"                  # a path (relative: to this file) or a URL
     recipients_file = "/etc/volbak/recipients.txt"
     compress = "zstd"                      # zstd | gzip | none
+    sha256 = false                         # true: like `backup --sha256` (archive repositories)
     keep = { daily = 7, weekly = 4, monthly = 12 }
     on_failure = "mail -s 'volbak failed' root"
     webhook = "https://hooks.example.org/volbak"
@@ -62,12 +63,12 @@ COMPRESSIONS = ("zstd", "gzip", "none")
 JOB_KEYS = (
     "volumes", "containers", "labels", "repo", "repo_options", "recipients",
     "recipients_file", "passphrase_file", "compress", "stop", "pre_backup", "post_backup",
-    "keep", "on_failure", "webhook", "identity_file", "cache",
+    "keep", "on_failure", "webhook", "identity_file", "cache", "sha256",
 )
 # Keys a job needs no volume for: what every other command reads as its defaults
 # (``volbak list --config FILE [--job NAME]``).
 SETTING_KEYS = ("repo", "repo_options", "recipients", "recipients_file", "passphrase_file",
-                "compress", "identity_file")
+                "compress", "identity_file", "sha256")
 TOP_KEYS = ("defaults", "jobs")
 _SECRET_RE = re.compile(
     r"pass(word|phrase|wd)?|secret|token|private[_-]?key|credential|api[_-]?key|identity",
@@ -98,6 +99,7 @@ class Job:
     webhook: str | None = None
     identity_file: Path | None = None  # for restore/verify defaults; `run` never decrypts
     cache: bool = True  # false: like `backup --no-cache` (read every file)
+    sha256: bool = False  # true: like `backup --sha256`
 
     @property
     def encrypted(self) -> bool:
@@ -116,6 +118,7 @@ class Settings:
     passphrase_file: Path | None = None
     compress: str | None = None
     identity_file: Path | None = None
+    sha256: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -318,7 +321,7 @@ class _Parser:
                 if v not in COMPRESSIONS:
                     raise self.error(kp, " or ".join(repr(c) for c in COMPRESSIONS), v)
                 kw[k] = v
-            elif k in ("stop", "cache"):
+            elif k in ("stop", "cache", "sha256"):
                 if not isinstance(v, bool):
                     raise self.error(kp, "true or false", v)
                 kw[k] = v

@@ -117,10 +117,10 @@ def show(ctx: Ctx, backup_id: str) -> None:
     say(f"created:     {m.created}")
     say(f"format:      {m.repo_format}, read through {m.source}")
     if m.object:
-        say(f"stored:      {m.object['name']}, {fmt_size(m.object['size'])}, "
-            f"sha256 {m.object['sha256']}")
-        if "blake3" in m.object:
-            say(f"             blake3 {m.object['blake3']}")
+        say(f"stored:      {m.object['name']}, {fmt_size(m.object['size'])}")
+        for name in ("sha256", "blake3"):
+            if name in m.object:
+                say(f"             {name} {m.object[name]}")
     elif m.storage:
         st = m.storage
         say(f"stored:      {fmt_size(info.size)} new in this backup: "

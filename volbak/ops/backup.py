@@ -1,5 +1,5 @@
 """Backup: volume (directly on the host, or a helper container and the archive API)
--> tar -> repository (compress -> [age] -> sha256 -> backend, or dedup chunks).
+-> tar -> repository (compress -> [age] -> hash -> backend, or dedup chunks).
 
 Nothing is staged on disk. The archive object is committed first, the manifest
 last: a backup without a manifest is never listed, so a crash or a full disk leaves
@@ -49,6 +49,7 @@ class BackupOptions:
     source: str = "auto"  # auto | direct | api (volbak.volumes.select)
     exclude: Sequence[str] = ()  # patterns of paths inside the volume to leave out
     cache: bool = True  # dedup + direct: reuse unchanged files' chunks (volumes.filecache)
+    sha256: bool = False  # archive: record the stored object's SHA-256 beside its BLAKE3
 
 
 def backup_volume(
@@ -85,7 +86,8 @@ def backup_volume(
         # held signals make "made" and "owned by this with block" one step.
         with deferred():
             writer = stack.enter_context(repo.create_backup(
-                volume, started, compression=opts.compression, recipients=opts.recipients))
+                volume, started, compression=opts.compression, recipients=opts.recipients,
+                sha256=opts.sha256))
         bar = stack.enter_context(Progress(f"backup {volume}", total, opts.progress))
         tar, cache = stream_into(src, writer, volume, vol, opts, bar.update)
         manifest = Manifest(

@@ -185,7 +185,7 @@ def run_job(job: Any, connect: Callable[[], Engine], open_repo: Callable[[Any], 
             raise NotFoundError(f"job '{job.name}' selects no volume (labels {job.labels})",
                                 hint="check the job's volumes/containers/labels")
         opts = BackupOptions(job.compress, make_recipients(job), None, progress,
-                             cache=job.cache)
+                             cache=job.cache, sha256=job.sha256)
         how = Consistency(job.stop, job.pre_backup, job.post_backup, lock_wait)
         infos = guarded_backup(engine, repo, volumes, list(job.containers), opts, how, on_event,
                                on_stored=lambda i: report.backups.append(i.summary()),

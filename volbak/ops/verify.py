@@ -1,10 +1,11 @@
 """Verify stored backups by reading them back.
 
 With the key (or for unencrypted backups) the whole chain is checked: the stored
-object's size and every hash its manifest records (sha256, and blake3 in newer
-backups: a restore checks only the cheaper one), decryption, decompression and the tar
-stream up to its end marker. Without the key of an encrypted backup only the stored
-object's size and hashes can be checked, and the result says so (``level="hash"``).
+object's size and every hash its manifest records (blake3; sha256 in older backups
+and those made with --sha256: a restore checks only the cheaper one), decryption,
+decompression and the tar stream up to its end marker. Without the key of an encrypted
+backup only the stored object's size and hashes can be checked, and the result says so
+(``level="hash"``).
 """
 
 from __future__ import annotations

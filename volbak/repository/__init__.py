@@ -206,8 +206,9 @@ class Repository:
         raise UsageError(f"too many backups of '{volume}' in the same second")
 
     def create_backup(self, volume: str, when: dt.datetime, *, compression: str = "zstd",
-                      recipients: Sequence[Any] = ()) -> BackupWriter:
-        """A writer for one volume's tar stream; ``commit(manifest)`` lists the backup."""
+                      recipients: Sequence[Any] = (), sha256: bool = False) -> BackupWriter:
+        """A writer for one volume's tar stream; ``commit(manifest)`` lists the backup.
+        ``sha256``: an archive also records its stored object's SHA-256 (for sha256sum)."""
         from ..stream import compress
         from .archive import ArchiveWriter
 
@@ -217,11 +218,17 @@ class Repository:
             if fmt == "dedup":  # an archive repository needs no config (as before it existed)
                 self.init(fmt, recipients)
         if fmt == "dedup":
+            if sha256:
+                raise UsageError(
+                    f"repository {self.url} is a dedup repository: it stores no single "
+                    "object whose SHA-256 --sha256 could record",
+                    hint="drop --sha256 (or the job's sha256 key); a dedup backup is "
+                    "checked by 'volbak verify' or by scripts/volbak_extract.py")
             return self._create_dedup(volume, when, recipients)
         compress.check(compression)
         suffix = compress.SUFFIX[compression] + (".age" if recipients else "")
         stamp, data_name = self._new_stamp(volume, when, suffix)
-        return ArchiveWriter(self, volume, stamp, data_name, compression, recipients)
+        return ArchiveWriter(self, volume, stamp, data_name, compression, recipients, sha256)
 
     def _create_dedup(self, volume: str, when: dt.datetime, recipients: Sequence[Any]
                       ) -> BackupWriter:

@@ -125,8 +125,9 @@ class Manifest:
             )
             if m.repo_format == "archive":
                 obj = m.object
-                if not isinstance(obj, dict) or not {"name", "size", "sha256"} <= obj.keys():
-                    raise TypeError("'object' (name, size, sha256) missing")
+                if not isinstance(obj, dict) or not {"name", "size"} <= obj.keys() or \
+                        not {"sha256", "blake3"} & obj.keys():
+                    raise TypeError("'object' (name, size, sha256 or blake3) missing")
                 if not isinstance(obj["name"], str) or not isinstance(obj["size"], int):
                     raise TypeError("'object' name or size of the wrong type")
                 if not all(isinstance(obj.get(k, ""), str) for k in ("sha256", "blake3")):
