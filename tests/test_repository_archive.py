@@ -106,9 +106,13 @@ def test_sha256_on_request(repo: Repository) -> None:
     repo.check_stored(info)
 
 
-def test_sha256_is_refused_by_a_dedup_repository(repo: Repository) -> None:
+def test_sha256_is_refused_by_a_dedup_repository(repo: Repository, monkeypatch) -> None:
+    monkeypatch.delenv("VOLBAK_REPO_FORMAT", raising=False)
+    with pytest.raises(UsageError, match=r"is new, and would be a dedup repository.*--sha256"):
+        repo.create_backup("vol", WHEN, sha256=True)
+    assert repo.format == "new"  # not made a dedup repository on the way
     repo.init("dedup")
-    with pytest.raises(UsageError, match=r"dedup repository.*--sha256") as e:
+    with pytest.raises(UsageError, match=r"is a dedup repository.*--sha256") as e:
         repo.create_backup("vol", WHEN, sha256=True)
     assert "drop --sha256" in (e.value.hint or "")
     assert repo.list() == []

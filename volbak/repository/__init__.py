@@ -212,18 +212,19 @@ class Repository:
         from ..stream import compress
         from .archive import ArchiveWriter
 
-        fmt = self.format
-        if fmt == "new":
-            fmt = os.environ.get("VOLBAK_REPO_FORMAT") or "dedup"
-            if fmt == "dedup":  # an archive repository needs no config (as before it existed)
-                self.init(fmt, recipients)
+        found = self.format
+        fmt = found if found != "new" else os.environ.get("VOLBAK_REPO_FORMAT") or "dedup"
+        if fmt == "dedup" and sha256:  # before a new location becomes a dedup repository
+            raise UsageError(
+                f"repository {self.url} is "
+                + ("new, and would be " if found == "new" else "")
+                + "a dedup repository: it stores no single object whose SHA-256 "
+                "--sha256 could record",
+                hint="drop --sha256 (or the job's sha256 key), or create an archive "
+                "repository first: volbak init --format archive")
+        if found == "new" and fmt == "dedup":  # an archive one needs no config (as before)
+            self.init(fmt, recipients)
         if fmt == "dedup":
-            if sha256:
-                raise UsageError(
-                    f"repository {self.url} is a dedup repository: it stores no single "
-                    "object whose SHA-256 --sha256 could record",
-                    hint="drop --sha256 (or the job's sha256 key); a dedup backup is "
-                    "checked by 'volbak verify' or by scripts/volbak_extract.py")
             return self._create_dedup(volume, when, recipients)
         compress.check(compression)
         suffix = compress.SUFFIX[compression] + (".age" if recipients else "")
