@@ -14,9 +14,9 @@ With --s3 (random-data volume only):
 Each measurement runs in a fresh child process that reports its own wall time and peak
 RSS, so volbak and the baseline are measured the same way; the best of --repeat runs
 counts (every run's seconds are printed below the table), and the two take turns going
-first. Without --host (and with no DOCKER_HOST
-answering) it starts a private engine with scripts/engine and stops it afterwards. Needs
-root on the engine's host (the test volumes are filled through their host mountpoints).
+first. Without --host (and with no DOCKER_HOST answering) it starts a private engine with
+scripts/engine and stops it afterwards. Needs root on the engine's host (the test volumes
+are filled through their host mountpoints).
 
 --warm-gib N touches N GiB of memory and frees it right before each measurement. A VM
 that hands freed memory back to its host (Firecracker's free page reporting, as on the

@@ -295,6 +295,7 @@ on_failure = "cat > {alert}"
 
 [jobs.labelled]
 labels = ["backup=nightly"]
+sha256 = true
 
 [jobs.broken]
 volumes = ["volbak-no-such-volume"]
@@ -305,7 +306,8 @@ volumes = ["volbak-no-such-volume"]
         time.sleep(1.1)
     reports = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert reports[1]["pruned"] == [reports[0]["backups"][0]["id"]]
-    assert len(Repository(LocalBackend(repo)).list(vol)) == 1
+    [kept] = Repository(LocalBackend(repo)).list(vol)
+    assert {"sha256", "blake3"} <= kept.manifest.object.keys()  # the job's sha256 = true
     rc = main(["run", "--config", str(config), "--json", "-H", docker_host])
     out, err = capsys.readouterr()
     assert rc == 3, err

@@ -217,13 +217,15 @@ def test_commands_take_the_config_repository_and_key(run, resources, docker_clie
     conf = tmp_path / "conf" / "volbak.toml"
     conf.parent.mkdir()
     conf.write_text(f'[defaults]\nrepo = "myrepo"\nidentity_file = "../{keyfile.name}"\n'
-                    f'recipients = ["{public}"]\n'
+                    f'recipients = ["{public}"]\nsha256 = true\n'
                     f'[jobs.nightly]\nvolumes = ["{vol}"]\n')
     rc, _, err = cli(capsys, "run", "--config", str(conf), "-H", docker_host)
     assert rc == 0, err
     rc, out, _ = cli(capsys, "list", "--config", str(conf), "--job", "nightly")
     assert rc == 0 and str(tmp_path / "conf" / "myrepo") in out and f"{vol}@" in out
     monkeypatch.setenv("VOLBAK_CONFIG", str(conf))
+    rc, out, err = cli(capsys, "-H", docker_host, "backup", vol, "--json")
+    assert rc == 0 and json.loads(out)["sha256"], err  # [defaults] sha256 = true
     rc, out, err = cli(capsys, "-H", docker_host, "verify")
     assert rc == 0 and "full" in out, err
     target = resources.name()
