@@ -1393,6 +1393,28 @@ def test_header_fast_path_writes_the_general_paths_bytes() -> None:
         assert len(fast) % 512 == 0
 
 
+def test_small_file_entry_is_header_data_and_padding() -> None:
+    """tarfmt.small_file, the walk's one piece for the usual small file, is the general
+    header, the data and its padding, on both sides of every limit of its short cut."""
+    import random
+
+    rng = random.Random(11)
+    names = [b"data/a", b"data/" + b"n" * 95, b"data/" + b"n" * 96, b"data/\xff\xfe",
+             b"data/d/" + b"p" * 100]
+    for _ in range(3000):
+        name = rng.choice(names)
+        data = rng.randbytes(rng.choice([0, 1, 511, 512, 513, 4000]))
+        mode = rng.choice([0o644, 0o7777, 0])
+        uid = rng.choice([0, 1000, 8**7 - 1, 8**7])
+        gid = rng.choice([0, 8**7 - 1, 8**7, 2**32 - 1])
+        mtime_ns = rng.choice([0, 10**9 - 1, 10**9, 1764656000123456789, 1764656000 * 10**9,
+                               8**11 * 10**9 - 1, 8**11 * 10**9, 10**19 + 1, -1, -(10**9)])
+        general = tarfmt._header(name, tarfmt.REGULAR, mode, uid, gid, mtime_ns, len(data),
+                                 b"", 0, 0, None)
+        assert tarfmt.small_file(name, mode, uid, gid, mtime_ns, data) == \
+            general + data + bytes(-len(data) % 512)
+
+
 @needs_root
 @pytest.mark.parametrize("owners,all_xattrs", [(True, True), (False, True), (True, False)])
 def test_walk_digest_is_the_parsers_digest_of_the_stream(tree: Path, owners: bool,

@@ -4,13 +4,22 @@ tarfile in the USTAR, GNU and PAX formats. No Docker engine needed."""
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 
 import blake3
 import pytest
 
 from volbak.errors import IntegrityError
-from volbak.stream.tar import BLOCK, Entry, TarParser, parse_number, pax_records
+from volbak.stream.tar import (
+    BLOCK,
+    Entry,
+    TarParser,
+    checksum_ok,
+    parse_number,
+    parse_time_ns,
+    pax_records,
+)
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 MTIME = 1_700_000_000
@@ -228,6 +237,44 @@ def test_pax_records_parsing() -> None:
     assert pax_records(b"13 k=a b = c\n") == {b"k": b"a b = c"}
     with pytest.raises(IntegrityError):
         pax_records(b"xx path=ab\n")
+
+
+def test_short_cuts_answer_as_the_general_code() -> None:
+    """parse_number, pax_records, parse_time_ns and checksum_ok take a short cut for
+    what volbak writes (octal fields, one PAX record, nanosecond times): the same
+    answers, and the same refusals, as the general code around it."""
+    assert pax_records(b"30 mtime=1764790000.123456789\n") == {b"mtime": b"1764790000.123456789"}
+    assert pax_records(b"8 k=a=b\n") == {b"k": b"a=b"}
+    for bad in (b"31 mtime=1764790000.123456789\n", b"29 mtime=1764790000.123456789\n",
+                b"8 mtime\n", b"9 k=abc\0", b"-7 k=ab\n"):
+        with pytest.raises(IntegrityError):
+            pax_records(bad)
+    assert parse_time_ns(b"1764790000.123456789") == 1764790000123456789
+    assert parse_time_ns(b"1764790000.000000001") == 1764790000000000001
+    assert parse_time_ns(b"1.1234567891") == 1123456789
+    assert parse_time_ns(b"-1.500000000") == -1500000000
+    assert parse_time_ns(b"12") == 12 * 10**9
+    with pytest.raises(IntegrityError):
+        parse_time_ns(b"1.12345678x")
+    for field, value in ((b"0000644\0", 0o644), (b"0000644 ", 0o644), (b"644\0\0\0\0\0", 0o644),
+                         (b"  644  \0", 0o644), (b"\0" * 8, 0), (b" " * 8, 0)):
+        assert parse_number(field) == value
+    with pytest.raises(ValueError):
+        parse_number(b"00006x4\0")
+    rng = random.Random(5)
+    archive = build(basic_tree(), "pax") + build(basic_tree(), "gnu")
+    for h in [archive[i:i + BLOCK] for i in range(0, len(archive), BLOCK)]:
+        for _ in range(20):
+            h = bytes(rng.randrange(256) if rng.random() < 0.02 else c for c in h)
+            field = h[148:156]
+            try:
+                stored = parse_number(field)
+            except ValueError:
+                continue
+            assert checksum_ok(h) == (stored == sum(h) - sum(field) + 8 * 32)
+        ok = bytearray(h)
+        ok[148:156] = b"%06o\0 " % (sum(h[:148]) + sum(h[156:]) + 8 * 32)
+        assert checksum_ok(bytes(ok))
 
 
 # -- what it refuses ----------------------------------------------------------------------

@@ -43,6 +43,10 @@ MAX_META = 16 * 2**20  # one entry's PAX/long-name data, or a sparse map: memory
 
 
 def parse_number(field: bytes) -> int:
+    try:  # the usual field first: octal digits, then NUL or space
+        return int(field.partition(b"\0")[0], 8)
+    except ValueError:
+        pass
     if field and field[0] & 0x80:
         if field[0] == 0xFF:  # base-256, negative (GNU: mtimes before 1970)
             return int.from_bytes(field, "big", signed=True)
@@ -65,14 +69,23 @@ def byte_sum(block: bytes) -> int:
 
 
 def checksum_ok(header: bytes) -> bool:
-    """The header's bytes summed, its checksum field counted as spaces."""
+    """The header's bytes summed, its checksum field counted as spaces (byte_sum's
+    sums, in line: twice per entry of every stream read)."""
     field = header[148:156]
-    return parse_number(field) == byte_sum(header) - sum(field) + 8 * 32
+    return parse_number(field) == (zlib.adler32(header[:256]) & 0xFFFF) + (
+        zlib.adler32(header[256:512]) & 0xFFFF) - (zlib.adler32(field) & 0xFFFF) + 8 * 32 - 1
 
 
 def pax_records(data: bytes) -> dict[bytes, bytes]:
     """The key=value records of a PAX extended header's data (NUL padding after the
     last record is allowed; anything else malformed is an IntegrityError)."""
+    space = data.find(b" ")
+    if 0 < space < 4 and data[-1:] == b"\n" and data[:space].isdigit() \
+            and int(data[:space]) == len(data):
+        # one record (the direct source's mtime): no loop
+        key, eq, value = data[space + 1:-1].partition(b"=")
+        if eq:
+            return {key: value}
     out = {}
     pos = 0
     while pos < len(data) and data[pos] != 0:
@@ -94,6 +107,9 @@ def pax_records(data: bytes) -> dict[bytes, bytes]:
 
 def parse_time_ns(text: bytes) -> int:
     """A PAX time ("123", "123.456", "-1.5") in nanoseconds."""
+    whole, _, frac = text.partition(b".")
+    if len(frac) == 9 and whole.isdigit() and frac.isdigit():  # as the direct source writes
+        return int(whole) * 10**9 + int(frac)
     try:
         neg = text.startswith(b"-")
         whole, _, frac = text.lstrip(b"-").partition(b".")

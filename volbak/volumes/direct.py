@@ -708,23 +708,23 @@ class DirectSource:
             st = os.fstat(fd)
             size = st.st_size
             if (size > SMALL or st.st_nlink > 1 or not stat.S_ISREG(st.st_mode)
-                    or st.st_dev != self._dev or st.st_blocks * 512 < size or _has_xattrs(fd)):
+                    or st.st_dev != self._dev or st.st_blocks * 512 < size
+                    or os.listxattr(fd)):
                 return None
             data = os.pread(fd, size + 1, 0)
             after = os.fstat(fd)
-        except OSError:  # _plain_file says what it is
+        except OSError:  # _plain_file says what it is (xattrs that cannot be listed too)
             return None
         finally:
             os.close(fd)
-        if len(data) != size or not _same(st, after):
-            return None
+        if len(data) != size or (size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) != (
+                after.st_size, after.st_mtime_ns, after.st_ctime_ns, after.st_ino):
+            return None  # changed while read (see _same)
         report = self.report
         report.entries += 1
         report.file_bytes += size
-        return b"".join((tarfmt.header(rel, tarfmt.REGULAR, mode=stat.S_IMODE(after.st_mode),
-                                       uid=after.st_uid, gid=after.st_gid,
-                                       mtime_ns=after.st_mtime_ns, size=size),
-                         data, bytes(tarfmt.padding(size))))
+        return tarfmt.small_file(rel, after.st_mode & 0o7777, after.st_uid, after.st_gid,
+                                 after.st_mtime_ns, data)
 
     def _file(self, dfd: int, name: bytes, rel: bytes) -> Iterator[bytes]:
         try:

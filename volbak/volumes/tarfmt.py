@@ -13,6 +13,7 @@ import functools
 import grp
 import pwd
 import struct
+import zlib
 
 from ..stream.tar import byte_sum
 
@@ -139,6 +140,33 @@ def header(name: bytes, typ: bytes, *, mode: int, uid: int, gid: int, mtime_ns: 
                          bytes(padding(len(data))), main))
     return _header(name, typ, mode, uid, gid, mtime_ns, size, linkname, devmajor, devminor,
                    pax)
+
+
+def small_file(name: bytes, mode: int, uid: int, gid: int, mtime_ns: int, data: bytes
+               ) -> bytes:
+    """A regular file's whole entry: ``header(name, REGULAR, size=len(data), ...)``,
+    ``data`` and its padding, in one piece. For the usual small file (short name, small
+    ids, an mtime from 2001 to 2242) made in one go at half ``header``'s cost, the walk's
+    biggest share of Python time after its syscalls (test_direct compares the bytes)."""
+    size = len(data)
+    seconds, ns = divmod(mtime_ns, 1_000_000_000)
+    if len(name) > 100 or uid >= MAX7 or gid >= MAX7 or not 10**9 <= seconds < MAX11:
+        return b"".join((header(name, REGULAR, mode=mode, uid=uid, gid=gid,
+                                mtime_ns=mtime_ns, size=size), data, bytes(padding(size))))
+    head = b"%b%b%011o\0%011o\0" % (name.ljust(100, b"\0"), _ids(mode, uid, gid), size,
+                                     seconds)
+    # a header's first 148 bytes sum to less than Adler-32's modulus: see byte_sum
+    check = (zlib.adler32(head) & 0xFFFF) - 1 + _FILE_TAIL_SUM
+    tail = _ZEROS[:-size % BLOCK] if size % BLOCK else b""
+    if not ns:
+        return b"".join((head, b"%06o\0 " % check, _FILE_TAIL, data, tail))
+    return b"".join((_pax_header(30, seconds), b"30 mtime=%d.%09d\n" % (seconds, ns), _PAD30,
+                     head, b"%06o\0 " % check, _FILE_TAIL, data, tail))
+
+
+_FILE_TAIL = REGULAR + _PLAIN_TAIL
+_FILE_TAIL_SUM = REGULAR[0] + _PLAIN_TAIL_SUM
+_ZEROS = bytes(BLOCK)
 
 
 @functools.lru_cache(maxsize=16)
