@@ -1418,18 +1418,35 @@ def test_small_file_entry_is_header_data_and_padding() -> None:
 @needs_root
 @pytest.mark.parametrize("owners,all_xattrs", [(True, True), (False, True), (True, False)])
 def test_walk_digest_is_the_parsers_digest_of_the_stream(tree: Path, owners: bool,
-                                                         all_xattrs: bool) -> None:
+                                                         all_xattrs: bool, monkeypatch) -> None:
     """The read-back of a direct restore digests during the walk; it must agree with a
-    digesting parser over the stream the walk writes, on every kind of entry."""
+    digesting parser over the stream the walk writes, on every kind of entry, those its
+    short cut for small files takes (_digest_small) and those next to its limits."""
+    from volbak.stream.tar import INLINE
+
     (tree / "sparse" / "holes-only").write_bytes(b"")
     os.truncate(tree / "sparse" / "holes-only", 3 * 2**20)
     os.utime(tree / "files" / "text.txt", ns=(1, -1_500_000_000))  # negative, sub-second
+    (tree / "files" / "inline").write_bytes(b"i" * INLINE)
+    (tree / "files" / "inline+1").write_bytes(b"j" * (INLINE + 1))
     parser = TarParser(digest=True, root="data", owners=owners, all_xattrs=all_xattrs)
     for chunk in read_all(DirectSource(tree)):
         parser.feed(chunk)
     parser.check_complete()
+    took = []
+    real = DirectSource._digest_small
+
+    def counted(self, digest, dfd, name, rel):  # type: ignore[no-untyped-def]
+        done = real(self, digest, dfd, name, rel)
+        if done:
+            took.append(rel)
+        return done
+
+    monkeypatch.setattr(DirectSource, "_digest_small", counted)
     with DirectSource(tree) as src:
         walk = src.digest(owners=owners, all_xattrs=all_xattrs)
+    assert b"data/files/inline" in took and b"data/files/text.txt" in took
+    assert b"data/files/inline+1" not in took
     assert (walk.hexdigest(), walk.entries, walk.file_bytes, walk.attr_entries) == (
         parser.hexdigest(), parser.entries, parser.file_bytes, parser.attr_entries)
     assert walk.attr_entries > 0 or not all_xattrs
