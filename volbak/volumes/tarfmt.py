@@ -151,7 +151,8 @@ def small_file(name: bytes, mode: int, uid: int, gid: int, mtime_ns: int, data: 
     compares the bytes)."""
     size = len(data)
     seconds, ns = divmod(mtime_ns, 1_000_000_000)
-    if len(name) > 100 or uid >= MAX7 or gid >= MAX7 or not 10**9 <= seconds < MAX11:
+    if (len(name) > 100 or uid >= MAX7 or gid >= MAX7 or size >= MAX11
+            or not 10**9 <= seconds < MAX11):
         return b"".join((header(name, REGULAR, mode=mode, uid=uid, gid=gid,
                                 mtime_ns=mtime_ns, size=size), data, bytes(padding(size))))
     head = b"%b%b%011o\0%011o\0" % (name.ljust(100, b"\0"), _ids(mode, uid, gid), size,
