@@ -69,11 +69,10 @@ def byte_sum(block: bytes) -> int:
 
 
 def checksum_ok(header: bytes) -> bool:
-    """The header's bytes summed, its checksum field counted as spaces (byte_sum's
-    sums, in line: twice per entry of every stream read)."""
+    """The header's bytes summed, its checksum field counted as spaces (the field's own
+    sum by Adler-32 too, as byte_sum: a third of the time of summing 8 ints)."""
     field = header[148:156]
-    return parse_number(field) == (zlib.adler32(header[:256]) & 0xFFFF) + (
-        zlib.adler32(header[256:512]) & 0xFFFF) - (zlib.adler32(field) & 0xFFFF) + 8 * 32 - 1
+    return parse_number(field) == byte_sum(header) - (zlib.adler32(field) & 0xFFFF) + 1 + 8 * 32
 
 
 def pax_records(data: bytes) -> dict[bytes, bytes]:

@@ -951,9 +951,9 @@ class WalkDigest:
         if records.get(b"GNU.sparse.major") == b"1":
             name = records[b"GNU.sparse.name"]
             real = self._sparse_real = int(records[b"GNU.sparse.realsize"])
-        # what the parser reads back of tarfmt's encoding: the PAX mtime's integer part
-        # (truncated towards zero), and device numbers too big for ustar as 0
-        mtime = mtime_ns // 10**9 if mtime_ns >= 0 else -(-mtime_ns // 10**9)
+        # what the parser reads back of tarfmt's encoding: device numbers too big for
+        # ustar as 0
+        mtime = _read_seconds(mtime_ns)
         big = tarfmt.MAX7
         device = (devmajor if devmajor < big else 0, devminor if devminor < big else 0) \
             if typ in (tarfmt.CHARDEV, tarfmt.BLOCKDEV) else (0, 0)
@@ -981,9 +981,9 @@ class WalkDigest:
         records whose content goes into the tree inline (tar.inline), in one call."""
         self.finish()
         size = len(data)
-        mtime = mtime_ns // 10**9 if mtime_ns >= 0 else -(-mtime_ns // 10**9)
-        record, _ = digest_record(norm(name), tarfmt.REGULAR, mode, uid, gid, size, mtime, b"",
-                                  (0, 0), {}, self.owners, self._all_xattrs)
+        record, _ = digest_record(norm(name), tarfmt.REGULAR, mode, uid, gid, size,
+                                  _read_seconds(mtime_ns), b"", (0, 0), {}, self.owners,
+                                  self._all_xattrs)
         self.entries += 1
         self.file_bytes += size
         self.known_bytes += size
@@ -1057,6 +1057,12 @@ def tree_digest(path: str | bytes, root: str = "data", *, owners: bool = True,
 def _cores() -> int:
     """The CPUs this process may run on: a forked helper needs a second one."""
     return len(os.sched_getaffinity(0))
+
+
+def _read_seconds(mtime_ns: int) -> int:
+    """The mtime the parser reads back of tarfmt's encoding: the PAX mtime's integer
+    part, truncated towards zero."""
+    return mtime_ns // 10**9 if mtime_ns >= 0 else -(-mtime_ns // 10**9)
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
